@@ -1,0 +1,3 @@
+"""stud: the Scalable TLS Unwrapping Daemon, rebuilt in Python."""
+
+__version__ = "0.4.0"

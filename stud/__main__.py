@@ -1,0 +1,3 @@
+from stud.cli import main
+
+raise SystemExit(main())
