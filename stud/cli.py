@@ -1,0 +1,34 @@
+"""The ``stud`` command: parse options, then check (-t) or run the daemon."""
+
+from __future__ import annotations
+
+import sys
+
+from stud import config, master
+from stud.log import log
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = config.parse_args(args)
+    except config.Exit as e:
+        sys.stdout.write(e.text)
+        return 0
+    except config.ConfigError as e:
+        print(f"stud: {e}", file=sys.stderr)
+        return 1
+    # --daemon has no terminal to talk to: like stud, it implies syslog.
+    log.configure(quiet=cfg.quiet, use_syslog=cfg.syslog or cfg.daemon,
+                  facility=cfg.syslog_facility)
+    try:
+        if cfg.test:
+            master.check(cfg)
+            print("stud configuration looks ok.")
+            return 0
+        return master.run(cfg)
+    except config.ConfigError as e:
+        log.error(f"stud: {e}")
+        return 1
+    except KeyboardInterrupt:
+        return 0

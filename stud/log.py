@@ -1,0 +1,65 @@
+"""Logging as stud did it: LOG lines to stdout (silenced by -q), ERR lines to stderr, both to
+syslog with -s. Each line is written with one os.write so forked workers never duplicate or
+interleave buffered output (the original's fully-buffered stdout repeated master lines per child).
+"""
+
+from __future__ import annotations
+
+import os
+import syslog
+import time
+
+DEBUG, INFO, ERROR = 2, 1, 0
+
+
+class Log:
+    def __init__(self) -> None:
+        self.level = INFO
+        self.use_syslog = False
+        self.stdout, self.stderr = 1, 2
+
+    def configure(self, *, quiet: bool, use_syslog: bool, facility: str, verbose: bool = False,
+                  daemon: bool = False) -> None:
+        self.level = ERROR if quiet else DEBUG if verbose else INFO
+        if use_syslog and not self.use_syslog:
+            fac = getattr(syslog, f"LOG_{'AUTHPRIV' if facility == 'auth' else facility.upper()}")
+            syslog.openlog("stud", syslog.LOG_PID | syslog.LOG_NDELAY | syslog.LOG_CONS, fac)
+        self.use_syslog = use_syslog
+        if daemon:
+            self.stdout = self.stderr = -1
+
+    def _emit(self, fd: int, prio: int, msg: str) -> None:
+        if fd >= 0:
+            t = time.time()
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+            line = f"{stamp}.{int(t * 1000) % 1000:03d}Z [{os.getpid()}] {msg}\n"
+            try:
+                os.write(fd, line.encode("utf-8", "replace"))
+            except OSError:
+                pass  # a closed terminal must not take the daemon down
+        if self.use_syslog:
+            syslog.syslog(prio, msg)
+
+    def error(self, msg: str) -> None:
+        self._emit(self.stderr, syslog.LOG_ERR, msg)
+
+    def info(self, msg: str) -> None:
+        if self.level >= INFO:
+            self._emit(self.stdout, syslog.LOG_INFO, msg)
+
+    def debug(self, msg: str) -> None:
+        if self.level >= DEBUG:
+            self._emit(self.stdout, syslog.LOG_DEBUG, msg)
+
+    def event(self, level: int, op: str, **fields: object) -> None:
+        """One key=value line (Voxer's Splunk-friendly format); strings with spaces are quoted."""
+        if self.level < level:
+            return
+        parts = [f'op="{op}"' if " " in op else f"op={op}"]
+        for k, v in fields.items():
+            s = str(v)
+            parts.append(f'{k}="{s}"' if " " in s or not s else f"{k}={s}")
+        (self.info if level <= INFO else self.debug)(" ".join(parts))
+
+
+log = Log()

@@ -1,0 +1,397 @@
+"""One connection: client TLS <-> backend TCP, driven by the event loop's fd callbacks.
+
+Each side is a non-blocking socket (an ``ssl.SSLSocket`` on the TLS side, so OpenSSL reads the
+kernel socket itself and releases its buffers while idle: about 14 KiB per idle connection
+against 24 KiB for uvloop's memory-BIO transport and 279 KiB for asyncio's). Data moves through
+one buffer shared by the whole loop: what cannot be written at once is kept (at most one read's
+worth per direction) and reading from the source pauses until it is flushed, so a slow reader
+throttles the other side instead of growing memory.
+
+Half-close is passed on in both directions: a client's close_notify or FIN becomes
+shutdown(SHUT_WR) towards the backend and the backend's reply still flows back; a backend's FIN
+becomes a close_notify while the client may go on sending.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from stud import proxyproto, sslext
+from stud.log import DEBUG, ERROR, INFO, log
+
+if TYPE_CHECKING:
+    from stud.worker import Worker
+
+BUFSIZE = 65536
+_buf = bytearray(BUFSIZE)  # one per process: data is forwarded before the next read reuses it
+_view = memoryview(_buf)
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+HS_ERRORS = (ssl.SSLError, OSError)
+
+
+class End:
+    """One socket of a relay: which flow reads from it, which flow writes into it."""
+
+    __slots__ = ("sock", "fd", "tls", "name", "inflow", "outflow", "reading", "writing",
+                 "read_wants_write")
+
+    def __init__(self, sock: socket.socket, name: str) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.name = name
+        self.inflow: Flow | None = None
+        self.outflow: Flow | None = None
+        self.reading = self.writing = self.read_wants_write = False
+
+
+class Flow:
+    """Bytes one way, src -> dst, with back-pressure and EOF propagation."""
+
+    __slots__ = ("relay", "src", "dst", "pending", "eof", "done", "nbytes")
+
+    def __init__(self, relay: Relay, src: End, dst: End) -> None:
+        self.relay, self.src, self.dst = relay, src, dst
+        src.inflow, dst.outflow = self, self
+        self.pending: memoryview | None = None
+        self.eof = self.done = False
+        self.nbytes = 0
+
+    def readable(self) -> None:
+        src, relay = self.src, self.relay
+        read = src.sock.recv_into
+        while True:
+            n = 0
+            try:
+                while n < BUFSIZE:
+                    k = read(_view[n:])
+                    if not k:
+                        self.eof = True
+                        break
+                    n += k
+                    if not src.tls:
+                        break  # a plain recv drains what the kernel has; TLS reads per record
+            except WOULD_BLOCK as e:
+                if isinstance(e, ssl.SSLWantWriteError):
+                    src.read_wants_write = True
+                    relay.want_write(src, True)
+            except HS_ERRORS as e:
+                if n:
+                    self.write(_view[:n])
+                relay.close(f"{src.name} {reason(e)}", INFO)
+                return
+            if n:
+                self.nbytes += n
+                if not self.write(_view[:n]):
+                    return  # dst is full: reading resumes in writable()
+            if self.eof:
+                relay.want_read(src, False)
+                self.finish()
+                return
+            if n < BUFSIZE:
+                return  # buffer not filled: nothing left in OpenSSL, the kernel will wake us
+
+    def write(self, data: memoryview) -> bool:
+        """Write data to dst; keep what did not fit and pause src. True if all was written."""
+        dst = self.dst
+        try:
+            sent = dst.sock.send(data)
+        except WOULD_BLOCK:
+            sent = 0
+        except HS_ERRORS as e:
+            self.relay.close(f"{dst.name} {reason(e)}", INFO)
+            return False
+        if sent == len(data):
+            return True
+        # Copy: the shared buffer is reused by the next read, anywhere in this process.
+        self.pending = memoryview(bytes(data[sent:]))
+        self.relay.want_read(self.src, False)
+        self.relay.want_write(dst, True)
+        return False
+
+    def writable(self) -> None:
+        pending = self.pending
+        if pending is not None:
+            try:
+                sent = self.dst.sock.send(pending)
+            except WOULD_BLOCK:
+                return
+            except HS_ERRORS as e:
+                self.relay.close(f"{self.dst.name} {reason(e)}", INFO)
+                return
+            if sent < len(pending):
+                self.pending = pending[sent:]
+                return
+            self.pending = None
+        if self.eof:
+            self.finish()
+        elif not self.relay.closed:
+            self.relay.want_write(self.dst, False)
+            self.relay.want_read(self.src, True)
+            self.readable()  # OpenSSL may hold decrypted bytes that no fd event announces
+
+    def finish(self) -> None:
+        """Pass EOF on once everything before it was written."""
+        if self.pending is not None or self.done:
+            return
+        dst = self.dst
+        try:
+            if dst.tls:
+                sslext.send_close_notify(dst.sock)
+            else:
+                dst.sock.shutdown(socket.SHUT_WR)
+        except WOULD_BLOCK:
+            self.relay.want_write(dst, True)
+            return
+        except HS_ERRORS as e:
+            self.relay.close(f"{dst.name} {reason(e)}", DEBUG)
+            return
+        self.done = True
+        self.relay.want_write(dst, False)
+        self.relay.flow_done()
+
+
+def reason(e: BaseException) -> str:
+    """A short, one-line cause for the connection log."""
+    if isinstance(e, ssl.SSLError):
+        return f"TLS error: {e.reason or e.__class__.__name__}"
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno)
+    return str(e) or e.__class__.__name__
+
+
+class Relay:
+    """The life of one client connection, from accept to the close log line."""
+
+    __slots__ = ("worker", "loop", "front", "back", "peer", "local", "header", "timer",
+                 "started", "closed", "flows", "sni", "tls_info", "pbuf", "hs_end", "hs_next")
+
+    def __init__(self, worker: Worker, sock: socket.socket, peer: tuple, local: tuple) -> None:
+        self.worker, self.loop = worker, worker.loop
+        self.peer, self.local = peer, local
+        self.front = End(sock, "client")
+        self.back: End | None = None
+        self.header = b""
+        self.closed = False
+        self.flows: tuple[Flow, ...] = ()
+        self.tls_info: tuple = ()
+        self.pbuf = b""
+        self.started = time.monotonic()
+        self.timer = self.loop.call_later(worker.handshake_timeout, self._timeout, "handshake")
+        self.hs_end: End | None = None
+        self.hs_next: Callable[[], None] | None = None
+
+    # -- fd interest, tracked to skip redundant loop calls -------------------------------
+    def want_read(self, end: End, on: bool) -> None:
+        if end.reading != on and not self.closed:
+            end.reading = on
+            if on:
+                cb = self._proxy_readable if self.header is None else \
+                    self._handshake if self.hs_end is end else end.inflow.readable
+                self.loop.add_reader(end.fd, cb)
+            else:
+                self.loop.remove_reader(end.fd)
+
+    def want_write(self, end: End, on: bool) -> None:
+        if end.writing != on and not self.closed:
+            end.writing = on
+            if on:
+                cb = self._handshake if self.hs_end is end else self._writable(end)
+                self.loop.add_writer(end.fd, cb)
+            else:
+                self.loop.remove_writer(end.fd)
+
+    def _writable(self, end: End) -> Callable[[], None]:
+        def writable() -> None:
+            if end.read_wants_write and end.inflow is not None:
+                end.read_wants_write = False
+                end.inflow.readable()
+            if end.outflow is not None and not self.closed:
+                end.outflow.writable()
+        return writable
+
+    # -- phases ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.worker.mode == "proxy-proxy":
+            self.header = None  # type: ignore[assignment]  # None: still reading it
+            self.want_read(self.front, True)
+        elif self.worker.client_mode:
+            self._connect()
+        else:
+            self._start_tls(self.front, server=True, then=self._connect)
+
+    def _proxy_readable(self) -> None:
+        """--proxy-proxy: read a PROXY header in clear, never a byte of the TLS that follows."""
+        sock = self.front.sock
+        try:
+            peek = sock.recv(proxyproto.MAX_V2_LENGTH, socket.MSG_PEEK)
+        except WOULD_BLOCK:
+            return
+        except OSError as e:
+            self.close(f"client {reason(e)} before PROXY header", INFO)
+            return
+        if not peek:
+            self.close("client closed before sending a PROXY header", INFO)
+            return
+        data = self.pbuf + peek
+        try:
+            h = proxyproto.parse(data)
+        except proxyproto.ProxyError as e:
+            self.close(f"bad PROXY header: {e}", INFO)
+            return
+        # Consume only header bytes: all of them while incomplete, else exactly up to its end.
+        take = len(peek) if h is None else h.length - len(self.pbuf)
+        self.pbuf += sock.recv(take)
+        if h is not None:
+            self.header = self.pbuf
+            self.want_read(self.front, False)
+            self._start_tls(self.front, server=True, then=self._connect)
+
+    def _start_tls(self, end: End, *, server: bool, then: Callable[[], None]) -> None:
+        w = self.worker
+        self.want_read(end, False)
+        try:
+            if server:
+                end.sock = w.ssl_context.wrap_socket(end.sock, server_side=True,
+                                                     do_handshake_on_connect=False)
+            else:
+                end.sock = w.client_context.wrap_socket(end.sock, server_side=False,
+                                                        do_handshake_on_connect=False)
+        except OSError as e:
+            self.close(f"{end.name} {reason(e)}", DEBUG)
+            return
+        end.tls = True
+        self.hs_end, self.hs_next = end, then
+        self._handshake()
+
+    def _handshake(self) -> None:
+        end = self.hs_end
+        try:
+            end.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.want_write(end, False)
+            self.want_read(end, True)
+            return
+        except ssl.SSLWantWriteError:
+            self.want_read(end, False)
+            self.want_write(end, True)
+            return
+        except HS_ERRORS as e:
+            # Scanners and broken clients fail here all day: below the default log level.
+            self.close(f"handshake failed: {reason(e)}", DEBUG)
+            return
+        self.want_read(end, False)
+        self.want_write(end, False)
+        self.hs_end = None
+        s = end.sock
+        self.tls_info = (s.version(), (s.cipher() or ("",))[0], getattr(s, "sni", None),
+                         s.selected_alpn_protocol(), s.session_reused)
+        self.hs_next()
+
+    def _connect(self) -> None:
+        """Open the backend only now, so failed handshakes never reach it."""
+        self.timer.cancel()
+        family, sockaddr = self.worker.backend
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as e:
+            self.close(f"backend socket: {reason(e)}", ERROR)
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.back = End(sock, "backend")
+        err = sock.connect_ex(sockaddr)
+        if err == 0:
+            self._connected()
+        elif err == errno.EINPROGRESS:
+            self.timer = self.loop.call_later(self.worker.connect_timeout, self._timeout,
+                                              "backend connect")
+            self.back.writing = True
+            self.loop.add_writer(self.back.fd, self._connected)
+        else:
+            self._backend_failed(err)
+
+    def _backend_failed(self, err: int) -> None:
+        self.close(f"backend connect failed: {os.strerror(err)}", INFO)
+
+    def _connected(self) -> None:
+        self.want_write(self.back, False)
+        self.timer.cancel()
+        err = self.back.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._backend_failed(err)
+        elif self.worker.client_mode:
+            self.timer = self.loop.call_later(self.worker.handshake_timeout, self._timeout,
+                                              "handshake")
+            self._start_tls(self.back, server=False, then=self._relay)
+        else:
+            self._relay()
+
+    def _relay(self) -> None:
+        self.timer.cancel()
+        front, back = self.front, self.back
+        up = Flow(self, front, back)
+        self.flows = (up, Flow(self, back, front))
+        self.want_read(back, True)  # a backend may speak first
+        header = self._client_header()
+        if header and not up.write(memoryview(header)):
+            return  # the client is read once the header is out
+        self.want_read(front, True)
+        up.readable()  # the client's first bytes may already sit decrypted in OpenSSL
+
+    def _client_header(self) -> bytes:
+        mode = self.worker.mode
+        if mode is None:
+            return b""
+        if mode == "proxy-proxy":
+            return self.header
+        peer, local = self.peer[:2], self.local[:2]
+        if mode == "write-ip":
+            return proxyproto.write_ip(peer[0])
+        if mode == "write-proxy":
+            return proxyproto.v1(peer, local)
+        version, cipher, sni, alpn, _ = self.tls_info or (None, None, None, None, None)
+        return proxyproto.v2(peer, local, alpn=alpn.encode() if alpn else None, authority=sni,
+                             ssl_version=version, ssl_cipher=cipher)
+
+    def _timeout(self, what: str) -> None:
+        self.close(f"{what} timeout", INFO)
+
+    # -- the end ----------------------------------------------------------------------------
+    def flow_done(self) -> None:
+        if all(f.done for f in self.flows):
+            self.close("closed")
+
+    def close(self, why: str, level: int = INFO) -> None:
+        if self.closed:
+            return
+        loop = self.loop
+        for end in (self.front, self.back):
+            if end is None:
+                continue
+            if end.reading:
+                loop.remove_reader(end.fd)
+            if end.writing:
+                loop.remove_writer(end.fd)
+            end.sock.close()
+        self.closed = True
+        self.timer.cancel()
+        self.worker.closed(self)
+        if log.level >= level:
+            up, down = (f.nbytes for f in self.flows) if self.flows else (0, 0)
+            version, cipher, sni, alpn, resumed = self.tls_info or ("", "", "", "", False)
+            log.event(level, "connection closed", client=fmt_addr(self.peer), sni=sni or "-",
+                      tls=version or "-", cipher=cipher or "-", alpn=alpn or "-",
+                      resumed=int(bool(resumed)), up=up, down=down,
+                      duration=f"{time.monotonic() - self.started:.3f}", reason=why)
+
+
+def fmt_addr(sa: tuple) -> str:
+    host, port = sa[0], sa[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,298 @@
+"""OpenSSL features the stdlib ``ssl`` module lacks, reached via ctypes over the SAME libssl.
+
+Everything here pokes at CPython's private ``_ssl`` object layout, so it is deliberately
+self-checking: it refuses to import unless exactly one libssl is mapped and its version matches
+``ssl.OPENSSL_VERSION``, runs :func:`selfcheck` at import, and re-verifies every raw pointer
+against what the stdlib reports before handing it to OpenSSL.
+"""
+
+from __future__ import annotations
+
+import _ssl
+import ctypes
+import os
+import re
+import ssl
+import sys
+import sysconfig
+
+__all__ = [
+    "get_ticket_keys", "has_pending", "load_engine", "openssl_version", "selfcheck",
+    "send_close_notify", "set_ciphersuites", "set_groups", "set_read_ahead", "set_ticket_keys",
+]
+
+_P, _INT, _LONG, _ULONG = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_ulong
+_SSL_CTRL_SET_READ_AHEAD = 41
+_SSL_CTRL_GET_TLSEXT_TICKET_KEYS = 58
+_SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
+_SSL_CTRL_SET_GROUPS_LIST = 92
+_SSL_SENT_SHUTDOWN = 1
+_SSL_ERROR_SSL, _SSL_ERROR_WANT_READ, _SSL_ERROR_WANT_WRITE, _SSL_ERROR_SYSCALL = 1, 2, 3, 5
+_ENGINE_METHOD_ALL = 0xFFFF
+_TICKET_KEYS_LEN = 80
+# Our per-SSL marker (OpenSSL ex_data) for send_close_notify: a retry after WANT_WRITE must call
+# SSL_shutdown again, but a call after success must not (it would then read from the socket).
+_PENDING, _DONE = 1, 2
+
+
+def _mapped_libs() -> tuple[str, str]:
+    """Return the (libssl, libcrypto) paths mapped into this process by ``_ssl``."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            paths = {p[5] for line in f if len(p := line.rstrip("\n").split(maxsplit=5)) == 6}
+    except OSError as e:  # guessing via find_library could pick a different copy: fail loudly
+        raise ImportError(f"stud.sslext: cannot read /proc/self/maps: {e}") from e
+    ssls = sorted(p for p in paths if re.match(r"libssl[^/]*\.so", os.path.basename(p)))
+    if len(ssls) != 1:
+        raise ImportError(f"stud.sslext: need exactly one libssl mapped, found {ssls}")
+    d = os.path.dirname(ssls[0])
+    cryptos = sorted(p for p in paths if re.match(r"libcrypto[^/]*\.so", os.path.basename(p))
+                     and os.path.dirname(p) == d)
+    if len(cryptos) != 1:
+        raise ImportError(f"stud.sslext: need exactly one libcrypto mapped in {d}, found {cryptos}")
+    return ssls[0], cryptos[0]
+
+
+if hasattr(sys, "gettotalrefcount"):
+    raise ImportError("stud.sslext: debug CPython build (object layout differs)")
+if sysconfig.get_config_var("Py_GIL_DISABLED"):
+    raise ImportError("stud.sslext: free-threaded CPython build (object layout differs)")
+if sys.implementation.name != "cpython" or object.__basicsize__ != 2 * ctypes.sizeof(_P):
+    raise ImportError("stud.sslext: needs a regular CPython build (id() == address, plain head)")
+# struct PySSLContext { PyObject_HEAD; SSL_CTX *ctx; ... }
+# struct PySSLSocket  { PyObject_HEAD; PyObject *Socket; SSL *ssl; ... }
+_CTX_OFFSET = object.__basicsize__
+_SSL_OFFSET = object.__basicsize__ + ctypes.sizeof(_P)
+
+_SSL_PATH, _CRYPTO_PATH = _mapped_libs()
+# RTLD_NOLOAD: only ever bind to the copies _ssl already uses, never load a second one.
+try:
+    _ssl_lib = ctypes.CDLL(_SSL_PATH, mode=os.RTLD_NOW | os.RTLD_NOLOAD, use_errno=True)
+    _crypto = ctypes.CDLL(_CRYPTO_PATH, mode=os.RTLD_NOW | os.RTLD_NOLOAD)
+except OSError as e:
+    raise ImportError(f"stud.sslext: cannot bind to the mapped OpenSSL: {e}") from e
+
+
+def _fn(lib: ctypes.CDLL, name: str, restype: object, *argtypes: object) -> ctypes._CFuncPtr:
+    f = getattr(lib, name)
+    f.restype, f.argtypes = restype, argtypes
+    return f
+
+
+_SSL_CTX_get_options = _fn(_ssl_lib, "SSL_CTX_get_options", ctypes.c_uint64, _P)  # uint64 in 3.x
+_SSL_CTX_ctrl = _fn(_ssl_lib, "SSL_CTX_ctrl", _LONG, _P, _INT, _LONG, _P)
+_SSL_CTX_set_ciphersuites = _fn(_ssl_lib, "SSL_CTX_set_ciphersuites", _INT, _P, ctypes.c_char_p)
+_SSL_get_SSL_CTX = _fn(_ssl_lib, "SSL_get_SSL_CTX", _P, _P)
+_SSL_shutdown = _fn(_ssl_lib, "SSL_shutdown", _INT, _P)
+_SSL_get_shutdown = _fn(_ssl_lib, "SSL_get_shutdown", _INT, _P)
+_SSL_set_shutdown = _fn(_ssl_lib, "SSL_set_shutdown", None, _P, _INT)
+_SSL_has_pending = _fn(_ssl_lib, "SSL_has_pending", _INT, _P)
+_SSL_get_error = _fn(_ssl_lib, "SSL_get_error", _INT, _P, _INT)
+_SSL_set_ex_data = _fn(_ssl_lib, "SSL_set_ex_data", _INT, _P, _INT, _P)
+_SSL_get_ex_data = _fn(_ssl_lib, "SSL_get_ex_data", _P, _P, _INT)
+_ERR_get_error = _fn(_crypto, "ERR_get_error", _ULONG)
+_ERR_clear_error = _fn(_crypto, "ERR_clear_error", None)
+_ERR_error_string_n = _fn(_crypto, "ERR_error_string_n", None, _ULONG, ctypes.c_char_p,
+                          ctypes.c_size_t)
+_OpenSSL_version = _fn(_crypto, "OpenSSL_version", ctypes.c_char_p, _INT)
+# SSL_get_ex_new_index() is a macro for this; CRYPTO_EX_INDEX_SSL == 0.
+_EX_INDEX = _fn(_crypto, "CRYPTO_get_ex_new_index", _INT, _INT, _LONG, _P, _P, _P, _P)(
+    0, 0, None, None, None, None)
+if _EX_INDEX < 0:
+    raise ImportError("stud.sslext: CRYPTO_get_ex_new_index failed")
+
+
+def _reason() -> str:
+    """Pop the first queued OpenSSL error as text and clear the rest (stale errors confuse the
+    stdlib's own error reporting later on this thread)."""
+    code = _ERR_get_error()
+    _ERR_clear_error()
+    if not code:
+        return "no OpenSSL error reported"
+    buf = ctypes.create_string_buffer(256)
+    _ERR_error_string_n(code, buf, len(buf))
+    return buf.value.decode("ascii", "replace")
+
+
+def _ctx_ptr(ctx: ssl.SSLContext) -> int:
+    if not isinstance(ctx, _ssl._SSLContext):
+        raise TypeError(f"expected ssl.SSLContext, got {type(ctx).__name__}")
+    p = _P.from_address(id(ctx) + _CTX_OFFSET).value
+    if not p or _SSL_CTX_get_options(p) != int(ctx.options) & 0xFFFFFFFFFFFFFFFF:
+        raise RuntimeError("stud.sslext: SSL_CTX* pointer check failed (CPython layout changed?)")
+    return p
+
+
+def _ssl_ptr(sock: ssl.SSLSocket | ssl.SSLObject) -> tuple[int, object]:
+    """Return (SSL*, owner); keep ``owner`` alive while the pointer is in use."""
+    if not isinstance(sock, ssl.SSLSocket | ssl.SSLObject):
+        raise TypeError(f"expected ssl.SSLSocket or ssl.SSLObject, got {type(sock).__name__}")
+    obj = sock._sslobj
+    if obj is None:
+        raise ValueError("TLS connection not established or already closed")
+    if type(obj) is not _ssl._SSLSocket:
+        raise TypeError(f"unexpected _sslobj type {type(obj).__name__}")
+    p = _P.from_address(id(obj) + _SSL_OFFSET).value
+    # obj.context is what _ssl itself tracks (updated on SNI context switches).
+    if not p or _SSL_get_SSL_CTX(p) != _ctx_ptr(obj.context):
+        raise RuntimeError("stud.sslext: SSL* pointer check failed (CPython layout changed?)")
+    return p, obj
+
+
+def set_groups(ctx: ssl.SSLContext, groups: str) -> None:
+    """Restrict key-exchange groups, e.g. ``"X25519:P-256"`` (SSL_CTX_set1_groups_list)."""
+    p = _ctx_ptr(ctx)
+    _ERR_clear_error()
+    if _SSL_CTX_ctrl(p, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode()) != 1:
+        raise ValueError(f"invalid groups list {groups!r}: {_reason()}")
+
+
+def set_ciphersuites(ctx: ssl.SSLContext, suites: str) -> None:
+    """Set the TLS 1.3 ciphersuites ("" disables TLS 1.3 suites, as in OpenSSL)."""
+    p = _ctx_ptr(ctx)
+    # OpenSSL 3.0 silently drops unknown names as long as one name is valid, so try the list
+    # on a throwaway context first and insist that every requested name survived.
+    scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _ERR_clear_error()
+    if _SSL_CTX_set_ciphersuites(_ctx_ptr(scratch), suites.encode()) != 1:
+        raise ValueError(f"invalid TLS 1.3 ciphersuites {suites!r}: {_reason()}")
+    known = {c["name"] for c in scratch.get_ciphers() if c["protocol"] == "TLSv1.3"}
+    unknown = [s for s in suites.split(":") if s and s not in known]
+    if unknown:
+        raise ValueError(f"invalid TLS 1.3 ciphersuites {suites!r}: unknown {unknown}")
+    if _SSL_CTX_set_ciphersuites(p, suites.encode()) != 1:
+        raise ValueError(f"invalid TLS 1.3 ciphersuites {suites!r}: {_reason()}")
+
+
+def set_ticket_keys(ctx: ssl.SSLContext, keys: bytes) -> None:
+    """Install 80 bytes of session-ticket keys (16 name + 32 HMAC + 32 AES) so several
+    servers/reloads accept each other's tickets. Set before serving: OpenSSL doesn't lock."""
+    if len(keys) != _TICKET_KEYS_LEN:
+        raise ValueError(f"ticket keys must be exactly {_TICKET_KEYS_LEN} bytes, got {len(keys)}")
+    p = _ctx_ptr(ctx)
+    buf = (ctypes.c_char * _TICKET_KEYS_LEN).from_buffer_copy(keys)
+    _ERR_clear_error()
+    if _SSL_CTX_ctrl(p, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_LEN, buf) != 1:
+        raise ssl.SSLError(_SSL_ERROR_SSL, f"cannot set ticket keys: {_reason()}")
+
+
+def get_ticket_keys(ctx: ssl.SSLContext) -> bytes:
+    """Return the context's 80-byte session-ticket keys (secret: handle like a private key)."""
+    p = _ctx_ptr(ctx)
+    buf = (ctypes.c_char * _TICKET_KEYS_LEN)()
+    _ERR_clear_error()
+    if _SSL_CTX_ctrl(p, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_LEN, buf) != 1:
+        raise ssl.SSLError(_SSL_ERROR_SSL, f"cannot get ticket keys: {_reason()}")
+    return bytes(buf)
+
+
+def set_read_ahead(ctx: ssl.SSLContext, on: bool) -> None:
+    """Let OpenSSL read several records per read() syscall. Beware: records buffered this way
+    are invisible to select()/epoll and to SSLSocket.pending(): check has_pending() (or recv()
+    until SSLWantReadError) before waiting for readability again."""
+    _SSL_CTX_ctrl(_ctx_ptr(ctx), _SSL_CTRL_SET_READ_AHEAD, int(bool(on)), None)
+
+
+def has_pending(sock: ssl.SSLSocket | ssl.SSLObject) -> bool:
+    """True if OpenSSL holds unread input, including raw read-ahead records that
+    SSLSocket.pending() (SSL_pending) does not count."""
+    p, _owner = _ssl_ptr(sock)
+    return bool(_SSL_has_pending(p))
+
+
+def send_close_notify(sock: ssl.SSLSocket | ssl.SSLObject) -> bool:
+    """Send our close_notify without waiting for the peer's: a TLS half-close.
+
+    Calls SSL_shutdown() once (unwrap() calls it twice and the second call reads, eating data
+    the peer may still send). Returns True once the alert is written (repeat calls are no-ops).
+    Raises ssl.SSLWantWriteError/SSLWantReadError: call again when the socket is ready.
+    Finish any send() that raised SSLWantWriteError first (OpenSSL can't interleave them).
+    Afterwards recv() still returns the peer's data, then b"" at its close_notify. Do not
+    send() or unwrap() afterwards; just close().
+    """
+    p, _owner = _ssl_ptr(sock)
+    state = _SSL_get_ex_data(p, _EX_INDEX)
+    if state == _DONE:
+        return True
+    if state != _PENDING and _SSL_get_shutdown(p) & _SSL_SENT_SHUTDOWN:
+        return True  # unwrap()/shutdown already started closing; calling again would read
+    _ERR_clear_error()  # SSL_get_error() is only meaningful with an empty queue
+    ctypes.set_errno(0)
+    ret = _SSL_shutdown(p)
+    if ret >= 0:
+        _SSL_set_ex_data(p, _EX_INDEX, _DONE)
+        # CPython's read() maps the peer's close_notify to b"" only if SSL_get_shutdown() is
+        # *exactly* SSL_RECEIVED_SHUTDOWN, else raises SSLZeroReturnError. Drop our SENT flag
+        # (the alert is already on the wire) so the half-closed read side ends with b"".
+        _SSL_set_shutdown(p, _SSL_get_shutdown(p) & ~_SSL_SENT_SHUTDOWN)
+        return True
+    err = _SSL_get_error(p, ret)
+    errno = ctypes.get_errno()
+    if err in (_SSL_ERROR_WANT_WRITE, _SSL_ERROR_WANT_READ):
+        _ERR_clear_error()
+        _SSL_set_ex_data(p, _EX_INDEX, _PENDING)
+        exc = ssl.SSLWantWriteError if err == _SSL_ERROR_WANT_WRITE else ssl.SSLWantReadError
+        raise exc(err, "close_notify not sent yet: retry when the socket is ready")
+    if err == _SSL_ERROR_SYSCALL and errno:
+        _ERR_clear_error()
+        raise OSError(errno, f"SSL_shutdown: {os.strerror(errno)}")
+    raise ssl.SSLError(err, f"SSL_shutdown failed: {_reason()}")
+
+
+def load_engine(name: str) -> None:
+    """stud's -e/--ssl-engine: "auto" registers all engines, else make ``name`` the default."""
+    try:
+        by_id = _fn(_crypto, "ENGINE_by_id", _P, ctypes.c_char_p)
+        init = _fn(_crypto, "ENGINE_init", _INT, _P)
+        set_default = _fn(_crypto, "ENGINE_set_default", _INT, _P, ctypes.c_uint)
+        finish = _fn(_crypto, "ENGINE_finish", _INT, _P)
+        free = _fn(_crypto, "ENGINE_free", _INT, _P)
+        register_all = _fn(_crypto, "ENGINE_register_all_complete", _INT)
+    except AttributeError as e:
+        raise ValueError(f"OpenSSL engines are not supported by {_CRYPTO_PATH}") from e
+    _ERR_clear_error()
+    if name == "auto":
+        if register_all() != 1:
+            raise ValueError(f"OpenSSL engine 'auto' not available: {_reason()}")
+        return
+    e = by_id(name.encode())
+    if not e:
+        raise ValueError(f"OpenSSL engine {name!r} not available: {_reason()}")
+    try:
+        if init(e) != 1:
+            raise ValueError(f"OpenSSL engine {name!r} not available: {_reason()}")
+        try:  # set_default keeps its own references; ours are released either way
+            if set_default(e, _ENGINE_METHOD_ALL) != 1:
+                raise ValueError(f"OpenSSL engine {name!r} not available: {_reason()}")
+        finally:
+            finish(e)
+    finally:
+        free(e)
+
+
+def openssl_version() -> str:
+    """OpenSSL_version(OPENSSL_VERSION) of the library this module (and ``_ssl``) uses."""
+    return _OpenSSL_version(0).decode()
+
+
+def selfcheck() -> None:
+    """Verify the pointer extraction on throwaway objects; raises RuntimeError if it's off."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for _ in range(2):  # flip an option so a match can't be a coincidence
+        _ctx_ptr(ctx)
+        ctx.options ^= ssl.OP_NO_TICKET
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    p, _owner = _ssl_ptr(obj)
+    if _SSL_get_shutdown(p) != 0 or _SSL_get_ex_data(p, _EX_INDEX):
+        raise RuntimeError("stud.sslext: fresh SSL* looks wrong")
+    if len(get_ticket_keys(ctx)) != _TICKET_KEYS_LEN:
+        raise RuntimeError("stud.sslext: ticket key round trip failed")
+
+
+if openssl_version() != ssl.OPENSSL_VERSION:
+    raise ImportError(f"stud.sslext: mapped {_SSL_PATH} is {openssl_version()!r}, "
+                      f"but ssl.OPENSSL_VERSION is {ssl.OPENSSL_VERSION!r}")
+try:
+    selfcheck()
+except RuntimeError as e:
+    raise ImportError(str(e)) from e

@@ -1,0 +1,197 @@
+"""TLS contexts and the SNI table.
+
+Every context is built in the master before fork, so all workers share the session-ticket keys
+(tickets resume on any worker). One context per PEM file; the last PEM listed is the default.
+SNI names come from the DNS subjectAltNames, else the CN; exact names win over a one-label
+wildcard; no match (or no SNI) gives the default, or the unrecognized_name alert with
+--sni-nomatch-abort.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from stud import sslext
+from stud.config import Config, ConfigError
+from stud.log import log
+
+DEFAULT_GROUPS = "X25519:P-256"
+VERSIONS = {"TLSv1.0": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+            "TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
+                       re.S)
+
+
+@dataclass
+class Cert:
+    path: str
+    names: list[str]
+    context: ssl.SSLContext
+
+
+def read_pem(path: str) -> list[str]:
+    """Check a PEM holds a certificate and its matching unencrypted key; return its SNI names."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"pem-file '{path}': {why}")
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise bad(e.strerror or "unreadable") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise bad("no valid certificate found") from None
+    m = KEY_BLOCK.search(data)
+    if m is None:
+        raise bad("no private key found")
+    if m.group(1) == b"ENCRYPTED ":
+        raise bad("the private key is encrypted (stud needs it unencrypted)")
+    try:
+        key = serialization.load_pem_private_key(m.group(0), password=None)
+    except (ValueError, TypeError, NotImplementedError):
+        # The reason from the parser may quote key material: keep the message generic.
+        raise bad("the private key cannot be parsed") from None
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    if key.public_key().public_bytes(enc, pub) != certs[0].public_key().public_bytes(enc, pub):
+        raise bad("the private key does not match the (first) certificate")
+    return cert_names(certs[0])
+
+
+def cert_names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = san.get_values_for_type(x509.DNSName)
+        if names:
+            return [n.lower() for n in names]
+    except x509.ExtensionNotFound:
+        pass
+    return [str(a.value).lower() for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+
+
+def _protocol_range(cfg: Config) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
+    versions = sorted(VERSIONS[t] for t in cfg.tls_protos.replace(",", " ").split())
+    return versions[0], versions[-1]
+
+
+def server_context(cfg: Config, pem: str | None) -> ssl.SSLContext:
+    """One server context with every setting of cfg, loaded from ``pem``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    apply_common(ctx, cfg)
+    ctx.options |= ssl.OP_SINGLE_ECDH_USE | ssl.OP_SINGLE_DH_USE
+    if cfg.prefer_server_ciphers:
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        sslext.set_groups(ctx, cfg.ec_curve or DEFAULT_GROUPS)
+    except ValueError as e:
+        raise ConfigError(f"ec-curve: {e}") from None
+    if cfg.alpn_protos:
+        ctx.set_alpn_protocols([p.strip() for p in cfg.alpn_protos.split(",") if p.strip()])
+    if pem:
+        try:
+            ctx.load_cert_chain(pem)
+        except ssl.SSLError as e:
+            raise ConfigError(f"pem-file '{pem}': {e.reason or e}") from None
+        with open(pem, "rb") as f:
+            has_dh = b"BEGIN DH PARAMETERS" in f.read()
+        if has_dh:
+            try:
+                ctx.load_dh_params(pem)
+            except ssl.SSLError as e:
+                raise ConfigError(f"pem-file '{pem}': bad DH parameters: {e.reason}") from None
+    return ctx
+
+
+def apply_common(ctx: ssl.SSLContext, cfg: Config) -> None:
+    """Protocol range, ciphers and safety options shared by server and client contexts."""
+    ctx.minimum_version, ctx.maximum_version = _protocol_range(cfg)
+    # No compression (CRIME), no client-initiated renegotiation (CVE-2009-3555, THC DoS).
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    if cfg.ciphers:
+        try:
+            ctx.set_ciphers(cfg.ciphers)
+        except ssl.SSLError:
+            raise ConfigError(f"ciphers: invalid cipher string '{cfg.ciphers}'") from None
+    if cfg.ciphersuites:
+        try:
+            sslext.set_ciphersuites(ctx, cfg.ciphersuites)
+        except ValueError as e:
+            raise ConfigError(f"ciphersuites: {e}") from None
+
+
+@dataclass
+class SniTable:
+    """Certificates by name: exact names, then ``*.suffix`` wildcards covering one label."""
+
+    certs: list[Cert]
+    exact: dict[str, ssl.SSLContext] = field(default_factory=dict)
+    wild: dict[str, ssl.SSLContext] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for cert in self.certs:  # listing order: the first PEM with a name keeps it, as in stud
+            for name in cert.names:
+                table, key = (self.wild, name[2:]) if name.startswith("*.") else (self.exact, name)
+                if key in table:
+                    log.info(f"{{core}} SNI name '{name}' of '{cert.path}' already served by an "
+                             "earlier pem-file; ignored")
+                else:
+                    table[key] = cert.context
+
+    @property
+    def default(self) -> ssl.SSLContext:
+        return self.certs[-1].context
+
+    def lookup(self, name: str) -> ssl.SSLContext | None:
+        name = name.lower().rstrip(".")
+        ctx = self.exact.get(name)
+        if ctx is None:
+            _, dot, parent = name.partition(".")
+            ctx = self.wild.get(parent) if dot else None
+        return ctx
+
+
+def build(cfg: Config) -> SniTable:
+    """Load every PEM and build the contexts; raises ConfigError naming the failing file."""
+    certs = [Cert(pem, read_pem(pem), server_context(cfg, pem)) for pem in cfg.pem_file]
+    table = SniTable(certs)
+    abort = cfg.sni_nomatch_abort
+
+    def on_sni(sslsock: ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        sslsock.sni = name  # kept for the PROXY v2 AUTHORITY TLV and the connection log
+        if name is None:
+            return None
+        ctx = table.lookup(name)
+        if ctx is not None:
+            if ctx is not table.default:
+                sslsock.context = ctx
+        elif abort:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        return None
+
+    table.default.sni_callback = on_sni
+    if cfg.ssl_engine:
+        try:
+            sslext.load_engine(cfg.ssl_engine)
+        except ValueError as e:
+            raise ConfigError(f"ssl-engine: {e}") from None
+        log.info(f"{{core}} will use OpenSSL engine {cfg.ssl_engine}.")
+    return table
+
+
+def client_context(cfg: Config) -> ssl.SSLContext:
+    """--client mode: TLS towards the backend. Like stud, the backend is not verified."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    apply_common(ctx, cfg)
+    if cfg.pem_file:  # optional here: presented as the client certificate
+        ctx.load_cert_chain(cfg.pem_file[-1])
+    return ctx
