@@ -286,9 +286,7 @@ def _check_v1(line: bytes, complete: bool) -> list[bytes] | None:
     if line.startswith(b"PROXY UNKNOWN"):
         return None
     fields = line.split(b" ")
-    if len(fields) > 6:
-        raise ProxyError("PROXY v1: too many fields")
-    for i, field in enumerate(fields):
+    for i, field in enumerate(fields[:6]):
         whole = complete or i < len(fields) - 1
         if i == 0:
             ok = field == b"PROXY" if whole else b"PROXY".startswith(field)
@@ -306,6 +304,8 @@ def _check_v1(line: bytes, complete: bool) -> list[bytes] | None:
         if not ok:
             text = field.decode("latin-1")
             raise ProxyError(f"PROXY v1: bad {_V1_FIELDS[i]} {text!r}")
+    if len(fields) > 6:
+        raise ProxyError("PROXY v1: too many fields")
     if complete and len(fields) < 6:
         raise ProxyError("PROXY v1: missing fields")
     return fields

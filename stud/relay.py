@@ -150,7 +150,7 @@ class Flow:
             self.relay.want_write(dst, True)
             return
         except HS_ERRORS as e:
-            self.relay.close(f"{dst.name} {reason(e)}", DEBUG)
+            self.relay.close(f"{dst.name} {reason(e)}", INFO)
             return
         self.done = True
         self.relay.want_write(dst, False)

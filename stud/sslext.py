@@ -102,16 +102,38 @@ if _EX_INDEX < 0:
     raise ImportError("stud.sslext: CRYPTO_get_ex_new_index failed")
 
 
-def _reason() -> str:
-    """Pop the first queued OpenSSL error as text and clear the rest (stale errors confuse the
-    stdlib's own error reporting later on this thread)."""
+def _pop_error() -> tuple[str, str | None, str | None]:
+    """Pop the first queued OpenSSL error as (text, library, REASON) and clear the rest (stale
+    errors confuse the stdlib's own error reporting later on this thread)."""
     code = _ERR_get_error()
     _ERR_clear_error()
     if not code:
-        return "no OpenSSL error reported"
+        return "no OpenSSL error reported", None, None
     buf = ctypes.create_string_buffer(256)
     _ERR_error_string_n(code, buf, len(buf))
-    return buf.value.decode("ascii", "replace")
+    text = buf.value.decode("ascii", "replace")
+    parts = text.split(":", 4)  # "error:0A000126:SSL routines::shutdown while in init"
+    if len(parts) < 5:
+        return text, None, None
+    return text, parts[2].removesuffix(" routines"), parts[4].upper().replace(" ", "_")
+
+
+def _reason() -> str:
+    return _pop_error()[0]
+
+
+def _ssl_error(cls: type[ssl.SSLError], err: int, what: str, queue: bool = True) -> ssl.SSLError:
+    """An SSLError with .library/.reason set like the stdlib's (callers log e.reason)."""
+    text, lib, reason = _pop_error() if queue else ("", None, None)
+    e = cls(err, f"{what}: {text}" if queue else what)
+    e.library, e.reason = lib, reason
+    return e
+
+
+def _cstr(s: str) -> bytes:
+    if "\0" in s:  # C would silently stop at the NUL
+        raise ValueError(f"embedded NUL in {s!r}")
+    return s.encode()
 
 
 def _ctx_ptr(ctx: ssl.SSLContext) -> int:
@@ -143,24 +165,24 @@ def set_groups(ctx: ssl.SSLContext, groups: str) -> None:
     """Restrict key-exchange groups, e.g. ``"X25519:P-256"`` (SSL_CTX_set1_groups_list)."""
     p = _ctx_ptr(ctx)
     _ERR_clear_error()
-    if _SSL_CTX_ctrl(p, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode()) != 1:
+    if _SSL_CTX_ctrl(p, _SSL_CTRL_SET_GROUPS_LIST, 0, _cstr(groups)) != 1:
         raise ValueError(f"invalid groups list {groups!r}: {_reason()}")
 
 
 def set_ciphersuites(ctx: ssl.SSLContext, suites: str) -> None:
     """Set the TLS 1.3 ciphersuites ("" disables TLS 1.3 suites, as in OpenSSL)."""
-    p = _ctx_ptr(ctx)
+    p, raw = _ctx_ptr(ctx), _cstr(suites)
     # OpenSSL 3.0 silently drops unknown names as long as one name is valid, so try the list
     # on a throwaway context first and insist that every requested name survived.
     scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _ERR_clear_error()
-    if _SSL_CTX_set_ciphersuites(_ctx_ptr(scratch), suites.encode()) != 1:
+    if _SSL_CTX_set_ciphersuites(_ctx_ptr(scratch), raw) != 1:
         raise ValueError(f"invalid TLS 1.3 ciphersuites {suites!r}: {_reason()}")
     known = {c["name"] for c in scratch.get_ciphers() if c["protocol"] == "TLSv1.3"}
     unknown = [s for s in suites.split(":") if s and s not in known]
     if unknown:
         raise ValueError(f"invalid TLS 1.3 ciphersuites {suites!r}: unknown {unknown}")
-    if _SSL_CTX_set_ciphersuites(p, suites.encode()) != 1:
+    if _SSL_CTX_set_ciphersuites(p, raw) != 1:
         raise ValueError(f"invalid TLS 1.3 ciphersuites {suites!r}: {_reason()}")
 
 
@@ -173,7 +195,7 @@ def set_ticket_keys(ctx: ssl.SSLContext, keys: bytes) -> None:
     buf = (ctypes.c_char * _TICKET_KEYS_LEN).from_buffer_copy(keys)
     _ERR_clear_error()
     if _SSL_CTX_ctrl(p, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_LEN, buf) != 1:
-        raise ssl.SSLError(_SSL_ERROR_SSL, f"cannot set ticket keys: {_reason()}")
+        raise _ssl_error(ssl.SSLError, _SSL_ERROR_SSL, "cannot set ticket keys")
 
 
 def get_ticket_keys(ctx: ssl.SSLContext) -> bytes:
@@ -182,7 +204,7 @@ def get_ticket_keys(ctx: ssl.SSLContext) -> bytes:
     buf = (ctypes.c_char * _TICKET_KEYS_LEN)()
     _ERR_clear_error()
     if _SSL_CTX_ctrl(p, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_LEN, buf) != 1:
-        raise ssl.SSLError(_SSL_ERROR_SSL, f"cannot get ticket keys: {_reason()}")
+        raise _ssl_error(ssl.SSLError, _SSL_ERROR_SSL, "cannot get ticket keys")
     return bytes(buf)
 
 
@@ -231,12 +253,12 @@ def send_close_notify(sock: ssl.SSLSocket | ssl.SSLObject) -> bool:
     if err in (_SSL_ERROR_WANT_WRITE, _SSL_ERROR_WANT_READ):
         _ERR_clear_error()
         _SSL_set_ex_data(p, _EX_INDEX, _PENDING)
-        exc = ssl.SSLWantWriteError if err == _SSL_ERROR_WANT_WRITE else ssl.SSLWantReadError
-        raise exc(err, "close_notify not sent yet: retry when the socket is ready")
+        cls = ssl.SSLWantWriteError if err == _SSL_ERROR_WANT_WRITE else ssl.SSLWantReadError
+        raise _ssl_error(cls, err, "close_notify not sent yet: retry when ready", queue=False)
     if err == _SSL_ERROR_SYSCALL and errno:
         _ERR_clear_error()
         raise OSError(errno, f"SSL_shutdown: {os.strerror(errno)}")
-    raise ssl.SSLError(err, f"SSL_shutdown failed: {_reason()}")
+    raise _ssl_error(ssl.SSLError, err, "SSL_shutdown failed")
 
 
 def load_engine(name: str) -> None:
@@ -255,7 +277,7 @@ def load_engine(name: str) -> None:
         if register_all() != 1:
             raise ValueError(f"OpenSSL engine 'auto' not available: {_reason()}")
         return
-    e = by_id(name.encode())
+    e = by_id(_cstr(name))
     if not e:
         raise ValueError(f"OpenSSL engine {name!r} not available: {_reason()}")
     try:

@@ -115,6 +115,9 @@ def apply_common(ctx: ssl.SSLContext, cfg: Config) -> None:
     ctx.minimum_version, ctx.maximum_version = _protocol_range(cfg)
     # No compression (CRIME), no client-initiated renegotiation (CVE-2009-3555, THC DoS).
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # A FIN without close_notify is a half-close too; without this OpenSSL 3 fails the
+    # connection with a decode_error alert and the reply could never be sent.
+    ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
     if cfg.ciphers:
         try:
             ctx.set_ciphers(cfg.ciphers)

@@ -1,0 +1,277 @@
+"""The data path, end to end: real TLS clients -> the real stud -> real backends."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import ssl
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import client_ctx, free_port, read_all, tls_connect, wait_for
+
+from stud import sslext
+
+PATTERN = bytes(range(256)) * 4096  # what backend.py's "reply" mode sends: 1 MiB
+
+
+def records(tmp_path: Path, n: int = 1) -> bytes:
+    path = tmp_path / f"rec.{n}"
+    wait_for(path.exists, 10)
+    return path.read_bytes()
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True when the peer closed: EOF, or a reset because unread input was discarded."""
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def backend_connections(tmp_path: Path) -> int:
+    path = tmp_path / "rec.count"
+    return int(path.read_text()) if path.exists() else 0
+
+
+def test_echo_and_connection_log(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"))
+    with tls_connect(s.port, sni="localhost") as c:
+        c.sendall(b"ping")
+        assert c.recv(100) == b"ping"
+    line = wait_for(lambda: [x for x in s.output().splitlines() if "connection closed" in x])
+    assert "client=127.0.0.1:" in line[0] and "tls=TLSv1.3" in line[0]
+    assert "up=4 down=4" in line[0] and "sni=localhost" in line[0]
+
+
+def test_one_mib_each_way_with_checksum(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"))
+    data = os.urandom(1 << 20)
+    with tls_connect(s.port) as c:
+        t = threading.Thread(target=c.sendall, args=(data,))
+        t.start()
+        got = b""
+        while len(got) < len(data):
+            chunk = c.recv(65536)
+            assert chunk, "stud closed early"
+            got += chunk
+        t.join(10)
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("how", ["fin", "close_notify"])
+def test_half_close_reply_is_delivered(stud, backend, pem, how):
+    """The client sends its request and closes its sending side; the reply still arrives."""
+    s = stud(pem, backend_port=backend("reply"))
+    with tls_connect(s.port) as c:
+        c.sendall(b"request")
+        if how == "fin":
+            socket.socket.shutdown(c, socket.SHUT_WR)  # TCP FIN without close_notify
+        else:
+            assert sslext.send_close_notify(c)
+        got = read_all(c)
+    assert got == PATTERN
+
+
+def test_backend_eof_becomes_close_notify_and_client_may_still_send(stud, backend, pem, tmp_path):
+    s = stud(pem, backend_port=backend("greet"))
+    with tls_connect(s.port) as c:
+        assert c.recv(100) == b"220 hello\r\n"  # the backend speaks first
+        c.sendall(b"abc")
+        assert c.recv(100) == b"abc"
+
+
+def test_server_speaks_first(stud, backend, pem):
+    s = stud(pem, backend_port=backend("greet"))
+    with tls_connect(s.port) as c:
+        assert c.recv(100) == b"220 hello\r\n"
+
+
+def test_backend_down_then_up(stud, backend, pem, tmp_path):
+    port = free_port()
+    s = stud(pem, backend_port=port)
+    with tls_connect(s.port) as c:  # the handshake succeeds...
+        assert c.version() == "TLSv1.3"
+        assert read_all(c) == b""  # ...then the client is closed
+    assert "backend connect failed: Connection refused" in wait_for(s.output)
+    # the daemon goes on serving
+    with socket.create_server(("127.0.0.1", port)) as srv:
+        with tls_connect(s.port) as c:
+            conn, _ = srv.accept()
+            c.sendall(b"x")
+            assert conn.recv(10) == b"x"
+            conn.close()
+
+
+def test_handshake_timeout(stud, backend, pem):
+    s = stud(pem, "--ssl-handshake-timeout=1", backend_port=backend("echo"))
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
+        t0 = time.monotonic()
+        assert closed_by_peer(c)
+        assert time.monotonic() - t0 < 5
+    wait_for(lambda: "handshake timeout" in s.output())
+    with tls_connect(s.port) as c:  # still serving
+        c.sendall(b"ok")
+        assert c.recv(10) == b"ok"
+
+
+def test_backend_connect_timeout(stud, pem):
+    # A listener that never accepts, with its queue full: further SYNs go unanswered.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    fillers = []
+    for _ in range(4):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(srv.getsockname())
+        fillers.append(f)
+    time.sleep(0.2)
+    s = stud(pem, "--backend-connect-timeout=1", backend_port=srv.getsockname()[1])
+    try:
+        with tls_connect(s.port) as c:
+            t0 = time.monotonic()
+            assert read_all(c) == b""
+            assert 0.5 < time.monotonic() - t0 < 6
+        wait_for(lambda: "backend connect timeout" in s.output())
+    finally:
+        for f in fillers:
+            f.close()
+        srv.close()
+
+
+def _send_and_record(s, tmp_path, host="127.0.0.1", sni=None) -> bytes:
+    with tls_connect(s.port, host=host, sni=sni) as c:
+        c.sendall(b"hello")
+        assert sslext.send_close_notify(c)
+        assert read_all(c) == b"OK\n"
+    return records(tmp_path)
+
+
+def test_write_ip_ipv4(stud, backend, pem, tmp_path):
+    s = stud(pem, "--write-ip", backend_port=backend("record"))
+    assert _send_and_record(s, tmp_path) == b"\x02\x7f\x00\x00\x01hello"
+
+
+def test_write_ip_ipv6(stud, backend, pem, tmp_path):
+    port = free_port(socket.AF_INET6)
+    s = stud(pem, "--write-ip", backend_port=backend("record"), frontend=f"[::1]:{port}")
+    s.port = port
+    got = _send_and_record(s, tmp_path, host="::1")
+    assert got == b"\x0a" + b"\x00" * 15 + b"\x01" + b"hello"
+
+
+def test_write_proxy_v1_ipv4(stud, backend, pem, tmp_path):
+    s = stud(pem, "--write-proxy", backend_port=backend("record"))
+    got = _send_and_record(s, tmp_path)
+    line, rest = got.split(b"\r\n", 1)
+    parts = line.split(b" ")
+    assert parts[:4] == [b"PROXY", b"TCP4", b"127.0.0.1", b"127.0.0.1"]
+    assert int(parts[5]) == s.port and 1024 <= int(parts[4]) <= 65535
+    assert rest == b"hello"
+
+
+def test_write_proxy_v1_ipv6(stud, backend, pem, tmp_path):
+    port = free_port(socket.AF_INET6)
+    s = stud(pem, "--write-proxy-v1", backend_port=backend("record"), frontend=f"[::1]:{port}")
+    s.port = port
+    got = _send_and_record(s, tmp_path, host="::1")
+    assert got.startswith(b"PROXY TCP6 ::1 ::1 ") and got.endswith(f" {port}\r\nhello".encode())
+
+
+def _parse_v2(got: bytes) -> tuple[int, int, bytes, dict]:
+    assert got[:12] == b"\r\n\r\n\x00\r\nQUIT\n"
+    ver_cmd, fam, length = got[12], got[13], struct.unpack("!H", got[14:16])[0]
+    assert ver_cmd == 0x21
+    body, rest = got[16:16 + length], got[16 + length:]
+    alen = {0x11: 12, 0x21: 36}[fam]
+    tlvs, i = {}, alen
+    while i < len(body):
+        t, n = body[i], struct.unpack("!H", body[i + 1:i + 3])[0]
+        tlvs[t] = body[i + 3:i + 3 + n]
+        i += 3 + n
+    return fam, alen, body[:alen] + b"|" + rest, tlvs
+
+
+def test_write_proxy_v2_ipv4_with_tlvs(stud, backend, pem, tmp_path):
+    s = stud("--write-proxy-v2", "--alpn-protos=h2,http/1.1", pem,
+             backend_port=backend("record"))
+    ctx = client_ctx()
+    ctx.set_alpn_protocols(["http/1.1", "h2"])
+    with tls_connect(s.port, sni="stud.test", ctx=ctx) as c:
+        assert c.selected_alpn_protocol() == "h2"  # server order wins
+        cipher = c.cipher()[0]
+        c.sendall(b"hello")
+        sslext.send_close_notify(c)
+        assert read_all(c) == b"OK\n"
+    fam, alen, addrs, tlvs = _parse_v2(records(tmp_path))
+    assert fam == 0x11
+    assert addrs[:8] == socket.inet_aton("127.0.0.1") * 2
+    assert struct.unpack("!H", addrs[10:12])[0] == s.port
+    assert addrs.endswith(b"|hello")
+    assert tlvs[0x01] == b"h2" and tlvs[0x02] == b"stud.test"
+    ssl_tlv = tlvs[0x20]
+    assert ssl_tlv[0] == 0x01
+    assert b"\x21\x00\x07TLSv1.3" in ssl_tlv and cipher.encode() in ssl_tlv
+
+
+def test_write_proxy_v2_ipv6(stud, backend, pem, tmp_path):
+    port = free_port(socket.AF_INET6)
+    s = stud(pem, "--write-proxy-v2", backend_port=backend("record"), frontend=f"[::1]:{port}")
+    s.port = port
+    fam, alen, addrs, tlvs = _parse_v2(_send_and_record(s, tmp_path, host="::1"))
+    loop6 = socket.inet_pton(socket.AF_INET6, "::1")
+    assert fam == 0x21 and addrs[:32] == loop6 * 2
+    assert struct.unpack("!H", addrs[34:36])[0] == port
+    assert 0x02 not in tlvs  # no SNI sent, no AUTHORITY
+
+
+def _proxy_client(port: int, header_parts: list[bytes], delay: float = 0.3) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    for i, part in enumerate(header_parts):
+        if i:
+            time.sleep(delay)
+        raw.sendall(part)
+    return client_ctx().wrap_socket(raw)
+
+
+@pytest.mark.parametrize("parts", [
+    [b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 443\r\n"],
+    [b"PROXY TCP4 203.0.113.7 19", b"2.0.2.1 40000 443\r\n"],  # split across segments
+    [b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([203, 0, 113, 7, 192, 0, 2, 1])
+     + b"\x9c\x40\x01\xbb"],
+    [b"\r\n\r\n\x00\r\nQUIT\n\x21\x11", b"\x00\x0c" + bytes([203, 0, 113, 7, 192, 0, 2, 1])
+     + b"\x9c\x40\x01\xbb"],
+], ids=["v1", "v1-split", "v2", "v2-split"])
+def test_proxy_proxy_passes_header_byte_for_byte(stud, backend, pem, tmp_path, parts):
+    s = stud(pem, "--proxy-proxy", backend_port=backend("record"))
+    with _proxy_client(s.port, parts) as c:
+        c.sendall(b"hello")
+        sslext.send_close_notify(c)
+        assert read_all(c) == b"OK\n"
+    assert records(tmp_path) == b"".join(parts) + b"hello"
+
+
+@pytest.mark.parametrize("garbage", [
+    b"garbage!\r\n", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", b"PROXY TCP4 999.1.1.1 1.1.1.1 1 2\r\n",
+], ids=["garbage", "bare-lf", "bad-address"])
+def test_proxy_proxy_rejects_bad_headers(stud, backend, pem, tmp_path, garbage):
+    s = stud(pem, "--proxy-proxy", backend_port=backend("record"))
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
+        raw.sendall(garbage)
+        assert closed_by_peer(raw)
+    wait_for(lambda: "bad PROXY header" in s.output())
+    # no header at all: the ClientHello is not a PROXY header either
+    with pytest.raises((ssl.SSLError, OSError)):
+        tls_connect(s.port).recv(1)
+    time.sleep(0.3)
+    assert backend_connections(tmp_path) == 0
+    with _proxy_client(s.port, [b"PROXY UNKNOWN\r\n"]) as c:  # still serving
+        c.sendall(b"x")
+        sslext.send_close_notify(c)
+        assert read_all(c) == b"OK\n"
