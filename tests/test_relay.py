@@ -97,7 +97,7 @@ def test_backend_down_then_up(stud, backend, pem, tmp_path):
     with tls_connect(s.port) as c:  # the handshake succeeds...
         assert c.version() == "TLSv1.3"
         assert read_all(c) == b""  # ...then the client is closed
-    assert "backend connect failed: Connection refused" in wait_for(s.output)
+    wait_for(lambda: "backend connect failed: Connection refused" in s.output())
     # the daemon goes on serving
     with socket.create_server(("127.0.0.1", port)) as srv:
         with tls_connect(s.port) as c:
