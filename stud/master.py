@@ -80,13 +80,14 @@ def bind(front: addr.Addr, family: int, sockaddr: tuple, cfg: Config) -> socket.
 
 def drop_privileges(cfg: Config) -> None:
     """chroot, then setgroups, setgid, setuid: for workers, before any client is served."""
+    # Look the names up before chroot: the jail usually has no /etc/passwd.
+    pw = pwd.getpwnam(cfg.user) if cfg.user else None
+    gid = grp.getgrnam(cfg.group).gr_gid if cfg.group else pw.pw_gid if pw else None
     if cfg.chroot:
         os.chroot(cfg.chroot)
         os.chdir("/")
-    if not (cfg.user or cfg.group):
+    if gid is None:
         return
-    pw = pwd.getpwnam(cfg.user) if cfg.user else None
-    gid = grp.getgrnam(cfg.group).gr_gid if cfg.group else pw.pw_gid
     if os.getuid() == 0:
         os.setgroups([gid])  # the original kept root's supplementary groups
     os.setgid(gid)

@@ -292,7 +292,7 @@ def _check_v1(line: bytes, complete: bool) -> list[bytes] | None:
             ok = field == b"PROXY" if whole else b"PROXY".startswith(field)
         elif i == 1:
             choices = (b"TCP4", b"TCP6", b"UNKNOWN")
-            ok = field in choices[:2] if whole else any(c.startswith(field) for c in choices)
+            ok = field in choices if whole else any(c.startswith(field) for c in choices)
         elif i in (2, 3) and fields[1] == b"TCP4":
             ok = bool((_IPV4 if whole else _IPV4_PREFIX).fullmatch(field))
         elif i in (2, 3):

@@ -9,6 +9,7 @@ seconds, then exit 0.
 from __future__ import annotations
 
 import asyncio
+import encodings.idna  # noqa: F401 - SNI names may need it after chroot, where imports fail
 import errno
 import os
 import signal
@@ -19,6 +20,11 @@ from stud.config import Config
 from stud.log import log
 from stud.relay import Relay
 
+try:  # imported by the master: after chroot the worker could not import it any more
+    import uvloop
+except ImportError:
+    uvloop = None
+
 ACCEPT_BATCH = 64          # accepts per wake-up: enough to empty a burst, bounded for fairness
 EMFILE_PAUSE = 0.5         # seconds without accepting when out of file descriptors
 FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -26,11 +32,7 @@ FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 def new_loop() -> asyncio.AbstractEventLoop:
     """uvloop where it loads; asyncio otherwise (the relay only uses fd callbacks and timers)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    return uvloop.new_event_loop() if uvloop else asyncio.new_event_loop()
 
 
 class Worker:

@@ -1,0 +1,148 @@
+"""Processes and signals: workers, respawn, drain, privilege drop, daemon mode."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import STUD, free_port, read_all, tls_connect, wait_for, worker_pids
+
+root_only = pytest.mark.skipif(os.getuid() != 0, reason="needs root")
+
+
+def uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError("no Uid line")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def echo_ok(port: int) -> bool:
+    with tls_connect(port) as c:
+        c.sendall(b"ping")
+        return c.recv(10) == b"ping"
+
+
+def test_workers_killed_are_replaced(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"), workers=2)
+    first = wait_for(lambda: len(s.workers()) == 2 and s.workers())
+    os.kill(first[0], signal.SIGKILL)
+    replaced = wait_for(lambda: first[0] not in s.workers() and len(s.workers()) == 2
+                        and s.workers())
+    assert first[1] in replaced
+    wait_for(lambda: s.output().count("online") >= 3)
+    assert "was terminated by signal 9. Replacing" in s.output()
+    for _ in range(4):
+        assert echo_ok(s.port)
+
+
+def test_sigterm_idle_exits_at_once_and_frees_the_port(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"), workers=2)
+    t0 = time.monotonic()
+    assert s.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - t0 < 3
+    assert port_free(s.port)
+
+
+def test_sigterm_drains_in_flight_requests(stud, backend, pem):
+    s = stud(pem, backend_port=backend("slow"))
+    with tls_connect(s.port) as c:
+        c.sendall(b"GET\n")
+        time.sleep(0.3)  # the request is at the backend, which answers after 1.5 s
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(OSError):  # no longer accepting
+            tls_connect(s.port, timeout=2)
+        assert read_all(c) == b"slow done\n"
+    assert s.proc.wait(10) == 0
+    assert port_free(s.port)
+
+
+def test_sigterm_drain_timeout_bounds_the_wait(stud, backend, pem):
+    s = stud(pem, "--drain-timeout=1", backend_port=backend("sink"))
+    with tls_connect(s.port) as c:
+        c.sendall(b"x")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(10) == 0
+        assert 0.8 < time.monotonic() - t0 < 5
+        assert read_all(c) == b""
+    assert "drain timeout" in s.output()
+
+
+def test_workers_exit_when_master_dies(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"))
+    workers = wait_for(s.workers)
+    os.kill(s.pid, signal.SIGKILL)
+    s.proc.wait(5)
+    wait_for(lambda: not any(Path(f"/proc/{w}").exists() and
+                             "zombie" not in Path(f"/proc/{w}/status").read_text()
+                             for w in workers), 10)
+
+
+@root_only
+def test_privilege_drop_with_root_only_key(stud, backend, pki, tmp_path):
+    key = pki.make(["localhost"], name="rootonly")
+    os.chmod(key, 0o600)
+    os.chown(key, 0, 0)
+    s = stud("--user=nobody", key, backend_port=backend("echo"), workers=2)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    workers = wait_for(lambda: len(s.workers()) == 2 and s.workers())
+    assert all(uid_of(w) == nobody for w in workers)
+    status = Path(f"/proc/{workers[0]}/status").read_text()
+    groups = [ln for ln in status.splitlines() if ln.startswith("Groups:")][0].split()[1:]
+    assert groups == [str(pwd.getpwnam("nobody").pw_gid)]  # root's groups are gone
+    assert echo_ok(s.port)
+
+
+@root_only
+def test_daemon_with_chroot_and_pidfile(backend, pem, tmp_path):
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    pidfile = tmp_path / "stud.pid"
+    port = free_port()
+    bport = backend("echo")
+    out = subprocess.run(STUD + ["--daemon", f"--chroot={jail}", "--user=nobody",
+                                 f"--pidfile={pidfile}", "-f", f"127.0.0.1,{port}",
+                                 "-b", f"127.0.0.1,{bport}", pem],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert "Daemonized as pid" in out.stdout
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()))
+    try:
+        worker = wait_for(lambda: worker_pids(pid), 10)[0]
+        wait_for(lambda: os.readlink(f"/proc/{worker}/root") == str(jail))
+        assert wait_for(lambda: echo_ok(port))
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10)
+    assert not pidfile.exists()
+
+
+def test_stud_command_is_installed():
+    exe = shutil.which("stud")
+    if exe is None:
+        pytest.skip("the stud entry point is not on PATH (not pip-installed)")
+    out = subprocess.run([exe, "-V"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and out.stdout.startswith("stud ")
+    out = subprocess.run([sys.executable, "-m", "stud", "--version"], capture_output=True,
+                         text=True, timeout=20)
+    assert out.stdout.startswith("stud ")

@@ -1,0 +1,180 @@
+"""TLS settings and the SNI table, checked with real clients (Python ssl and openssl s_client)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+from conftest import client_ctx, peer_cn, read_all, tls_connect, wait_for
+
+
+def s_client(port: int, *args: str, stdin: bytes = b"", timeout: float = 15) -> str:
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args],
+                         input=stdin, capture_output=True, timeout=timeout)
+    return (out.stdout + out.stderr).decode(errors="replace")
+
+
+@pytest.fixture
+def sni_stud(stud, backend, pki):
+    """Four certificates: exact SANs, a CN-only one, a wildcard, and the default (last)."""
+    pems = [
+        pki.make(["a.example.com", "Alt.Example.com"], cn="ignored-cn.example.com", name="a"),
+        pki.make(None, cn="cn-only.example.com", name="cnonly"),
+        pki.make(["*.wild.example.com"], cn=None, name="wild"),
+        pki.make(["b.wild.example.com"], cn="b", name="exact-in-wild"),
+        pki.make(["default.example.com"], name="default-last"),
+    ]
+    return lambda *extra: stud(*extra, *pems, backend_port=backend("echo"))
+
+
+@pytest.mark.parametrize("sni, expect", [
+    ("a.example.com", "a.example.com,Alt.Example.com"),
+    ("A.EXAMPLE.COM", "a.example.com,Alt.Example.com"),       # case-insensitive
+    ("alt.example.com", "a.example.com,Alt.Example.com"),     # every SAN counts
+    ("ignored-cn.example.com", "default.example.com"),        # SAN wins over CN
+    ("cn-only.example.com", "cn-only.example.com"),           # CN when there is no SAN
+    ("x.wild.example.com", "*.wild.example.com"),             # one-label wildcard
+    ("b.wild.example.com", "b.wild.example.com"),             # exact beats wildcard
+    ("a.b.wild.example.com", "default.example.com"),          # not two labels
+    ("wild.example.com", "default.example.com"),
+    ("unknown.example.org", "default.example.com"),
+    (None, "default.example.com"),                            # no SNI: the last PEM
+])
+def test_sni_table(sni_stud, sni, expect):
+    s = sni_stud()
+    with tls_connect(s.port, sni=sni) as c:
+        assert peer_cn(c) == expect
+
+
+def test_sni_nomatch_abort(sni_stud):
+    s = sni_stud("--sni-nomatch-abort")
+    with tls_connect(s.port, sni="a.example.com") as c:
+        assert peer_cn(c).startswith("a.example.com")
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+        tls_connect(s.port, sni="unknown.example.org")
+    with tls_connect(s.port) as c:  # no SNI at all still gets the default
+        assert peer_cn(c) == "default.example.com"
+
+
+def test_rsa_key_tls12_with_dh_params_and_ecdhe(stud, backend, pki):
+    pem = pki.make(["localhost"], key="rsa", dh=True)
+    s = stud(pem, "-c", "DHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384",
+             backend_port=backend("echo"))
+    out = s_client(s.port, "-tls1_2", "-cipher", "DHE-RSA-AES128-GCM-SHA256")
+    assert "Cipher is DHE-RSA-AES128-GCM-SHA256" in out
+    out = s_client(s.port, "-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384")
+    assert "Cipher is ECDHE-RSA-AES256-GCM-SHA384" in out
+
+
+def test_default_protocols_are_tls12_and_tls13(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"))
+    assert "Protocol  : TLSv1.2" in s_client(s.port, "-tls1_2")
+    assert "New, TLSv1.3" in s_client(s.port, "-tls1_3")
+    ctx = client_ctx(minimum_version=ssl.TLSVersion.TLSv1_1,
+                     maximum_version=ssl.TLSVersion.TLSv1_1)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with pytest.raises(ssl.SSLError):
+        tls_connect(s.port, ctx=ctx)
+
+
+def test_tls_protos_tls12_only(stud, backend, pem):
+    s = stud(pem, "--tls-protos=TLSv1.2", backend_port=backend("echo"))
+    with tls_connect(s.port) as c:
+        assert c.version() == "TLSv1.2"
+    with pytest.raises(ssl.SSLError):
+        tls_connect(s.port, ctx=client_ctx(minimum_version=ssl.TLSVersion.TLSv1_3))
+
+
+def test_ciphersuites_and_ec_curve(stud, backend, pem):
+    s = stud(pem, "--ciphersuites=TLS_CHACHA20_POLY1305_SHA256", backend_port=backend("echo"))
+    with tls_connect(s.port) as c:
+        assert c.cipher()[0] == "TLS_CHACHA20_POLY1305_SHA256"
+    out = s_client(s.port, "-groups", "P-384")  # default groups: X25519 and P-256 only
+    assert "Cipher is (NONE)" in out or "handshake failure" in out
+    assert "X25519" in s_client(s.port, "-groups", "X25519:P-256")
+
+
+def test_ec_curve_config_key(stud, backend, pem, tmp_path):
+    conf = tmp_path / "stud.conf"
+    conf.write_text('ec-curve = "secp384r1"\n')
+    s = stud(f"--config={conf}", pem, backend_port=backend("echo"))
+    assert "Server Temp Key: ECDH, secp384r1" in s_client(s.port, "-groups", "P-384:X25519")
+
+
+def test_prefer_server_ciphers(stud, backend, pem):
+    order = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256"
+    client_order = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"
+    s = stud(pem, "-O", "-c", order, backend_port=backend("echo"))
+    out = s_client(s.port, "-tls1_2", "-cipher", client_order)
+    assert "Cipher is ECDHE-ECDSA-AES256-GCM-SHA384" in out
+    s2 = stud(pem, "-c", order, backend_port=backend("echo"))
+    out = s_client(s2.port, "-tls1_2", "-cipher", client_order)
+    assert "Cipher is ECDHE-ECDSA-AES128-GCM-SHA256" in out
+
+
+def test_client_initiated_renegotiation_is_refused(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"))
+    proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{s.port}",
+                             "-tls1_2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        time.sleep(1)
+        proc.stdin.write(b"R\n")
+        proc.stdin.flush()
+        time.sleep(1)
+        proc.stdin.write(b"after\n")
+        proc.stdin.flush()
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = out.decode(errors="replace")
+    assert "RENEGOTIATING" in text
+    assert re.search(r"no renegotiation|alert|errno|error", text, re.I)
+    assert "after\n" not in text.split("RENEGOTIATING", 1)[1]
+
+
+def test_session_resumption_across_workers_tls13_and_tls12(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"), workers=2)
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        ctx = client_ctx(maximum_version=version)
+        with tls_connect(s.port, ctx=ctx) as c:
+            c.sendall(b"x")
+            assert c.recv(10) == b"x"  # TLS 1.3 tickets arrive after the handshake
+            session = c.session
+        reused = 0
+        for _ in range(6):
+            raw = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            with ctx.wrap_socket(raw, session=session) as c:
+                reused += c.session_reused
+                c.sendall(b"y")
+                assert c.recv(10) == b"y"
+        assert reused == 6, version
+
+
+def test_client_mode(stud, backend, pem):
+    """Plain client -> stud --client -> stud (TLS) -> echo backend."""
+    server = stud(pem, backend_port=backend("echo"))
+    client = stud("--client", backend_port=server.port)
+    with socket.create_connection(("127.0.0.1", client.port), timeout=10) as c:
+        c.sendall(b"through two studs")
+        assert c.recv(100) == b"through two studs"
+        c.shutdown(socket.SHUT_WR)
+        assert read_all(c) == b""
+    wait_for(lambda: "connection closed" in server.output())
+
+
+def test_keepalive_idle_is_applied(stud, backend, pem):
+    s = stud(pem, "-k", "77", backend_port=backend("echo"))
+    with tls_connect(s.port) as c:
+        c.sendall(b"x")
+        assert c.recv(10) == b"x"
+        out = subprocess.run(["ss", "-tno", "state", "established", f"( sport = :{s.port} )"],
+                             capture_output=True, text=True, timeout=10).stdout
+    if "timer" not in out and "keepalive" not in out:
+        pytest.skip("ss shows no timers here")
+    assert re.search(r"keepalive,1m1[0-7]", out), out
