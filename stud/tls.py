@@ -89,6 +89,8 @@ def server_context(cfg: Config, pem: str | None) -> ssl.SSLContext:
     ctx.options |= ssl.OP_SINGLE_ECDH_USE | ssl.OP_SINGLE_DH_USE
     if cfg.prefer_server_ciphers:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:  # CPython turns it on by default; stud's default (and -O's meaning) is off
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
         sslext.set_groups(ctx, cfg.ec_curve or DEFAULT_GROUPS)
     except ValueError as e:

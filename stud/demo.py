@@ -1,0 +1,84 @@
+"""``stud-demo``: stud serving TLS on localhost in front of a tiny backend, in one command.
+
+It generates a self-signed ECDSA certificate for localhost, starts a small HTTP backend on
+127.0.0.1:8000 (a thread in this process) and runs the real stud in the foreground on
+127.0.0.1:8443, so ``curl -k https://127.0.0.1:8443/`` works at once. Ctrl-C stops both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.server
+import ipaddress
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+def self_signed_pem(path: Path, name: str = "localhost") -> None:
+    """Write a certificate and its key, in one PEM file as stud reads them."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        body = b"Hello from the backend, through stud.\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        pass  # stud logs every connection already
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=8443, help="TLS port (default 8443)")
+    p.add_argument("--backend-port", type=int, default=8000, help="backend port (default 8000)")
+    args, extra = p.parse_known_args(argv)
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", args.backend_port), Hello)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    with tempfile.TemporaryDirectory(prefix="stud-demo-") as tmp:
+        pem = Path(tmp) / "localhost.pem"
+        self_signed_pem(pem)
+        cmd = [sys.executable, "-m", "stud", "-f", f"127.0.0.1,{args.port}",
+               "-b", f"127.0.0.1,{args.backend_port}", *extra, str(pem)]
+        print(f"stud-demo: backend on 127.0.0.1:{args.backend_port}, stud on "
+              f"127.0.0.1:{args.port}\nstud-demo: try   curl -k https://127.0.0.1:{args.port}/"
+              "\nstud-demo: Ctrl-C stops it.", flush=True)
+        proc = subprocess.Popen(cmd)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            return proc.wait(40)
+        finally:
+            backend.shutdown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
