@@ -56,8 +56,8 @@ def parse(text: str, *, wildcard: bool = False) -> Addr:
         if not wildcard:
             raise AddrError(f"invalid address '{text}': wildcards are not allowed here")
         return Addr(None, parse_port(port, text))
-    if any(c.isspace() for c in host):
-        raise AddrError(f"invalid address '{text}': space in host")
+    if any(c in "[] " or not c.isprintable() for c in host):
+        raise AddrError(f"invalid address '{text}': space, bracket or control character in host")
     return Addr(host, parse_port(port, text))
 
 
@@ -91,5 +91,7 @@ def resolve(addr: Addr, *, passive: bool = False) -> tuple[int, tuple]:
                                    socket.IPPROTO_TCP, flags)
     except socket.gaierror as e:
         raise AddrError(f"cannot resolve '{addr.host}': {e.strerror}") from None
+    except ValueError as e:  # UnicodeError from IDNA: an empty or over-long label ('a..b')
+        raise AddrError(f"cannot resolve '{addr.host}': invalid host name ({e})") from None
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(e.text)
         return 0
     except config.ConfigError as e:
-        print(f"stud: {e}", file=sys.stderr)
+        print(f"stud: {one_line(e)}", file=sys.stderr)
         return 1
     # --daemon has no terminal to talk to: like stud, it implies syslog.
     log.configure(quiet=cfg.quiet, use_syslog=cfg.syslog or cfg.daemon,
@@ -28,7 +28,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return master.run(cfg)
     except config.ConfigError as e:
-        log.error(f"stud: {e}")
+        log.error(f"stud: {one_line(e)}")
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def one_line(e: Exception) -> str:
+    """Errors are one line even when they quote an argument with a line break in it."""
+    return str(e).replace("\r", "\\r").replace("\n", "\\n")

@@ -9,11 +9,13 @@ names the option, or the file and line.
 from __future__ import annotations
 
 import grp
+import ipaddress
 import os
 import pwd
+import socket
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from stud import __version__, addr
@@ -26,6 +28,8 @@ FACILITIES = ("auth", "authpriv", "cron", "daemon", "ftp", "local0", "local1", "
 PROTOS = ("TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 MODERN = "TLSv1.2 TLSv1.3"
 MAX_PEERS = 15
+MAX_KEEPIDLE = 32767   # Linux refuses a longer TCP_KEEPIDLE (every client would be dropped)
+MAX_INT = 2**31 - 1    # listen() takes a C int
 CLIENT_ADDR_MODES = ("write-ip", "write-proxy", "write-proxy-v2", "proxy-proxy")
 
 
@@ -75,7 +79,11 @@ def _above_zero(v: float) -> str | None:
 
 
 def _backlog(v: int) -> str | None:
-    return None if v >= -1 else "must be -1 (system maximum) or more"
+    return None if -1 <= v <= MAX_INT else f"must be -1 (system maximum) to {MAX_INT}"
+
+
+def _keepalive(v: int) -> str | None:
+    return None if 0 <= v <= MAX_KEEPIDLE else f"must be 0 to {MAX_KEEPIDLE}"
 
 
 def _facility(v: str) -> str | None:
@@ -85,7 +93,7 @@ def _facility(v: str) -> str | None:
 def _user(v: str) -> str | None:
     try:
         pwd.getpwnam(v)
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: an embedded NUL
         return "no such user"
     return None
 
@@ -93,7 +101,7 @@ def _user(v: str) -> str | None:
 def _group(v: str) -> str | None:
     try:
         grp.getgrnam(v)
-    except KeyError:
+    except (KeyError, ValueError):
         return "no such group"
     return None
 
@@ -111,13 +119,32 @@ def _protos(v: str) -> str | None:
 
 
 def _workers(v: str) -> str | None:
-    if v == "auto" or (v.isdigit() and int(v) >= 1):
+    if v == "auto" or (v.isascii() and v.isdigit() and int(v) >= 1):
         return None
     return "must be a positive number or 'auto'"
 
 
 def _peers(v: list) -> str | None:
     return None if len(v) <= MAX_PEERS else f"at most {MAX_PEERS} shared cache peers"
+
+
+def _shared_cache_if(v: str) -> str | None:
+    """stud's IFACE[,TTL]: '*', an interface name, an IPv4 address or an index; TTL 0-255."""
+    iface, comma, ttl = (p.strip() for p in v.partition(","))
+    if comma and not (ttl.isascii() and ttl.isdigit() and len(ttl) <= 3 and int(ttl) <= 255):
+        return f"invalid TTL '{ttl}' (0-255)"
+    if iface == "*":
+        return None
+    try:
+        if iface[:1].isalpha():
+            socket.if_nametoindex(iface)
+        elif "." in iface:
+            ipaddress.IPv4Address(iface)
+        else:
+            socket.if_indextoname(int(iface))
+    except (OSError, ValueError, OverflowError):
+        return f"no such interface '{iface}' (IFACE[,TTL]: a name, IPv4 address, index or '*')"
+    return None
 
 
 Op = Option
@@ -155,13 +182,13 @@ OPTIONS: tuple[Option, ...] = (
     Op("shared-cache-peer", "addr", (), "Send cache updates to peer (repeatable)", short="P",
       metavar="HOST,PORT", section=SOCK, repeat=True, check=_peers),
     Op("shared-cache-if", "str", "", "Multicast interface for cache updates", short="M",
-      metavar="IFACE[,TTL]", section=SOCK),
+      metavar="IFACE[,TTL]", section=SOCK, check=_shared_cache_if),
     Op("workers", "str", "1", "Number of worker processes, or auto", short="n", metavar="NUM",
       section=PERF, check=_workers),
     Op("backlog", "int", 100, "Set listen backlog size", short="B", metavar="NUM", section=PERF,
       check=_backlog),
     Op("keepalive", "int", 3600, "TCP keepalive on client socket", short="k", metavar="SECS",
-      section=PERF, check=_non_negative),
+      section=PERF, check=_keepalive),
     Op("shared-cache", "int", 0, "Shared session cache size", short="C", metavar="NUM",
       section=PERF, aliases=("session-cache",), check=_non_negative),
     Op("ssl-handshake-timeout", "float", 30.0, "Close clients that do not finish TLS in time",
@@ -234,7 +261,9 @@ class Config:
                 old = ()
             self._repeat_source[opt.name] = source
             value = (*old, value) if value is not None else old
-        if opt.check and value not in (None, "", ()):
+        # Defaults are valid as they are (user "" means none); anything else is checked, so
+        # `--workers=` or `--tls-protos=` cannot slip through as an empty string.
+        if opt.check and value is not None and value != opt.default:
             reason = opt.check(value)
             if reason:
                 raise ConfigError(f"{opt.name}: '{raw}': {reason}")
@@ -285,8 +314,8 @@ def _check_path(opt: Option, path: str, raw: str) -> None:
         return
     try:
         st = os.stat(path)
-    except OSError as e:
-        raise ConfigError(f"{opt.name}: cannot use '{raw}': {e.strerror}") from None
+    except (OSError, ValueError) as e:  # ValueError: an embedded NUL
+        raise ConfigError(f"{opt.name}: cannot use '{raw}': {getattr(e, 'strerror', e)}") from None
     if opt.kind == "dir" and not os.path.isdir(path):
         raise ConfigError(f"{opt.name}: '{raw}' is not a directory")
     if opt.kind == "path" and not os.path.isfile(path):
@@ -321,6 +350,8 @@ def _argv_items(argv: list[str]) -> Iterator[tuple[Option | None, str | None]]:
         if arg.startswith("--"):
             opt, value = _split_long(arg)
             needs_value = opt.kind not in ("bool", "action") or opt.name == "config"
+            if opt.kind == "action" and not needs_value and value is not None:
+                raise ConfigError(f"option '--{opt.name}' doesn't allow an argument")
             if needs_value and value is None:
                 if i >= len(argv):
                     raise ConfigError(f"option '--{opt.name}' requires a value")
@@ -395,6 +426,8 @@ def validate(cfg: Config) -> None:
     modes = [m for m in CLIENT_ADDR_MODES if getattr(cfg, m.replace("-", "_"))]
     if len(modes) > 1:
         raise ConfigError(f"Options --{modes[0]} and --{modes[1]} are mutually exclusive.")
+    if not cfg.frontend:
+        raise ConfigError("frontend: no address to listen on")
     if not cfg.pem_file and not cfg.client:
         raise ConfigError("No x509 certificate PEM file specified!")
     if cfg.shared_cache_listen and not cfg.shared_cache:
@@ -430,7 +463,7 @@ def parse_file(cfg: Config, path: str) -> None:
         if path == "-":
             text, base, shown = sys.stdin.read(), os.getcwd(), "<stdin>"
         else:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:  # a BOM must not hide the first key
                 text = f.read()
             shown = path
             base = os.path.dirname(os.path.abspath(path))
@@ -454,7 +487,7 @@ def parse_file(cfg: Config, path: str) -> None:
             raise ConfigError(f"{where}: {key}: {e}") from None
         if not value and not quoted:
             raise ConfigError(f"{where}: {key}: missing value (write \"\" for an empty one)")
-        if value.startswith("{"):
+        if value.startswith("{") and not quoted:
             raise ConfigError(f"{where}: {key}: block values are not supported")
         opt = BY_NAME.get(key)
         if opt is None or not opt.file:
@@ -463,15 +496,14 @@ def parse_file(cfg: Config, path: str) -> None:
             continue
         try:
             if opt.name in ("tls", "ssl"):
-                if convert(BY_NAME["quiet"], value, base):
+                if convert(replace(opt, kind="bool"), value, base):  # errors name tls/ssl
                     _set_protocol(cfg, opt.name)
             elif value:
                 cfg.set(opt, value, path, base)
-            elif opt.kind in ("str", "path", "dir"):  # an explicit "" resets to the default
-                setattr(cfg, opt.dest, "" if not opt.repeat else getattr(cfg, opt.dest))
-            elif opt.kind == "addr" and not opt.repeat:
-                setattr(cfg, opt.dest, None)
-            elif not opt.repeat:
+            elif opt.kind in ("str", "path", "dir", "addr"):  # an explicit "" resets to the default
+                if not opt.repeat:
+                    setattr(cfg, opt.dest, opt.default)
+            else:
                 raise ConfigError(f"{key}: missing value")
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
@@ -482,7 +514,7 @@ def _show(opt: Option, value: Any) -> list[str]:
     if opt.kind == "bool":
         return [f"{opt.name} = {'on' if value else 'off'}"]
     if opt.kind in ("int", "float"):
-        return [f"{opt.name} = {value:g}" if isinstance(value, float) else f"{opt.name} = {value}"]
+        return [f"{opt.name} = {value!r}"]  # repr: the shortest text that reads back exactly
     if opt.repeat:
         if not value:
             return [f'{opt.name} = ""']
@@ -534,7 +566,8 @@ def help_text(cfg: Config) -> str:
         short = f"-{opt.short}" if opt.short else "  "
         arg = f"={opt.metavar}" if opt.metavar else ""
         value = getattr(cfg, opt.dest, None) if opt.kind != "action" else None
-        out.append(f"  {short}  --{opt.name}{arg}".ljust(40) + opt.help
+        also = "".join(f" (also --{a})" for a in opt.aliases)
+        out.append(f"  {short}  --{opt.name}{arg}".ljust(40) + opt.help + also
                    + _default_text(opt, value))
     out += ["", "Boolean options also take =on or =off. Every option can be set in the config",
             "file as 'name = value'; the last PEM listed is the default certificate."]

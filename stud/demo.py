@@ -8,38 +8,14 @@ It generates a self-signed ECDSA certificate for localhost, starts a small HTTP 
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.server
-import ipaddress
 import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-
-def self_signed_pem(path: Path, name: str = "localhost") -> None:
-    """Write a certificate and its key, in one PEM file as stud reads them."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(key, hashes.SHA256()))
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    path.chmod(0o600)
+from stud.selfsigned import make_pem
 
 
 class Hello(http.server.BaseHTTPRequestHandler):
@@ -64,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=backend.serve_forever, daemon=True).start()
     with tempfile.TemporaryDirectory(prefix="stud-demo-") as tmp:
         pem = Path(tmp) / "localhost.pem"
-        self_signed_pem(pem)
+        make_pem(pem, ["localhost", "127.0.0.1"])
         cmd = [sys.executable, "-m", "stud", "-f", f"127.0.0.1,{args.port}",
                "-b", f"127.0.0.1,{args.backend_port}", *extra, str(pem)]
         print(f"stud-demo: backend on 127.0.0.1:{args.backend_port}, stud on "

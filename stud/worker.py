@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import ssl
+import traceback
 
 from stud.config import Config
 from stud.log import log
@@ -60,6 +61,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain, f"signal {sig.name}")
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master handles reloads
+        loop.set_exception_handler(self._on_loop_error)
         self._accepting(True)
         self._watch_master()
         log.info(f"{{core}} Process {os.getpid()} online")
@@ -68,6 +70,12 @@ class Worker:
         finally:
             loop.close()
         return 0
+
+    def _on_loop_error(self, _loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """A bug in one callback must not pass silently, nor take the worker down."""
+        exc = context.get("exception")
+        where = "".join(traceback.format_exception(exc)[-3:]) if exc else ""
+        log.error(f"{{core}} internal error: {context.get('message')} {where}".replace("\n", " | "))
 
     def _watch_master(self) -> None:
         if os.getppid() != self.master_pid:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import signal
 import socket
@@ -15,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
+from stud.selfsigned import make_pem
 
 HERE = Path(__file__).parent
 STUD = [sys.executable, "-m", "stud"]
@@ -50,25 +49,8 @@ class PKI:
     def make(self, names: list[str] | None = None, cn: str | None = "localhost",
              key: str = "ec", dh: bool = False, name: str | None = None) -> str:
         self.n += 1
-        priv = (ec.generate_private_key(ec.SECP256R1()) if key == "ec"
-                else rsa.generate_private_key(public_exponent=65537, key_size=2048))
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-                   .public_key(priv.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(days=1))
-                   .not_valid_after(now + datetime.timedelta(days=30)))
-        if names:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        cert = builder.sign(priv, hashes.SHA256())
-        pem = cert.public_bytes(serialization.Encoding.PEM) + priv.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())
-        if dh:
-            pem += DH_PARAMS
         path = self.root / f"{name or f'cert{self.n}'}.pem"
-        path.write_bytes(pem)
+        make_pem(path, names, cn, key, extra=DH_PARAMS if dh else b"")
         return str(path)
 
 
