@@ -18,15 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         print(f"stud: {one_line(e)}", file=sys.stderr)
         return 1
-    # --daemon has no terminal to talk to: like stud, it implies syslog.
-    log.configure(quiet=cfg.quiet, use_syslog=cfg.syslog or cfg.daemon,
-                  facility=cfg.syslog_facility)
+    master.configure_log(cfg)
     try:
         if cfg.test:
             master.check(cfg)
             print("stud configuration looks ok.")
             return 0
-        return master.run(cfg)
+        return master.run(args, cfg)
     except config.ConfigError as e:
         log.error(f"stud: {one_line(e)}")
         return 1

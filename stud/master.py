@@ -24,10 +24,12 @@ import traceback
 from dataclasses import dataclass
 
 from stud import addr, tls
-from stud.config import Config, ConfigError
+from stud.config import Config, ConfigError, Exit, parse_args
 from stud.log import log
 from stud.worker import Worker
 
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+READY_WAIT = 10.0       # on reload, wait this long at most for new workers before retiring
 STABLE_AFTER = 5.0      # a worker that lived this long is healthy: reset its back-off
 MAX_BACKOFF = 30.0
 KILL_GRACE = 5.0        # after drain-timeout, wait this long before SIGKILL
@@ -41,10 +43,14 @@ class Setup:
     frontends: list[tuple[addr.Addr, int, tuple]]
     ssl_context: ssl.SSLContext | None
     client_context: ssl.SSLContext | None
+    sni: tls.SniTable | None
 
 
-def prepare(cfg: Config) -> Setup:
-    """Resolve addresses and build every TLS context; ConfigError names what is wrong."""
+def prepare(cfg: Config, previous: Setup | None = None) -> Setup:
+    """Resolve addresses and build every TLS context; ConfigError names what is wrong.
+
+    On reload, certificates whose file is unchanged keep their session-ticket keys.
+    """
     try:
         backend = addr.resolve(cfg.backend)
     except addr.AddrError as e:
@@ -56,8 +62,11 @@ def prepare(cfg: Config) -> Setup:
         except addr.AddrError as e:
             raise ConfigError(f"frontend: {e}") from None
     if cfg.client:
-        return Setup(backend, frontends, None, tls.client_context(cfg))
-    return Setup(backend, frontends, tls.build(cfg).default, None)
+        return Setup(backend, frontends, None, tls.client_context(cfg), None)
+    table = tls.build(cfg)
+    if previous is not None and previous.sni is not None:
+        tls.carry_ticket_keys(previous.sni, table)
+    return Setup(backend, frontends, table.default, None, table)
 
 
 def bind(front: addr.Addr, family: int, sockaddr: tuple, cfg: Config) -> socket.socket:
@@ -95,19 +104,55 @@ def drop_privileges(cfg: Config) -> None:
         os.setuid(pw.pw_uid)
 
 
+@dataclass
+class Child:
+    pid: int
+    slot: int
+    gen: int
+    started: float
+    ctl: socket.socket        # the master's end of the worker's control channel
+    ready: bool = False
+
+
 class Master:
-    def __init__(self, cfg: Config, setup: Setup, listeners: list[socket.socket]) -> None:
-        self.cfg = cfg
-        self.setup = setup
-        self.listeners = listeners
+    def __init__(self, argv: list[str], cfg: Config, setup: Setup) -> None:
+        self.argv = argv
+        self.cwd = os.getcwd()  # relative paths on the command line, for reloads
+        self.cfg, self.setup = cfg, setup
         self.pid = os.getpid()
-        self.workers: dict[int, tuple[int, float]] = {}   # pid -> (slot, started)
+        self.gen = 1
+        self.sockets: dict[tuple, socket.socket] = {}     # (family, sockaddr) -> listener
+        self.listeners = self._listeners(cfg, setup)
+        self.children: dict[int, Child] = {}
         self.failures: dict[int, int] = {}
         self.respawn_at: dict[int, float] = {}             # slot -> monotonic time
+        self.retire: tuple[int, float] | None = None        # (old gen, when to stop waiting)
+        self.retiring: dict[int, float] = {}                # old gen -> when to SIGKILL it
         self.signals: list[int] = []
         self.stopping = False
+        self.reload_wanted = False
         self.kill_at = 0.0
         self.pipe_r, self.pipe_w = os.pipe()
+
+    def _listeners(self, cfg: Config, setup: Setup) -> list[socket.socket]:
+        """Listening sockets for cfg: kept from before where the address is unchanged."""
+        fresh: list[socket.socket] = []
+        out = []
+        try:
+            for front, family, sockaddr in setup.frontends:
+                sock = self.sockets.get((family, sockaddr))
+                if sock is None:
+                    sock = bind(front, family, sockaddr, cfg)
+                    fresh.append(sock)
+                    log.info(f"{{core}} Listening on {front} ({addr_text(sock.getsockname())})"
+                             f" -> backend {cfg.backend}")
+                out.append(((family, sockaddr), sock))
+        except ConfigError:
+            for sock in fresh:
+                sock.close()
+            raise
+        self.sockets.update(out)
+        return [sock for _, sock in out]
 
     # -- signals: queue and wake; everything else happens in the loop ------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -117,7 +162,7 @@ class Master:
         for fd in (self.pipe_r, self.pipe_w):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self.pipe_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in HANDLED:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
@@ -130,27 +175,46 @@ class Master:
                 sig = self.signals.pop(0)
                 getattr(self, f"handle_{signal.Signals(sig).name[3:].lower()}")()
             self.reap()
+            now = time.monotonic()
             if self.stopping:
-                if not self.workers:
+                if not self.children:
                     break
-                if time.monotonic() > self.kill_at:
-                    self._kill_all(signal.SIGKILL)
+                if now > self.kill_at:
+                    self._kill(signal.SIGKILL)
             else:
+                if self.reload_wanted and self.retire is None and not self.retiring:
+                    self.reload()  # waits while an old generation drains: two at most
                 self._respawn_due()
+                self._retire_old()
+            for gen, at in list(self.retiring.items()):
+                if not any(c.gen == gen for c in self.children.values()):
+                    del self.retiring[gen]
+                    self._close_unused()
+                elif now > at:
+                    self._kill(signal.SIGKILL, gen)
             self._sleep()
         log.info("{core} all workers exited; bye.")
         return 0
 
     def _sleep(self) -> None:
-        timeout = 1.0
+        timeout = 1.0 if self.retire is None else 0.05
         if self.respawn_at:
             timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
+        ctls = {c.ctl: c for c in self.children.values()}
         try:
-            select.select([self.pipe_r], [], [], timeout)
-            while os.read(self.pipe_r, 512):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+            readable, _, _ = select.select([self.pipe_r, *ctls], [], [], timeout)
+        except InterruptedError:
+            return
+        for r in readable:
+            if r == self.pipe_r:
+                while True:
+                    try:
+                        if not os.read(self.pipe_r, 512):
+                            break
+                    except BlockingIOError:
+                        break
+            elif r.recv(16):  # b"R": the worker's loop runs; b"": it is gone, reap() knows
+                ctls[r].ready = True
 
     def handle_term(self) -> None:
         if not self.stopping:
@@ -159,49 +223,97 @@ class Master:
             self.stopping = True
             self.respawn_at.clear()
             self.kill_at = time.monotonic() + self.cfg.drain_timeout + KILL_GRACE
-            for sock in self.listeners:
+            for sock in self.sockets.values():
                 sock.close()  # the port is free as soon as the workers let go too
-            self._kill_all(signal.SIGTERM)
+            self.sockets.clear()
+            self._kill(signal.SIGTERM)
 
     handle_int = handle_term
 
     def handle_hup(self) -> None:
-        log.info("{core} SIGHUP received: reload is not available in this version; ignored.")
+        self.reload_wanted = True  # several HUPs before the loop gets to it make one reload
 
     def handle_chld(self) -> None:
         pass  # reap() runs on every pass of the loop
 
-    def _kill_all(self, sig: int) -> None:
-        for pid in self.workers:
+    def reload(self) -> None:
+        """Re-read config and certificates, start a new generation, retire the old one."""
+        self.reload_wanted = False
+        log.info(f"{{core}} SIGHUP: reloading (generation {self.gen + 1}).")
+        try:
+            here = os.getcwd()
+            os.chdir(self.cwd)
             try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+                cfg = parse_args(self.argv)
+            finally:
+                os.chdir(here)
+            setup = prepare(cfg, self.setup)
+            listeners = self._listeners(cfg, setup)
+        except (ConfigError, Exit) as e:
+            log.error(f"{{core}} reload failed, still serving the previous configuration: {e}")
+            return
+        old, self.gen = self.gen, self.gen + 1
+        self.cfg, self.setup, self.listeners = cfg, setup, listeners
+        configure_log(cfg)
+        self.failures.clear()
+        self.respawn_at.clear()
+        for slot in range(cfg.worker_count):
+            self.spawn(slot)
+        self.retire = (old, time.monotonic() + READY_WAIT)
+
+    def _retire_old(self) -> None:
+        """Once the new generation accepts, the old one stops accepting and drains."""
+        if self.retire is None:
+            return
+        old, deadline = self.retire
+        new = [c for c in self.children.values() if c.gen == self.gen]
+        if new and not all(c.ready for c in new) and time.monotonic() < deadline:
+            return
+        self.retire = None
+        self.retiring[old] = time.monotonic() + self.cfg.drain_timeout + KILL_GRACE
+        self._kill(signal.SIGTERM, old)
+        log.info(f"{{core}} generation {self.gen} serving; generation {old} draining.")
+
+    def _close_unused(self) -> None:
+        live = {id(s) for s in self.listeners}
+        for key, sock in list(self.sockets.items()):
+            if id(sock) not in live:
+                log.info(f"{{core}} No longer listening on {addr_text(sock.getsockname())}")
+                sock.close()
+                del self.sockets[key]
+
+    def _kill(self, sig: int, gen: int | None = None) -> None:
+        for c in self.children.values():
+            if gen is None or c.gen == gen:
+                try:
+                    os.kill(c.pid, sig)
+                except ProcessLookupError:
+                    pass
 
     def reap(self) -> None:
-        while self.workers:
+        while self.children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                self.workers.clear()
                 return
             if pid == 0:
                 return
-            slot, started = self.workers.pop(pid, (None, 0.0))
-            if slot is None:
+            child = self.children.pop(pid, None)
+            if child is None:
                 continue
+            child.ctl.close()
             how = (f"was terminated by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                    else f"exited with status {os.waitstatus_to_exitcode(status)}")
-            if self.stopping:
-                log.info(f"{{core}} Child {pid} {how}.")
+            if self.stopping or child.gen != self.gen:
+                log.info(f"{{core}} Child {pid} (generation {child.gen}) {how}.")
                 continue
-            lived = time.monotonic() - started
-            fails = 0 if lived >= STABLE_AFTER else self.failures.get(slot, 0) + 1
-            self.failures[slot] = fails
+            lived = time.monotonic() - child.started
+            fails = 0 if lived >= STABLE_AFTER else self.failures.get(child.slot, 0) + 1
+            self.failures[child.slot] = fails
             delay = 0.0 if fails <= 1 else min(MAX_BACKOFF, 0.1 * 2 ** fails)
             log.error(f"{{core}} Child {pid} {how}. Replacing"
                       + (f" in {delay:.1f} s..." if delay else "..."))
-            self.respawn_at[slot] = time.monotonic() + delay
+            self.respawn_at[child.slot] = time.monotonic() + delay
 
     def _respawn_due(self) -> None:
         now = time.monotonic()
@@ -211,21 +323,32 @@ class Master:
                 self.spawn(slot)
 
     def spawn(self, slot: int) -> None:
+        mine, theirs = socket.socketpair()
         pid = os.fork()
         if pid:
-            self.workers[pid] = (slot, time.monotonic())
+            theirs.close()
+            self.children[pid] = Child(pid, slot, self.gen, time.monotonic(), mine)
             return
         code = 1
         try:
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            for sig in HANDLED:
                 signal.signal(sig, signal.SIG_DFL)
+            # Hold nothing of the master's: other workers' channels (so that each sees EOF
+            # when the master dies) and listeners this generation does not serve.
             os.close(self.pipe_r)
             os.close(self.pipe_w)
+            mine.close()
+            for c in self.children.values():
+                c.ctl.close()
+            live = {id(s) for s in self.listeners}
+            for sock in self.sockets.values():
+                if id(sock) not in live:
+                    sock.close()
             drop_privileges(self.cfg)
             s = self.setup
             code = Worker(self.cfg, self.listeners, s.ssl_context, s.client_context, s.backend,
-                          self.pid).run()
+                          theirs).run()
         except BaseException:
             log.error(f"{{core}} worker {os.getpid()} crashed: "
                       + traceback.format_exc().strip().replace("\n", " | "))
@@ -247,13 +370,15 @@ def daemonize() -> None:
     log.info(f"Successfully daemonized as pid {os.getpid()}.")
 
 
-def run(cfg: Config) -> int:
-    """Start the daemon; returns the exit status."""
-    setup = prepare(cfg)
-    listeners = [bind(f, fam, sa, cfg) for f, fam, sa in setup.frontends]
-    for (f, _, _), sock in zip(setup.frontends, listeners, strict=True):
-        log.info(f"{{core}} Listening on {f} ({addr_text(sock.getsockname())}) -> backend "
-                 f"{cfg.backend}")
+def configure_log(cfg: Config) -> None:
+    # --daemon has no terminal to talk to: like stud, it implies syslog.
+    log.configure(quiet=cfg.quiet, use_syslog=cfg.syslog or cfg.daemon,
+                  facility=cfg.syslog_facility)
+
+
+def run(argv: list[str], cfg: Config) -> int:
+    """Start the daemon; returns the exit status. argv is kept for reloads."""
+    master = Master(argv, cfg, prepare(cfg))
     if os.getuid() == 0 and not cfg.user:
         log.error("{core} WARNING: workers will run as root; use --user to drop privileges.")
     pidfile = None
@@ -269,7 +394,7 @@ def run(cfg: Config) -> int:
         pidfile.write(f"{os.getpid()}\n")
         pidfile.close()
     try:
-        return Master(cfg, setup, listeners).run()
+        return master.run()
     finally:
         if cfg.pidfile:
             try:

@@ -9,6 +9,7 @@ wildcard; no match (or no SNI) gives the default, or the unrecognized_name alert
 
 from __future__ import annotations
 
+import hashlib
 import re
 import ssl
 from dataclasses import dataclass, field
@@ -32,11 +33,15 @@ KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIV
 class Cert:
     path: str
     names: list[str]
+    digest: bytes  # of the PEM file: unchanged files keep their ticket keys across reloads
     context: ssl.SSLContext
 
 
-def read_pem(path: str) -> list[str]:
-    """Check a PEM holds a certificate and its matching unencrypted key; return its SNI names."""
+def read_pem(path: str) -> tuple[list[str], bytes]:
+    """Check a PEM holds a certificate and its matching unencrypted key.
+
+    Returns its SNI names and a digest of the file.
+    """
     def bad(why: str) -> ConfigError:
         return ConfigError(f"pem-file '{path}': {why}")
 
@@ -63,7 +68,7 @@ def read_pem(path: str) -> list[str]:
     enc = serialization.Encoding.DER
     if key.public_key().public_bytes(enc, pub) != certs[0].public_key().public_bytes(enc, pub):
         raise bad("the private key does not match the (first) certificate")
-    return cert_names(certs[0])
+    return cert_names(certs[0]), hashlib.sha256(data).digest()
 
 
 def cert_names(cert: x509.Certificate) -> list[str]:
@@ -165,7 +170,7 @@ class SniTable:
 
 def build(cfg: Config) -> SniTable:
     """Load every PEM and build the contexts; raises ConfigError naming the failing file."""
-    certs = [Cert(pem, read_pem(pem), server_context(cfg, pem)) for pem in cfg.pem_file]
+    certs = [Cert(pem, *read_pem(pem), server_context(cfg, pem)) for pem in cfg.pem_file]
     table = SniTable(certs)
     abort = cfg.sni_nomatch_abort
 
@@ -189,6 +194,15 @@ def build(cfg: Config) -> SniTable:
             raise ConfigError(f"ssl-engine: {e}") from None
         log.info(f"{{core}} will use OpenSSL engine {cfg.ssl_engine}.")
     return table
+
+
+def carry_ticket_keys(old: SniTable, new: SniTable) -> None:
+    """Give each unchanged certificate its previous session-ticket keys (reload)."""
+    before = {(c.path, c.digest): c.context for c in old.certs}
+    for cert in new.certs:
+        ctx = before.get((cert.path, cert.digest))
+        if ctx is not None:
+            sslext.set_ticket_keys(cert.context, sslext.get_ticket_keys(ctx))
 
 
 def client_context(cfg: Config) -> ssl.SSLContext:

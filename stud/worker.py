@@ -39,7 +39,7 @@ def new_loop() -> asyncio.AbstractEventLoop:
 class Worker:
     def __init__(self, cfg: Config, listeners: list[socket.socket], ssl_context: ssl.SSLContext,
                  client_context: ssl.SSLContext | None, backend: tuple[int, tuple],
-                 master_pid: int) -> None:
+                 ctl: socket.socket) -> None:
         self.listeners = listeners
         self.ssl_context = ssl_context
         self.client_context = client_context
@@ -50,7 +50,8 @@ class Worker:
         self.connect_timeout = cfg.backend_connect_timeout
         self.drain_timeout = cfg.drain_timeout
         self.keepalive = cfg.keepalive
-        self.master_pid = master_pid
+        self.ctl = ctl  # to the master: b"R" when serving; EOF when the master is gone
+        ctl.setblocking(False)
         self.conns: set[Relay] = set()
         self.draining = False
         self.accepting = False
@@ -63,7 +64,8 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master handles reloads
         loop.set_exception_handler(self._on_loop_error)
         self._accepting(True)
-        self._watch_master()
+        loop.add_reader(self.ctl.fileno(), self._from_master)
+        self.ctl.send(b"R")
         log.info(f"{{core}} Process {os.getpid()} online")
         try:
             loop.run_forever()
@@ -77,12 +79,17 @@ class Worker:
         where = "".join(traceback.format_exception(exc)[-3:]) if exc else ""
         log.error(f"{{core}} internal error: {context.get('message')} {where}".replace("\n", " | "))
 
-    def _watch_master(self) -> None:
-        if os.getppid() != self.master_pid:
+    def _from_master(self) -> None:
+        try:
+            data = self.ctl.recv(16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(self.ctl.fileno())
             log.error(f"{{core}} Process {os.getpid()} detected parent death, closing listener.")
             self.drain("master died")
-        elif not self.draining:
-            self.loop.call_later(1.0, self._watch_master)
 
     def _accepting(self, on: bool) -> None:
         if on == self.accepting or (on and self.draining):
