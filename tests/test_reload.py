@@ -1,0 +1,146 @@
+"""SIGHUP reload: new generation, nothing dropped, broken reloads change nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+from conftest import client_ctx, free_port, read_all, tls_connect, wait_for
+
+
+class Load:
+    """Threads doing connect, TLS handshake, echo round trip, close; counting failures."""
+
+    def __init__(self, port: int, threads: int = 8) -> None:
+        self.port = port
+        self.ok = 0
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+    def _run(self) -> None:
+        msg = b"x" * 100
+        while not self.stop.is_set():
+            try:
+                with tls_connect(self.port, timeout=10) as c:
+                    c.sendall(msg)
+                    got = b""
+                    while len(got) < len(msg):
+                        chunk = c.recv(4096)
+                        if not chunk:
+                            raise ConnectionError(f"EOF after {len(got)} bytes")
+                        got += chunk
+                    assert got == msg
+                with self.lock:
+                    self.ok += 1
+            except (OSError, AssertionError, ConnectionError) as e:
+                with self.lock:
+                    self.errors.append(repr(e))
+
+
+def generations(s) -> int:
+    return s.output().count("serving; generation")
+
+
+def test_ten_sighups_under_load_lose_nothing(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"), workers=2)
+    first = set(wait_for(lambda: len(s.workers()) == 2 and s.workers()))
+    with Load(s.port) as load:
+        time.sleep(0.5)
+        for i in range(10):
+            os.kill(s.pid, signal.SIGHUP)
+            wait_for(lambda i=i: generations(s) >= i + 1, 15)
+            time.sleep(0.3)
+        time.sleep(0.5)
+    assert load.errors == []
+    assert load.ok > 50
+    assert s.proc.poll() is None  # the master PID did not change
+    assert not first & set(s.workers())
+
+
+def test_broken_certificate_reload_changes_nothing(stud, backend, pki, tmp_path):
+    pem = Path(pki.make(["localhost"], name="reloadme"))
+    good = pem.read_bytes()
+    s = stud(str(pem), backend_port=backend("echo"))
+    workers = s.workers()
+    with Load(s.port, threads=4) as load:
+        time.sleep(0.3)
+        pem.write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+        os.kill(s.pid, signal.SIGHUP)
+        wait_for(lambda: "reload failed" in s.output())
+        time.sleep(0.5)
+    assert load.errors == [] and load.ok > 5
+    assert f"'{pem}'" in s.output().split("reload failed", 1)[1].splitlines()[0]
+    assert s.workers() == workers
+    pem.write_bytes(good)  # a later good reload works
+    os.kill(s.pid, signal.SIGHUP)
+    wait_for(lambda: generations(s) == 1)
+    with tls_connect(s.port) as c:
+        c.sendall(b"after")
+        assert c.recv(10) == b"after"
+
+
+def test_reload_applies_a_new_backend_and_frontend(stud, backend, pem, tmp_path):
+    b1, b2 = backend("echo"), backend("greet")
+    p1, p2 = free_port(), free_port()
+    conf = tmp_path / "stud.conf"
+    conf.write_text(f'backend = "[127.0.0.1]:{b1}"\nfrontend = "[127.0.0.1]:{p1}"\n')
+    s = stud(f"--config={conf}", pem, frontend=f"127.0.0.1,{p1}", wait=True)
+    s.port = p1
+    # The -f given by the fixture comes before --config, so the file's frontend wins.
+    with tls_connect(p1) as c:
+        c.sendall(b"one")
+        assert c.recv(10) == b"one"
+    held = tls_connect(p1)  # a connection open across the reload keeps working
+    held.sendall(b"held")
+    assert held.recv(10) == b"held"
+    conf.write_text(f'backend = "[127.0.0.1]:{b2}"\nfrontend = "[127.0.0.1]:{p2}"\n')
+    os.kill(s.pid, signal.SIGHUP)
+    wait_for(lambda: generations(s) == 1)
+    with tls_connect(p2) as c:
+        assert c.recv(20) == b"220 hello\r\n"  # the new backend
+    held.sendall(b"still")
+    assert held.recv(10) == b"still"
+    sslsock_close(held)
+    wait_for(lambda: "No longer listening" in s.output())
+    try:
+        tls_connect(p1, timeout=3)
+        raise AssertionError("the old frontend still accepts")
+    except OSError:
+        pass
+
+
+def sslsock_close(c: ssl.SSLSocket) -> None:
+    socket.socket.shutdown(c, socket.SHUT_WR)
+    read_all(c)
+    c.close()
+
+
+def test_sessions_resume_across_reload(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"))
+    ctx = client_ctx()
+    with tls_connect(s.port, ctx=ctx) as c:
+        c.sendall(b"x")
+        assert c.recv(10) == b"x"
+        session = c.session
+    os.kill(s.pid, signal.SIGHUP)
+    wait_for(lambda: generations(s) == 1)
+    raw = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    with ctx.wrap_socket(raw, session=session) as c:
+        assert c.session_reused
