@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -103,13 +104,15 @@ def test_privilege_drop_with_root_only_key(stud, backend, pki, tmp_path):
     key = pki.make(["localhost"], name="rootonly")
     os.chmod(key, 0o600)
     os.chown(key, 0, 0)
-    s = stud("--user=nobody", key, backend_port=backend("echo"), workers=2)
+    s = stud("--user=nobody", "-g", "nogroup", key, backend_port=backend("echo"), workers=2)
     nobody = pwd.getpwnam("nobody").pw_uid
     workers = wait_for(lambda: len(s.workers()) == 2 and s.workers())
     assert all(uid_of(w) == nobody for w in workers)
     status = Path(f"/proc/{workers[0]}/status").read_text()
     groups = [ln for ln in status.splitlines() if ln.startswith("Groups:")][0].split()[1:]
-    assert groups == [str(pwd.getpwnam("nobody").pw_gid)]  # root's groups are gone
+    assert groups == [str(grp.getgrnam("nogroup").gr_gid)]  # root's groups are gone
+    assert f"\t{grp.getgrnam('nogroup').gr_gid}\t" in [ln for ln in status.splitlines()
+                                                      if ln.startswith("Gid:")][0] + "\t"
     assert echo_ok(s.port)
 
 
@@ -146,3 +149,15 @@ def test_stud_command_is_installed():
     out = subprocess.run([sys.executable, "-m", "stud", "--version"], capture_output=True,
                          text=True, timeout=20)
     assert out.stdout.startswith("stud ")
+
+
+def test_repeated_frontends_and_wildcard(stud, backend, pem):
+    """Two -f options listen on both; '*' takes IPv4 and IPv6 clients alike."""
+    p4, p6, pw = free_port(), free_port(socket.AF_INET6), free_port()
+    s = stud(pem, "-f", f"[::1]:{p6}", "-f", f"*,{pw}", "-B", "5",
+             backend_port=backend("echo"), frontend=f"127.0.0.1,{p4}")
+    for host, port in (("127.0.0.1", p4), ("::1", p6), ("127.0.0.1", pw), ("::1", pw)):
+        with tls_connect(port, host=host) as c:
+            c.sendall(host.encode())
+            assert c.recv(20) == host.encode()
+    assert s.output().count("Listening on") == 3
