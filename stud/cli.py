@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from stud import config, master
-from stud.log import log
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,12 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     master.configure_log(cfg)
     try:
         if cfg.test:
-            master.check(cfg)
+            master.prepare(cfg)  # everything start-up checks, short of binding
             print("stud configuration looks ok.")
             return 0
         return master.run(args, cfg)
-    except config.ConfigError as e:
-        log.error(f"stud: {one_line(e)}")
+    except config.ConfigError as e:  # start-up errors: before any daemonizing
+        print(f"stud: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -12,6 +12,7 @@ import grp
 import ipaddress
 import os
 import pwd
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -451,9 +452,9 @@ def _unquote(raw: str) -> tuple[str, bool]:
         if close > 0 and v[close + 1 :].lstrip().startswith("#"):
             return v[1:close], True
         raise ConfigError("unbalanced quote")
-    hash_at = v.find(" #")
-    if hash_at >= 0:
-        v = v[:hash_at].rstrip()
+    comment = re.search(r"(^|\s)#", v)  # `key = # note` has no value; `a#b` is a value
+    if comment:
+        v = v[: comment.start()].rstrip()
     return v, False
 
 

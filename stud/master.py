@@ -18,7 +18,6 @@ import select
 import signal
 import socket
 import ssl
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -405,9 +404,3 @@ def run(argv: list[str], cfg: Config) -> int:
 
 def addr_text(sa: tuple) -> str:
     return f"[{sa[0]}]:{sa[1]}"
-
-
-def check(cfg: Config) -> None:
-    """-t: everything start-up would check, short of binding."""
-    sys.stderr.write("Trying to initialize SSL contexts with your certificates\n")
-    prepare(cfg)

@@ -212,5 +212,8 @@ def client_context(cfg: Config) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_NONE
     apply_common(ctx, cfg)
     if cfg.pem_file:  # optional here: presented as the client certificate
-        ctx.load_cert_chain(cfg.pem_file[-1])
+        try:
+            ctx.load_cert_chain(cfg.pem_file[-1])
+        except ssl.SSLError as e:
+            raise ConfigError(f"pem-file '{cfg.pem_file[-1]}': {e.reason or e}") from None
     return ctx
