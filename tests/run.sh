@@ -11,5 +11,5 @@ if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 python3 -m pip install -q -e '.[test]'
-python3 -m ruff check stud tests bench
+python3 -m ruff check .
 exec python3 -m pytest -q "$@"
