@@ -28,6 +28,7 @@ FACILITIES = ("auth", "authpriv", "cron", "daemon", "ftp", "local0", "local1", "
               "uucp")
 PROTOS = ("TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 MODERN = "TLSv1.2 TLSv1.3"
+LOG_LEVELS = ("error", "info", "debug")
 MAX_PEERS = 15
 MAX_KEEPIDLE = 32767   # Linux refuses a longer TCP_KEEPIDLE (every client would be dropped)
 MAX_INT = 2**31 - 1    # listen() takes a C int
@@ -85,6 +86,10 @@ def _backlog(v: int) -> str | None:
 
 def _keepalive(v: int) -> str | None:
     return None if 0 <= v <= MAX_KEEPIDLE else f"must be 0 to {MAX_KEEPIDLE}"
+
+
+def _log_level(v: str) -> str | None:
+    return None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
 
 
 def _facility(v: str) -> str | None:
@@ -149,8 +154,9 @@ def _shared_cache_if(v: str) -> str | None:
 
 
 Op = Option
-ENC, SOCK, PERF, TIME, SEC, LOG = ("ENCRYPTION METHODS", "SOCKET", "PERFORMANCE", "TIMEOUTS",
-                                   "SECURITY", "LOGGING")
+ENC, SOCK, PERF, TIME, LIMITS, SEC, LOG = (
+    "ENCRYPTION METHODS", "SOCKET", "PERFORMANCE", "TIMEOUTS", "LIMITS AND RELOAD", "SECURITY",
+    "LOGGING")
 OPTIONS: tuple[Option, ...] = (
     Op("config", "action", None, "Load configuration from specified file.", metavar="FILE",
       section="CONFIGURATION", file=False),
@@ -198,6 +204,18 @@ OPTIONS: tuple[Option, ...] = (
       metavar="SECS", section=TIME, check=_above_zero),
     Op("drain-timeout", "float", 30.0, "On stop, let open connections finish for at most",
       metavar="SECS", section=TIME, check=_non_negative),
+    Op("idle-timeout", "float", 0.0, "Close connections idle both ways this long (0: never)",
+      metavar="SECS", section=TIME, check=_non_negative),
+    Op("max-connections", "int", 0, "Per worker: stop accepting above this (0: no limit)",
+      metavar="NUM", section=LIMITS, check=_non_negative),
+    Op("empty-conn-limit", "int", 0, "Per client IP: delay new connections after this many "
+       "that sent no data (0: off)", metavar="NUM", section=LIMITS, check=_non_negative),
+    Op("empty-conn-window", "float", 120.0, "Window for counting empty connections",
+       metavar="SECS", section=LIMITS, check=_above_zero),
+    Op("empty-conn-delay", "float", 30.0, "How long to delay a limited client's connection",
+       metavar="SECS", section=LIMITS, check=_non_negative),
+    Op("reload-on-cert-change", "bool", False, "Reload by itself when a pem-file changes",
+       section=LIMITS),
     Op("chroot", "dir", "", "Sets chroot directory", short="r", metavar="DIR", section=SEC),
     Op("user", "str", "", "Set uid/gid after binding the socket", short="u", metavar="USER",
       section=SEC, check=_user),
@@ -208,8 +226,14 @@ OPTIONS: tuple[Option, ...] = (
       short="s", section=LOG),
     Op("syslog-facility", "str", "daemon", "Syslog facility to use", metavar="FACILITY",
       section=LOG, check=_facility),
+    Op("log-level", "str", "info", "error, info or debug (debug: failed handshakes too)",
+       short="L", metavar="LEVEL", section=LOG, check=_log_level),
+    Op("log-file", "outfile", "", "Append log lines to FILE (reopened on SIGUSR1)",
+       short="l", metavar="FILE", section=LOG),
+    Op("metrics", "addr", None, "Serve Prometheus metrics on this address",
+       metavar="HOST,PORT", section=LOG, wildcard=True),
     Op("daemon", "bool", False, "Fork into background and become a daemon"),
-    Op("pidfile", "path", "", "Write the master's PID to FILE", short="p", metavar="FILE"),
+    Op("pidfile", "outfile", "", "Write the master's PID to FILE", short="p", metavar="FILE"),
     Op("write-ip", "bool", False, "Write 1 octet with the IP family followed by the IP address "
       "in 4 (IPv4) or 16 (IPv6) octets (network order) to backend before the actual data"),
     Op("write-proxy", "bool", False, "Write HAProxy's PROXY v1 line before actual data",
@@ -301,7 +325,7 @@ def convert(opt: Option, raw: str | None, base: str) -> Any:
             return addr.parse(raw, wildcard=opt.wildcard)
         except addr.AddrError as e:
             raise ConfigError(f"{opt.name}: {e}") from None
-    if opt.kind in ("path", "dir"):
+    if opt.kind in ("path", "dir", "outfile"):
         if raw == "":
             return None if opt.repeat else ""
         path = os.path.normpath(os.path.join(base, raw))
@@ -311,7 +335,7 @@ def convert(opt: Option, raw: str | None, base: str) -> Any:
 
 
 def _check_path(opt: Option, path: str, raw: str) -> None:
-    if opt.name == "pidfile":
+    if opt.kind == "outfile":
         return
     try:
         st = os.stat(path)
@@ -501,7 +525,7 @@ def parse_file(cfg: Config, path: str) -> None:
                     _set_protocol(cfg, opt.name)
             elif value:
                 cfg.set(opt, value, path, base)
-            elif opt.kind in ("str", "path", "dir", "addr"):  # an explicit "" resets to the default
+            elif opt.kind in ("str", "path", "dir", "outfile", "addr"):  # "" means the default
                 if not opt.repeat:
                     setattr(cfg, opt.dest, opt.default)
             else:
@@ -534,6 +558,7 @@ def default_config(cfg: Config) -> str:
         out.append(f"# {opt.help}.")
         out.append("#")
         kind = {"addr": "string", "path": "string", "dir": "string", "str": "string",
+                "outfile": "string",
                 "float": "number", "int": "integer", "bool": "boolean"}[opt.kind]
         out.append(f"# type: {kind}" + (f"; syntax: {opt.metavar}" if opt.metavar else ""))
         if opt.repeat:
@@ -549,7 +574,7 @@ def _default_text(opt: Option, value: Any) -> str:
         return ""
     if opt.repeat:
         return f" (Default: {' '.join(str(v) for v in value)})"
-    quoted = opt.kind in ("str", "addr", "path")
+    quoted = opt.kind in ("str", "addr", "path", "outfile")
     return f' (Default: "{value}")' if quoted else f" (Default: {value})"
 
 
