@@ -17,8 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         print(f"stud: {one_line(e)}", file=sys.stderr)
         return 1
-    master.configure_log(cfg)
     try:
+        master.configure_log(cfg)
         if cfg.test:
             master.prepare(cfg)  # everything start-up checks, short of binding
             print("stud configuration looks ok.")

@@ -10,6 +10,7 @@ import syslog
 import time
 
 DEBUG, INFO, ERROR = 2, 1, 0
+LEVELS = {"error": ERROR, "info": INFO, "debug": DEBUG}
 
 
 class Log:
@@ -17,16 +18,35 @@ class Log:
         self.level = INFO
         self.use_syslog = False
         self.stdout, self.stderr = 1, 2
+        self.path = ""
 
-    def configure(self, *, quiet: bool, use_syslog: bool, facility: str, verbose: bool = False,
-                  daemon: bool = False) -> None:
-        self.level = ERROR if quiet else DEBUG if verbose else INFO
+    def configure(self, *, level: str, use_syslog: bool, facility: str, path: str = "") -> None:
+        self.level = LEVELS[level]
         if use_syslog and not self.use_syslog:
             fac = getattr(syslog, f"LOG_{'AUTHPRIV' if facility == 'auth' else facility.upper()}")
             syslog.openlog("stud", syslog.LOG_PID | syslog.LOG_NDELAY | syslog.LOG_CONS, fac)
         self.use_syslog = use_syslog
-        if daemon:
-            self.stdout = self.stderr = -1
+        if path != self.path:
+            self.path = path
+            if path:
+                self.stdout = self.stderr = self.open_file()
+            else:
+                self.stdout, self.stderr = 1, 2
+
+    def open_file(self) -> int:
+        """Open the log file (append); raises OSError. The same fd number is kept on reopen."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        if self.stdout > 2:
+            os.dup2(fd, self.stdout)
+            os.close(fd)
+            return self.stdout
+        return fd
+
+    def adopt(self, fd: int) -> None:
+        """A worker takes over the log file its master reopened (SIGUSR1, for logrotate)."""
+        if self.stdout > 2:
+            os.dup2(fd, self.stdout)
+        os.close(fd)
 
     def _emit(self, fd: int, prio: int, msg: str) -> None:
         if fd >= 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import resource
 import select
 import signal
 import socket
@@ -22,12 +23,12 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from stud import addr, tls
+from stud import addr, metrics, tls
 from stud.config import Config, ConfigError, Exit, parse_args
 from stud.log import log
 from stud.worker import Worker
 
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 READY_WAIT = 10.0       # on reload, wait this long at most for new workers before retiring
 STABLE_AFTER = 5.0      # a worker that lived this long is healthy: reset its back-off
 MAX_BACKOFF = 30.0
@@ -132,6 +133,28 @@ class Master:
         self.reload_wanted = False
         self.kill_at = 0.0
         self.pipe_r, self.pipe_w = os.pipe()
+        self.board = metrics.Board()
+        self.metrics_sock = self._metrics_socket(cfg)
+        self.pem_stamps = pem_stamps(cfg)
+
+    def _metrics_socket(self, cfg: Config) -> socket.socket | None:
+        if cfg.metrics is None:
+            return None
+        try:
+            family, sockaddr = addr.resolve(cfg.metrics, passive=True)
+        except addr.AddrError as e:
+            raise ConfigError(f"metrics: {e}") from None
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+            sock.listen(16)
+        except OSError as e:
+            sock.close()
+            raise ConfigError(f"metrics {cfg.metrics}: cannot bind: {e.strerror}") from None
+        sock.setblocking(False)
+        log.info(f"{{core}} Metrics on http://{addr_text(sock.getsockname())}/metrics")
+        return sock
 
     def _listeners(self, cfg: Config, setup: Setup) -> list[socket.socket]:
         """Listening sockets for cfg: kept from before where the address is unchanged."""
@@ -181,6 +204,10 @@ class Master:
                 if now > self.kill_at:
                     self._kill(signal.SIGKILL)
             else:
+                if self.cfg.reload_on_cert_change and pem_stamps(self.cfg) != self.pem_stamps:
+                    log.info("{core} a pem-file changed: reloading.")
+                    self.pem_stamps = pem_stamps(self.cfg)
+                    self.reload_wanted = True
                 if self.reload_wanted and self.retire is None and not self.retiring:
                     self.reload()  # waits while an old generation drains: two at most
                 self._respawn_due()
@@ -200,8 +227,9 @@ class Master:
         if self.respawn_at:
             timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
         ctls = {c.ctl: c for c in self.children.values()}
+        extra = [self.metrics_sock] if self.metrics_sock else []
         try:
-            readable, _, _ = select.select([self.pipe_r, *ctls], [], [], timeout)
+            readable, _, _ = select.select([self.pipe_r, *ctls, *extra], [], [], timeout)
         except InterruptedError:
             return
         for r in readable:
@@ -212,8 +240,23 @@ class Master:
                             break
                     except BlockingIOError:
                         break
-            elif r.recv(16):  # b"R": the worker's loop runs; b"": it is gone, reap() knows
-                ctls[r].ready = True
+            elif r is self.metrics_sock:
+                self.board.gauges.update(workers=len(self.children), generation=self.gen)
+                metrics.serve_one(r, self.board)
+            else:
+                self._from_worker(ctls[r])
+
+    def _from_worker(self, child: Child) -> bool:
+        """Read one message from a worker; False when there was none (or it is gone)."""
+        try:
+            message = child.ctl.recv(1 << 16)
+        except OSError:
+            return False
+        if message == b"R":  # its loop runs
+            child.ready = True
+        elif message.startswith(b"S"):
+            self.board.update(child.pid, message)
+        return bool(message)  # b"": the worker is gone; reap() takes care of it
 
     def handle_term(self) -> None:
         if not self.stopping:
@@ -232,6 +275,22 @@ class Master:
     def handle_hup(self) -> None:
         self.reload_wanted = True  # several HUPs before the loop gets to it make one reload
 
+    def handle_usr1(self) -> None:
+        """Reopen the log file (logrotate) and hand the new file to every worker."""
+        if not log.path:
+            return
+        try:
+            log.open_file()
+        except OSError as e:
+            log.error(f"{{core}} cannot reopen log file '{log.path}': {e.strerror}")
+            return
+        for c in self.children.values():
+            try:
+                socket.send_fds(c.ctl, [b"L"], [log.stdout])
+            except OSError:
+                pass
+        log.info("{core} log file reopened.")
+
     def handle_chld(self) -> None:
         pass  # reap() runs on every pass of the loop
 
@@ -249,11 +308,17 @@ class Master:
             setup = prepare(cfg, self.setup)
             listeners = self._listeners(cfg, setup)
         except (ConfigError, Exit) as e:
+            self.board.master_counters["reloads_failed"] += 1
             log.error(f"{{core}} reload failed, still serving the previous configuration: {e}")
             return
+        self.board.master_counters["reloads_ok"] += 1
         old, self.gen = self.gen, self.gen + 1
         self.cfg, self.setup, self.listeners = cfg, setup, listeners
-        configure_log(cfg)
+        try:
+            configure_log(cfg)
+        except ConfigError as e:
+            log.error(f"{{core}} reload: {e}; logging unchanged")
+        self.pem_stamps = pem_stamps(cfg)
         self.failures.clear()
         self.respawn_at.clear()
         for slot in range(cfg.worker_count):
@@ -300,7 +365,10 @@ class Master:
             child = self.children.pop(pid, None)
             if child is None:
                 continue
+            while self._from_worker(child):  # its last stats, if still unread
+                pass
             child.ctl.close()
+            self.board.exited(pid)
             how = (f"was terminated by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                    else f"exited with status {os.waitstatus_to_exitcode(status)}")
             if self.stopping or child.gen != self.gen:
@@ -313,6 +381,7 @@ class Master:
             log.error(f"{{core}} Child {pid} {how}. Replacing"
                       + (f" in {delay:.1f} s..." if delay else "..."))
             self.respawn_at[child.slot] = time.monotonic() + delay
+            self.board.master_counters["worker_restarts"] += 1
 
     def _respawn_due(self) -> None:
         now = time.monotonic()
@@ -322,10 +391,12 @@ class Master:
                 self.spawn(slot)
 
     def spawn(self, slot: int) -> None:
-        mine, theirs = socket.socketpair()
+        # SEQPACKET: each stats snapshot arrives as one message
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid:
             theirs.close()
+            mine.setblocking(False)
             self.children[pid] = Child(pid, slot, self.gen, time.monotonic(), mine)
             return
         code = 1
@@ -338,6 +409,8 @@ class Master:
             os.close(self.pipe_r)
             os.close(self.pipe_w)
             mine.close()
+            if self.metrics_sock:
+                self.metrics_sock.close()
             for c in self.children.values():
                 c.ctl.close()
             live = {id(s) for s in self.listeners}
@@ -370,13 +443,19 @@ def daemonize() -> None:
 
 
 def configure_log(cfg: Config) -> None:
-    # --daemon has no terminal to talk to: like stud, it implies syslog.
-    log.configure(quiet=cfg.quiet, use_syslog=cfg.syslog or cfg.daemon,
-                  facility=cfg.syslog_facility)
+    """Apply the logging options; raises ConfigError if the log file cannot be opened."""
+    try:
+        # --daemon has no terminal to talk to: like stud, it implies syslog (or a log file).
+        log.configure(level="error" if cfg.quiet else cfg.log_level,
+                      use_syslog=cfg.syslog or (cfg.daemon and not cfg.log_file),
+                      facility=cfg.syslog_facility, path=cfg.log_file)
+    except OSError as e:
+        raise ConfigError(f"log-file: cannot open '{cfg.log_file}': {e.strerror}") from None
 
 
 def run(argv: list[str], cfg: Config) -> int:
     """Start the daemon; returns the exit status. argv is kept for reloads."""
+    raise_fd_limit()
     master = Master(argv, cfg, prepare(cfg))
     if os.getuid() == 0 and not cfg.user:
         log.error("{core} WARNING: workers will run as root; use --user to drop privileges.")
@@ -400,6 +479,30 @@ def run(argv: list[str], cfg: Config) -> int:
                 os.unlink(cfg.pidfile)
             except OSError:
                 pass
+
+
+def raise_fd_limit() -> None:
+    """Every connection costs two descriptors: take all the kernel allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    log.info(f"{{core}} file descriptor limit: {soft}")
+
+
+def pem_stamps(cfg: Config) -> list[tuple]:
+    """What --reload-on-cert-change watches: each pem-file's identity, size and mtime."""
+    out = []
+    for path in cfg.pem_file:
+        try:
+            st = os.stat(path)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return out
 
 
 def addr_text(sa: tuple) -> str:

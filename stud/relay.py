@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 BUFSIZE = 65536
 _buf = bytearray(BUFSIZE)  # one per process: data is forwarded before the next read reuses it
 _view = memoryview(_buf)
+_now = time.monotonic
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 HS_ERRORS = (ssl.SSLError, OSError)
 
@@ -88,6 +89,7 @@ class Flow:
                 return
             if n:
                 self.nbytes += n
+                relay.active = _now()
                 if not self.write(_view[:n]):
                     return  # dst is full: reading resumes in writable()
             if self.eof:
@@ -170,7 +172,8 @@ class Relay:
     """The life of one client connection, from accept to the close log line."""
 
     __slots__ = ("worker", "loop", "front", "back", "peer", "local", "header", "timer",
-                 "started", "closed", "flows", "sni", "tls_info", "pbuf", "hs_end", "hs_next")
+                 "started", "active", "closed", "flows", "tls_info", "pbuf", "hs_end", "hs_next",
+                 "connecting")
 
     def __init__(self, worker: Worker, sock: socket.socket, peer: tuple, local: tuple) -> None:
         self.worker, self.loop = worker, worker.loop
@@ -182,7 +185,7 @@ class Relay:
         self.flows: tuple[Flow, ...] = ()
         self.tls_info: tuple = ()
         self.pbuf = b""
-        self.started = time.monotonic()
+        self.started = self.active = self.connecting = _now()
         self.timer = self.loop.call_later(worker.handshake_timeout, self._timeout, "handshake")
         self.hs_end: End | None = None
         self.hs_next: Callable[[], None] | None = None
@@ -284,14 +287,21 @@ class Relay:
             return
         except HS_ERRORS as e:
             # Scanners and broken clients fail here all day: below the default log level.
+            self.worker.stats.handshakes_failed[short_reason(e)] += 1
             self.close(f"handshake failed: {reason(e)}", DEBUG)
             return
         self.want_read(end, False)
         self.want_write(end, False)
         self.hs_end = None
         s = end.sock
-        self.tls_info = (s.version(), (s.cipher() or ("",))[0], getattr(s, "sni", None),
-                         s.selected_alpn_protocol(), s.session_reused)
+        self.tls_info = info = (s.version(), (s.cipher() or ("",))[0], getattr(s, "sni", None),
+                                s.selected_alpn_protocol(), s.session_reused)
+        stats = self.worker.stats
+        stats.handshakes += 1
+        stats.tls_version[info[0]] += 1
+        stats.cipher[info[1]] += 1
+        stats.resumed += info[4]
+        stats.handshake_seconds.observe(_now() - self.started)
         self.hs_next()
 
     def _connect(self) -> None:
@@ -306,6 +316,7 @@ class Relay:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.back = End(sock, "backend")
+        self.connecting = _now()
         err = sock.connect_ex(sockaddr)
         if err == 0:
             self._connected()
@@ -318,6 +329,7 @@ class Relay:
             self._backend_failed(err)
 
     def _backend_failed(self, err: int) -> None:
+        self.worker.stats.backend_connect_failed += 1
         self.close(f"backend connect failed: {os.strerror(err)}", INFO)
 
     def _connected(self) -> None:
@@ -326,7 +338,9 @@ class Relay:
         err = self.back.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self._backend_failed(err)
-        elif self.worker.client_mode:
+            return
+        self.worker.stats.connect_seconds.observe(_now() - self.connecting)
+        if self.worker.client_mode:
             self.timer = self.loop.call_later(self.worker.handshake_timeout, self._timeout,
                                               "handshake")
             self._start_tls(self.back, server=False, then=self._relay)
@@ -361,6 +375,9 @@ class Relay:
                              ssl_version=version, ssl_cipher=cipher)
 
     def _timeout(self, what: str) -> None:
+        self.worker.stats.timeouts[what] += 1
+        if what == "backend connect":
+            self.worker.stats.backend_connect_failed += 1
         self.close(f"{what} timeout", INFO)
 
     # -- the end ----------------------------------------------------------------------------
@@ -382,14 +399,24 @@ class Relay:
             end.sock.close()
         self.closed = True
         self.timer.cancel()
+        up, down = (f.nbytes for f in self.flows) if self.flows else (0, 0)
+        stats = self.worker.stats
+        stats.bytes_up += up
+        stats.bytes_down += down
         self.worker.closed(self)
         if log.level >= level:
-            up, down = (f.nbytes for f in self.flows) if self.flows else (0, 0)
             version, cipher, sni, alpn, resumed = self.tls_info or ("", "", "", "", False)
             log.event(level, "connection closed", client=fmt_addr(self.peer), sni=sni or "-",
                       tls=version or "-", cipher=cipher or "-", alpn=alpn or "-",
                       resumed=int(bool(resumed)), up=up, down=down,
                       duration=f"{time.monotonic() - self.started:.3f}", reason=why)
+
+
+def short_reason(e: BaseException) -> str:
+    """A metric label for a failed handshake: OpenSSL's reason code, or the error class."""
+    if isinstance(e, ssl.SSLError) and e.reason:
+        return e.reason.lower()
+    return "eof" if isinstance(e, ssl.SSLEOFError | ConnectionError) else e.__class__.__name__
 
 
 def fmt_addr(sa: tuple) -> str:

@@ -15,10 +15,13 @@ import os
 import signal
 import socket
 import ssl
+import time
 import traceback
 
 from stud.config import Config
 from stud.log import log
+from stud.metrics import Stats
+from stud.ratelimit import EmptyConnLimiter
 from stud.relay import Relay
 
 try:  # imported by the master: after chroot the worker could not import it any more
@@ -28,7 +31,9 @@ except ImportError:
 
 ACCEPT_BATCH = 64          # accepts per wake-up: enough to empty a burst, bounded for fairness
 EMFILE_PAUSE = 0.5         # seconds without accepting when out of file descriptors
+FD_LOG_INTERVAL = 10.0     # log running out of file descriptors at most this often
 FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+MAX_PARKED = 8192          # delayed connections held at most (the oldest is closed)
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -49,27 +54,39 @@ class Worker:
         self.handshake_timeout = cfg.ssl_handshake_timeout
         self.connect_timeout = cfg.backend_connect_timeout
         self.drain_timeout = cfg.drain_timeout
+        self.idle_timeout = cfg.idle_timeout
         self.keepalive = cfg.keepalive
-        self.ctl = ctl  # to the master: b"R" when serving; EOF when the master is gone
+        self.max_conns = cfg.max_connections or None
+        self.limiter = (EmptyConnLimiter(cfg.empty_conn_limit, cfg.empty_conn_window)
+                        if cfg.empty_conn_limit else None)
+        self.delay = cfg.empty_conn_delay
+        self.parked: dict[socket.socket, asyncio.TimerHandle] = {}
+        self.ctl = ctl  # to the master: b"R" when serving, stats; EOF when the master is gone
         ctl.setblocking(False)
+        self.stats = Stats()
         self.conns: set[Relay] = set()
         self.draining = False
         self.accepting = False
+        self.fd_pause_until = 0.0
+        self.fd_logged = 0.0
         self.loop = new_loop()
 
     def run(self) -> int:
         loop = self.loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain, f"signal {sig.name}")
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master handles reloads
+        for sig in (signal.SIGHUP, signal.SIGUSR1):
+            loop.add_signal_handler(sig, lambda: None)  # the master handles these
         loop.set_exception_handler(self._on_loop_error)
         self._accepting(True)
         loop.add_reader(self.ctl.fileno(), self._from_master)
-        self.ctl.send(b"R")
+        self._to_master(b"R")
+        self._tick()
         log.info(f"{{core}} Process {os.getpid()} online")
         try:
             loop.run_forever()
         finally:
+            self._to_master(self.stats_snapshot())
             loop.close()
         return 0
 
@@ -79,20 +96,50 @@ class Worker:
         where = "".join(traceback.format_exception(exc)[-3:]) if exc else ""
         log.error(f"{{core}} internal error: {context.get('message')} {where}".replace("\n", " | "))
 
+    # -- the master ------------------------------------------------------------------------
+    def _to_master(self, message: bytes) -> None:
+        try:
+            self.ctl.send(message)
+        except OSError:
+            pass  # the master is gone or busy; EOF handling drains us
+
+    def stats_snapshot(self) -> bytes:
+        self.stats.open = len(self.conns)
+        return self.stats.snapshot()
+
     def _from_master(self) -> None:
         try:
-            data = self.ctl.recv(16)
+            data, fds, _, _ = socket.recv_fds(self.ctl, 64, 1)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
+            data, fds = b"", []
+        for fd in fds:  # b"L": the log file, reopened by the master (SIGUSR1)
+            log.adopt(fd)
         if not data:
             self.loop.remove_reader(self.ctl.fileno())
             log.error(f"{{core}} Process {os.getpid()} detected parent death, closing listener.")
             self.drain("master died")
 
+    def _tick(self) -> None:
+        """Once a second: stats to the master, idle connections out, old limiter entries gone."""
+        self._to_master(self.stats_snapshot())
+        now = time.monotonic()
+        if self.idle_timeout:
+            limit = now - self.idle_timeout
+            for relay in [r for r in self.conns if r.active < limit and r.flows]:
+                self.stats.timeouts["idle"] += 1
+                relay.close("idle timeout")
+        if self.limiter and int(now) % 60 == 0:
+            self.limiter.prune(now)
+        self.loop.call_later(1.0, self._tick)
+
+    # -- accepting ---------------------------------------------------------------------------
     def _accepting(self, on: bool) -> None:
-        if on == self.accepting or (on and self.draining):
+        if on and (self.draining or time.monotonic() < self.fd_pause_until or
+                   self.max_conns and len(self.conns) >= self.max_conns):
+            return
+        if on == self.accepting:
             return
         self.accepting = on
         for lsock in self.listeners:
@@ -103,6 +150,7 @@ class Worker:
 
     def _accept(self, lsock: socket.socket) -> None:
         keepalive = self.keepalive
+        limiter = self.limiter
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, peer = lsock.accept()
@@ -110,30 +158,75 @@ class Worker:
                 return
             except OSError as e:
                 if e.errno in FD_ERRORS:
-                    # The original busy-looped here: pause instead, and retry by itself.
-                    log.error(f"{{client}} accept() failed: {e.strerror}; pausing accepts")
-                    self._accepting(False)
-                    self.loop.call_later(EMFILE_PAUSE, self._accepting, True)
+                    self._out_of_fds(e)
                 # ECONNABORTED and friends concern one client only: go on.
                 return
+            self.stats.accepted += 1
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if keepalive > 0:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, keepalive)
-                local = sock.getsockname() if self.mode else ()
             except OSError:
                 sock.close()  # the client is already gone
                 continue
-            relay = Relay(self, sock, peer, local)
-            self.conns.add(relay)
-            relay.start()
+            if limiter and limiter.limited(peer[0], time.monotonic()):
+                self._park(sock, peer)
+            else:
+                self._serve(sock, peer)
+            if self.max_conns and len(self.conns) >= self.max_conns:
+                self._accepting(False)  # never fail open: the kernel queues the rest
+                return
+
+    def _serve(self, sock: socket.socket, peer: tuple) -> None:
+        try:
+            local = sock.getsockname() if self.mode else ()
+        except OSError:
+            sock.close()
+            return
+        relay = Relay(self, sock, peer, local)
+        self.conns.add(relay)
+        relay.start()
+
+    def _park(self, sock: socket.socket, peer: tuple) -> None:
+        """Delay a limited client: its socket waits, un-handshaked, then is served as usual."""
+        self.stats.rate_limited += 1
+        log.info(f"{{client}} delaying connection from {peer[0]} by {self.delay:g} s "
+                 "(empty connections)")
+        if len(self.parked) >= MAX_PARKED:
+            oldest = next(iter(self.parked))
+            self.parked.pop(oldest).cancel()
+            oldest.close()
+        self.parked[sock] = self.loop.call_later(self.delay, self._unpark, sock, peer)
+
+    def _unpark(self, sock: socket.socket, peer: tuple) -> None:
+        del self.parked[sock]
+        self._serve(sock, peer)
+
+    def _out_of_fds(self, e: OSError) -> None:
+        # The original busy-looped here: pause instead, and retry by itself.
+        now = time.monotonic()
+        self.stats.accept_errors += 1
+        if now - self.fd_logged >= FD_LOG_INTERVAL:
+            self.fd_logged = now
+            log.error(f"{{client}} accept() failed: {e.strerror}; pausing accepts "
+                      f"({len(self.conns)} connections open)")
+        self._accepting(False)
+        self.fd_pause_until = now + EMFILE_PAUSE
+        self.loop.call_later(EMFILE_PAUSE, self._accepting, True)
 
     def closed(self, relay: Relay) -> None:
+        """Called by each relay once, when it is closed."""
         self.conns.discard(relay)
-        if self.draining and not self.conns:
-            self.loop.stop()
+        if self.limiter and relay.tls_info:
+            self.limiter.record(relay.peer[0], relay.flows[0].nbytes == 0 if relay.flows
+                                else True, time.monotonic())
+        if self.draining:
+            if not self.conns:
+                self.loop.stop()
+        elif not self.accepting:
+            self._accepting(True)
 
     def drain(self, why: str) -> None:
         """Stop accepting; exit once open connections are done, or at the drain timeout."""
@@ -143,6 +236,10 @@ class Worker:
         self.draining = True
         for lsock in self.listeners:
             lsock.close()
+        for sock, timer in self.parked.items():
+            timer.cancel()
+            sock.close()
+        self.parked.clear()
         log.info(f"{{core}} Process {os.getpid()} draining ({why}): "
                  f"{len(self.conns)} connections open")
         if not self.conns:
@@ -154,5 +251,6 @@ class Worker:
         log.info(f"{{core}} Process {os.getpid()} drain timeout: closing "
                  f"{len(self.conns)} connections")
         for relay in list(self.conns):
+            self.stats.timeouts["drain"] += 1
             relay.close("drain timeout")
         self.loop.stop()
