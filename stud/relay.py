@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from stud.worker import Worker
 
 BUFSIZE = 65536
+RECORD = 16384  # the largest TLS record's plaintext
 _buf = bytearray(BUFSIZE)  # one per process: data is forwarded before the next read reuses it
 _view = memoryview(_buf)
 _now = time.monotonic
@@ -37,19 +38,32 @@ HS_ERRORS = (ssl.SSLError, OSError)
 
 
 class End:
-    """One socket of a relay: which flow reads from it, which flow writes into it."""
+    """One socket of a relay: which flow reads from it, which flow writes into it.
 
-    __slots__ = ("sock", "fd", "tls", "name", "inflow", "outflow", "reading", "writing",
-                 "read_wants_write")
+    ``tls`` is the raw ``_ssl._SSLSocket`` that ``SSLContext._wrap_socket`` returns: the
+    ``ssl.SSLSocket`` wrapper adds several Python calls to every read and write.
+    """
+
+    __slots__ = ("sock", "tls", "fd", "name", "inflow", "outflow", "reading", "writing",
+                 "read_wants_write", "sni", "__weakref__")
 
     def __init__(self, sock: socket.socket, name: str) -> None:
         self.sock = sock
+        self.tls = None
         self.fd = sock.fileno()
-        self.tls = isinstance(sock, ssl.SSLSocket)
         self.name = name
         self.inflow: Flow | None = None
         self.outflow: Flow | None = None
         self.reading = self.writing = self.read_wants_write = False
+        self.sni: str | None = None
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.tls.context
+
+    @context.setter
+    def context(self, ctx: ssl.SSLContext) -> None:
+        self.tls.context = ctx  # the SNI callback switches certificates through the owner
 
 
 class Flow:
@@ -66,66 +80,73 @@ class Flow:
 
     def readable(self) -> None:
         src, relay = self.src, self.relay
-        read = src.sock.recv_into
-        while True:
-            n = 0
-            try:
-                while n < BUFSIZE:
-                    k = read(_view[n:])
+        tls = src.tls
+        n = 0
+        try:
+            if tls is None:
+                n = src.sock.recv_into(_view)
+                self.eof = not n
+            else:
+                # One record per SSL_read. Go on only after a full record (bulk data): a short
+                # one was all there was, and trying again would only raise SSLWantReadError.
+                # Each read asks for at least a full record, so OpenSSL never keeps decrypted
+                # bytes back that no fd event would announce.
+                while n <= BUFSIZE - RECORD:
+                    k = tls.read(BUFSIZE - n, _view[n:])
                     if not k:
                         self.eof = True
                         break
                     n += k
-                    if not src.tls:
-                        break  # a plain recv drains what the kernel has; TLS reads per record
-            except WOULD_BLOCK as e:
-                if isinstance(e, ssl.SSLWantWriteError):
-                    src.read_wants_write = True
-                    relay.want_write(src, True)
-            except HS_ERRORS as e:
-                if n:
-                    self.write(_view[:n])
-                relay.close(f"{src.name} {reason(e)}", INFO)
-                return
+                    if k < RECORD:
+                        break
+        except WOULD_BLOCK as e:
+            if isinstance(e, ssl.SSLWantWriteError):
+                src.read_wants_write = True
+                relay.want_write(src, True)
+        except ssl.SSLZeroReturnError:
+            self.eof = True  # close_notify after ours: OpenSSL reports it this way
+        except HS_ERRORS as e:
             if n:
-                self.nbytes += n
-                relay.active = _now()
-                if not self.write(_view[:n]):
-                    return  # dst is full: reading resumes in writable()
-            if self.eof:
-                relay.want_read(src, False)
-                self.finish()
-                return
-            if n < BUFSIZE:
-                return  # buffer not filled: nothing left in OpenSSL, the kernel will wake us
+                self.write(_view[:n])
+            relay.close(f"{src.name} {reason(e)}", INFO)
+            return
+        if n:
+            self.nbytes += n
+            relay.active = _now()
+            if not self.write(_view[:n]):
+                return  # dst is full: reading resumes in writable()
+        if self.eof:
+            relay.want_read(src, False)
+            self.finish()
+
+    def _send(self, data: memoryview) -> int | None:
+        """Bytes of data written to dst (0: would block); None if dst failed (relay closed)."""
+        dst = self.dst
+        try:
+            return dst.sock.send(data) if dst.tls is None else dst.tls.write(data)
+        except WOULD_BLOCK:
+            return 0
+        except HS_ERRORS as e:
+            self.relay.close(f"{dst.name} {reason(e)}", INFO)
+            return None
 
     def write(self, data: memoryview) -> bool:
         """Write data to dst; keep what did not fit and pause src. True if all was written."""
-        dst = self.dst
-        try:
-            sent = dst.sock.send(data)
-        except WOULD_BLOCK:
-            sent = 0
-        except HS_ERRORS as e:
-            self.relay.close(f"{dst.name} {reason(e)}", INFO)
-            return False
+        sent = self._send(data)
         if sent == len(data):
             return True
-        # Copy: the shared buffer is reused by the next read, anywhere in this process.
-        self.pending = memoryview(bytes(data[sent:]))
-        self.relay.want_read(self.src, False)
-        self.relay.want_write(dst, True)
+        if sent is not None:
+            # Copy: the shared buffer is reused by the next read, anywhere in this process.
+            self.pending = memoryview(bytes(data[sent:]))
+            self.relay.want_read(self.src, False)
+            self.relay.want_write(self.dst, True)
         return False
 
     def writable(self) -> None:
         pending = self.pending
         if pending is not None:
-            try:
-                sent = self.dst.sock.send(pending)
-            except WOULD_BLOCK:
-                return
-            except HS_ERRORS as e:
-                self.relay.close(f"{self.dst.name} {reason(e)}", INFO)
+            sent = self._send(pending)
+            if sent is None:
                 return
             if sent < len(pending):
                 self.pending = pending[sent:]
@@ -136,7 +157,6 @@ class Flow:
         elif not self.relay.closed:
             self.relay.want_write(self.dst, False)
             self.relay.want_read(self.src, True)
-            self.readable()  # OpenSSL may hold decrypted bytes that no fd event announces
 
     def finish(self) -> None:
         """Pass EOF on once everything before it was written."""
@@ -144,8 +164,8 @@ class Flow:
             return
         dst = self.dst
         try:
-            if dst.tls:
-                sslext.send_close_notify(dst.sock)
+            if dst.tls is not None:
+                sslext.shutdown_once(sslext.ssl_pointer(dst.tls))
             else:
                 dst.sock.shutdown(socket.SHUT_WR)
         except WOULD_BLOCK:
@@ -257,26 +277,20 @@ class Relay:
             self._start_tls(self.front, server=True, then=self._connect)
 
     def _start_tls(self, end: End, *, server: bool, then: Callable[[], None]) -> None:
-        w = self.worker
+        ctx = self.worker.ssl_context if server else self.worker.client_context
         self.want_read(end, False)
         try:
-            if server:
-                end.sock = w.ssl_context.wrap_socket(end.sock, server_side=True,
-                                                     do_handshake_on_connect=False)
-            else:
-                end.sock = w.client_context.wrap_socket(end.sock, server_side=False,
-                                                        do_handshake_on_connect=False)
+            end.tls = ctx._wrap_socket(end.sock, server, None, owner=end)
         except OSError as e:
             self.close(f"{end.name} {reason(e)}", DEBUG)
             return
-        end.tls = True
         self.hs_end, self.hs_next = end, then
         self._handshake()
 
     def _handshake(self) -> None:
         end = self.hs_end
         try:
-            end.sock.do_handshake()
+            end.tls.do_handshake()
         except ssl.SSLWantReadError:
             self.want_write(end, False)
             self.want_read(end, True)
@@ -293,8 +307,8 @@ class Relay:
         self.want_read(end, False)
         self.want_write(end, False)
         self.hs_end = None
-        s = end.sock
-        self.tls_info = info = (s.version(), (s.cipher() or ("",))[0], getattr(s, "sni", None),
+        s = end.tls
+        self.tls_info = info = (s.version(), (s.cipher() or ("",))[0], end.sni,
                                 s.selected_alpn_protocol(), s.session_reused)
         stats = self.worker.stats
         stats.handshakes += 1
@@ -357,7 +371,6 @@ class Relay:
         if header and not up.write(memoryview(header)):
             return  # the client is read once the header is out
         self.want_read(front, True)
-        up.readable()  # the client's first bytes may already sit decrypted in OpenSSL
 
     def _client_header(self) -> bytes:
         mode = self.worker.mode

@@ -222,6 +222,44 @@ def has_pending(sock: ssl.SSLSocket | ssl.SSLObject) -> bool:
     return bool(_SSL_has_pending(p))
 
 
+def ssl_pointer(obj: _ssl._SSLSocket) -> int:
+    """The checked SSL* of a raw ``_ssl._SSLSocket`` (what ``SSLContext._wrap_socket`` returns).
+
+    The relay drives those directly; it looks the pointer up once per connection and keeps
+    ``obj`` alive while using it.
+    """
+    if type(obj) is not _ssl._SSLSocket:
+        raise TypeError(f"expected _ssl._SSLSocket, got {type(obj).__name__}")
+    p = _P.from_address(id(obj) + _SSL_OFFSET).value
+    if not p or _SSL_get_SSL_CTX(p) != _ctx_ptr(obj.context):
+        raise RuntimeError("stud.sslext: SSL* pointer check failed (CPython layout changed?)")
+    return p
+
+
+def shutdown_once(p: int) -> None:
+    """SSL_shutdown() once on SSL* ``p``: our close_notify, without reading the peer's.
+
+    Raises ssl.SSLWantWriteError/SSLWantReadError (call again when ready), OSError or
+    ssl.SSLError. Afterwards reads go on until the peer's close_notify, which the stdlib reports
+    as SSLZeroReturnError since our own "sent" flag is set.
+    """
+    _ERR_clear_error()  # SSL_get_error() is only meaningful with an empty queue
+    ctypes.set_errno(0)
+    ret = _SSL_shutdown(p)
+    if ret >= 0:
+        return
+    err = _SSL_get_error(p, ret)
+    errno = ctypes.get_errno()
+    if err in (_SSL_ERROR_WANT_WRITE, _SSL_ERROR_WANT_READ):
+        _ERR_clear_error()
+        cls = ssl.SSLWantWriteError if err == _SSL_ERROR_WANT_WRITE else ssl.SSLWantReadError
+        raise _ssl_error(cls, err, "close_notify not sent yet: retry when ready", queue=False)
+    if err == _SSL_ERROR_SYSCALL and errno:
+        _ERR_clear_error()
+        raise OSError(errno, f"SSL_shutdown: {os.strerror(errno)}")
+    raise _ssl_error(ssl.SSLError, err, "SSL_shutdown failed")
+
+
 def send_close_notify(sock: ssl.SSLSocket | ssl.SSLObject) -> bool:
     """Send our close_notify without waiting for the peer's: a TLS half-close.
 
@@ -238,27 +276,17 @@ def send_close_notify(sock: ssl.SSLSocket | ssl.SSLObject) -> bool:
         return True
     if state != _PENDING and _SSL_get_shutdown(p) & _SSL_SENT_SHUTDOWN:
         return True  # unwrap()/shutdown already started closing; calling again would read
-    _ERR_clear_error()  # SSL_get_error() is only meaningful with an empty queue
-    ctypes.set_errno(0)
-    ret = _SSL_shutdown(p)
-    if ret >= 0:
-        _SSL_set_ex_data(p, _EX_INDEX, _DONE)
-        # CPython's read() maps the peer's close_notify to b"" only if SSL_get_shutdown() is
-        # *exactly* SSL_RECEIVED_SHUTDOWN, else raises SSLZeroReturnError. Drop our SENT flag
-        # (the alert is already on the wire) so the half-closed read side ends with b"".
-        _SSL_set_shutdown(p, _SSL_get_shutdown(p) & ~_SSL_SENT_SHUTDOWN)
-        return True
-    err = _SSL_get_error(p, ret)
-    errno = ctypes.get_errno()
-    if err in (_SSL_ERROR_WANT_WRITE, _SSL_ERROR_WANT_READ):
-        _ERR_clear_error()
+    try:
+        shutdown_once(p)
+    except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
         _SSL_set_ex_data(p, _EX_INDEX, _PENDING)
-        cls = ssl.SSLWantWriteError if err == _SSL_ERROR_WANT_WRITE else ssl.SSLWantReadError
-        raise _ssl_error(cls, err, "close_notify not sent yet: retry when ready", queue=False)
-    if err == _SSL_ERROR_SYSCALL and errno:
-        _ERR_clear_error()
-        raise OSError(errno, f"SSL_shutdown: {os.strerror(errno)}")
-    raise _ssl_error(ssl.SSLError, err, "SSL_shutdown failed")
+        raise
+    _SSL_set_ex_data(p, _EX_INDEX, _DONE)
+    # CPython's read() maps the peer's close_notify to b"" only if SSL_get_shutdown() is
+    # *exactly* SSL_RECEIVED_SHUTDOWN, else raises SSLZeroReturnError. Drop our SENT flag
+    # (the alert is already on the wire) so the half-closed read side ends with b"".
+    _SSL_set_shutdown(p, _SSL_get_shutdown(p) & ~_SSL_SENT_SHUTDOWN)
+    return True
 
 
 def load_engine(name: str) -> None:
