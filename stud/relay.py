@@ -14,6 +14,7 @@ becomes a close_notify while the client may go on sending.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
@@ -37,6 +38,13 @@ WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLW
 HS_ERRORS = (ssl.SSLError, OSError)
 
 
+class Sock(_socket.socket):
+    """The C-level socket plus a weakref slot (the ssl module keeps a weak reference to it):
+    socket.socket's Python layer costs more per connection than the accept syscall."""
+
+    __slots__ = ("__weakref__",)
+
+
 class End:
     """One socket of a relay: which flow reads from it, which flow writes into it.
 
@@ -44,18 +52,27 @@ class End:
     ``ssl.SSLSocket`` wrapper adds several Python calls to every read and write.
     """
 
-    __slots__ = ("sock", "tls", "fd", "name", "inflow", "outflow", "reading", "writing",
+    __slots__ = ("sock", "tls", "fd", "name", "inflow", "outflow", "reader", "writer",
                  "read_wants_write", "sni", "__weakref__")
 
-    def __init__(self, sock: socket.socket, name: str) -> None:
+    def __init__(self, sock: Sock, name: str) -> None:
         self.sock = sock
         self.tls = None
         self.fd = sock.fileno()
         self.name = name
         self.inflow: Flow | None = None
         self.outflow: Flow | None = None
-        self.reading = self.writing = self.read_wants_write = False
+        self.reader: Callable[[], None] | None = None  # what the loop calls now, if anything
+        self.writer: Callable[[], None] | None = None
+        self.read_wants_write = False
         self.sni: str | None = None
+
+    def writable(self) -> None:
+        if self.read_wants_write and self.inflow is not None:
+            self.read_wants_write = False
+            self.inflow.readable()
+        if self.outflow is not None and not self.outflow.relay.closed:
+            self.outflow.writable()
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -102,9 +119,10 @@ class Flow:
         except WOULD_BLOCK as e:
             if isinstance(e, ssl.SSLWantWriteError):
                 src.read_wants_write = True
-                relay.want_write(src, True)
-        except ssl.SSLZeroReturnError:
-            self.eof = True  # close_notify after ours: OpenSSL reports it this way
+                relay.want_write(src, src.writable)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            # A close_notify after ours (OpenSSL reports it this way), or a ragged EOF.
+            self.eof = True
         except HS_ERRORS as e:
             if n:
                 self.write(_view[:n])
@@ -116,7 +134,7 @@ class Flow:
             if not self.write(_view[:n]):
                 return  # dst is full: reading resumes in writable()
         if self.eof:
-            relay.want_read(src, False)
+            relay.want_read(src, None)
             self.finish()
 
     def _send(self, data: memoryview) -> int | None:
@@ -138,8 +156,8 @@ class Flow:
         if sent is not None:
             # Copy: the shared buffer is reused by the next read, anywhere in this process.
             self.pending = memoryview(bytes(data[sent:]))
-            self.relay.want_read(self.src, False)
-            self.relay.want_write(self.dst, True)
+            self.relay.want_read(self.src, None)
+            self.relay.want_write(self.dst, self.dst.writable)
         return False
 
     def writable(self) -> None:
@@ -155,8 +173,8 @@ class Flow:
         if self.eof:
             self.finish()
         elif not self.relay.closed:
-            self.relay.want_write(self.dst, False)
-            self.relay.want_read(self.src, True)
+            self.relay.want_write(self.dst, None)
+            self.relay.want_read(self.src, self.readable)
 
     def finish(self) -> None:
         """Pass EOF on once everything before it was written."""
@@ -169,13 +187,13 @@ class Flow:
             else:
                 dst.sock.shutdown(socket.SHUT_WR)
         except WOULD_BLOCK:
-            self.relay.want_write(dst, True)
+            self.relay.want_write(dst, dst.writable)
             return
         except HS_ERRORS as e:
             self.relay.close(f"{dst.name} {reason(e)}", INFO)
             return
         self.done = True
-        self.relay.want_write(dst, False)
+        self.relay.want_write(dst, None)
         self.relay.flow_done()
 
 
@@ -195,7 +213,7 @@ class Relay:
                  "started", "active", "closed", "flows", "tls_info", "pbuf", "hs_end", "hs_next",
                  "connecting")
 
-    def __init__(self, worker: Worker, sock: socket.socket, peer: tuple, local: tuple) -> None:
+    def __init__(self, worker: Worker, sock: Sock, peer: tuple, local: tuple) -> None:
         self.worker, self.loop = worker, worker.loop
         self.peer, self.local = peer, local
         self.front = End(sock, "client")
@@ -210,40 +228,28 @@ class Relay:
         self.hs_end: End | None = None
         self.hs_next: Callable[[], None] | None = None
 
-    # -- fd interest, tracked to skip redundant loop calls -------------------------------
-    def want_read(self, end: End, on: bool) -> None:
-        if end.reading != on and not self.closed:
-            end.reading = on
-            if on:
-                cb = self._proxy_readable if self.header is None else \
-                    self._handshake if self.hs_end is end else end.inflow.readable
-                self.loop.add_reader(end.fd, cb)
-            else:
+    # -- fd interest: what the loop calls for each fd, changed only when it differs ---------
+    def want_read(self, end: End, cb: Callable[[], None] | None) -> None:
+        if end.reader != cb and not self.closed:
+            end.reader = cb
+            if cb is None:
                 self.loop.remove_reader(end.fd)
-
-    def want_write(self, end: End, on: bool) -> None:
-        if end.writing != on and not self.closed:
-            end.writing = on
-            if on:
-                cb = self._handshake if self.hs_end is end else self._writable(end)
-                self.loop.add_writer(end.fd, cb)
             else:
-                self.loop.remove_writer(end.fd)
+                self.loop.add_reader(end.fd, cb)  # replaces the previous callback, if any
 
-    def _writable(self, end: End) -> Callable[[], None]:
-        def writable() -> None:
-            if end.read_wants_write and end.inflow is not None:
-                end.read_wants_write = False
-                end.inflow.readable()
-            if end.outflow is not None and not self.closed:
-                end.outflow.writable()
-        return writable
+    def want_write(self, end: End, cb: Callable[[], None] | None) -> None:
+        if end.writer != cb and not self.closed:
+            end.writer = cb
+            if cb is None:
+                self.loop.remove_writer(end.fd)
+            else:
+                self.loop.add_writer(end.fd, cb)
 
     # -- phases ---------------------------------------------------------------------------
     def start(self) -> None:
         if self.worker.mode == "proxy-proxy":
             self.header = None  # type: ignore[assignment]  # None: still reading it
-            self.want_read(self.front, True)
+            self.want_read(self.front, self._proxy_readable)
         elif self.worker.client_mode:
             self._connect()
         else:
@@ -273,12 +279,10 @@ class Relay:
         self.pbuf += sock.recv(take)
         if h is not None:
             self.header = self.pbuf
-            self.want_read(self.front, False)
             self._start_tls(self.front, server=True, then=self._connect)
 
     def _start_tls(self, end: End, *, server: bool, then: Callable[[], None]) -> None:
         ctx = self.worker.ssl_context if server else self.worker.client_context
-        self.want_read(end, False)
         try:
             end.tls = ctx._wrap_socket(end.sock, server, None, owner=end)
         except OSError as e:
@@ -292,20 +296,19 @@ class Relay:
         try:
             end.tls.do_handshake()
         except ssl.SSLWantReadError:
-            self.want_write(end, False)
-            self.want_read(end, True)
+            self.want_write(end, None)
+            self.want_read(end, self._handshake)
             return
         except ssl.SSLWantWriteError:
-            self.want_read(end, False)
-            self.want_write(end, True)
+            self.want_read(end, None)
+            self.want_write(end, self._handshake)
             return
         except HS_ERRORS as e:
             # Scanners and broken clients fail here all day: below the default log level.
             self.worker.stats.handshakes_failed[short_reason(e)] += 1
             self.close(f"handshake failed: {reason(e)}", DEBUG)
             return
-        self.want_read(end, False)
-        self.want_write(end, False)
+        self.want_write(end, None)
         self.hs_end = None
         s = end.tls
         self.tls_info = info = (s.version(), (s.cipher() or ("",))[0], end.sni,
@@ -317,13 +320,17 @@ class Relay:
         stats.resumed += info[4]
         stats.handshake_seconds.observe(_now() - self.started)
         self.hs_next()
+        if not self.flows and not self.closed:
+            # Still connecting: not a byte is read until the backend is there. (When the
+            # connect completed at once, _relay() already swapped the callback.)
+            self.want_read(end, None)
 
     def _connect(self) -> None:
         """Open the backend only now, so failed handshakes never reach it."""
         self.timer.cancel()
         family, sockaddr = self.worker.backend
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = Sock(family, socket.SOCK_STREAM)
         except OSError as e:
             self.close(f"backend socket: {reason(e)}", ERROR)
             return
@@ -337,8 +344,7 @@ class Relay:
         elif err == errno.EINPROGRESS:
             self.timer = self.loop.call_later(self.worker.connect_timeout, self._timeout,
                                               "backend connect")
-            self.back.writing = True
-            self.loop.add_writer(self.back.fd, self._connected)
+            self.want_write(self.back, self._connected)
         else:
             self._backend_failed(err)
 
@@ -347,7 +353,7 @@ class Relay:
         self.close(f"backend connect failed: {os.strerror(err)}", INFO)
 
     def _connected(self) -> None:
-        self.want_write(self.back, False)
+        self.want_write(self.back, None)
         self.timer.cancel()
         err = self.back.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
@@ -366,11 +372,11 @@ class Relay:
         front, back = self.front, self.back
         up = Flow(self, front, back)
         self.flows = (up, Flow(self, back, front))
-        self.want_read(back, True)  # a backend may speak first
+        self.want_read(back, self.flows[1].readable)  # a backend may speak first
         header = self._client_header()
         if header and not up.write(memoryview(header)):
             return  # the client is read once the header is out
-        self.want_read(front, True)
+        self.want_read(front, up.readable)
 
     def _client_header(self) -> bytes:
         mode = self.worker.mode
@@ -405,9 +411,9 @@ class Relay:
         for end in (self.front, self.back):
             if end is None:
                 continue
-            if end.reading:
+            if end.reader is not None:
                 loop.remove_reader(end.fd)
-            if end.writing:
+            if end.writer is not None:
                 loop.remove_writer(end.fd)
             end.sock.close()
         self.closed = True

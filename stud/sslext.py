@@ -145,6 +145,14 @@ def _ctx_ptr(ctx: ssl.SSLContext) -> int:
     return p
 
 
+def _checked_ctx_ptr(ctx: ssl.SSLContext) -> int:
+    """_ctx_ptr, remembered on the context: the per-connection path checks each one once."""
+    p = getattr(ctx, "_stud_ctx_ptr", None)
+    if p is None:
+        p = ctx._stud_ctx_ptr = _ctx_ptr(ctx)
+    return p
+
+
 def _ssl_ptr(sock: ssl.SSLSocket | ssl.SSLObject) -> tuple[int, object]:
     """Return (SSL*, owner); keep ``owner`` alive while the pointer is in use."""
     if not isinstance(sock, ssl.SSLSocket | ssl.SSLObject):
@@ -231,7 +239,7 @@ def ssl_pointer(obj: _ssl._SSLSocket) -> int:
     if type(obj) is not _ssl._SSLSocket:
         raise TypeError(f"expected _ssl._SSLSocket, got {type(obj).__name__}")
     p = _P.from_address(id(obj) + _SSL_OFFSET).value
-    if not p or _SSL_get_SSL_CTX(p) != _ctx_ptr(obj.context):
+    if not p or _SSL_get_SSL_CTX(p) != _checked_ctx_ptr(obj.context):
         raise RuntimeError("stud.sslext: SSL* pointer check failed (CPython layout changed?)")
     return p
 

@@ -22,7 +22,7 @@ from stud.config import Config
 from stud.log import log
 from stud.metrics import Stats
 from stud.ratelimit import EmptyConnLimiter
-from stud.relay import Relay
+from stud.relay import Relay, Sock
 
 try:  # imported by the master: after chroot the worker could not import it any more
     import uvloop
@@ -46,6 +46,7 @@ class Worker:
                  client_context: ssl.SSLContext | None, backend: tuple[int, tuple],
                  ctl: socket.socket) -> None:
         self.listeners = listeners
+        self.families = {lsock: int(lsock.family) for lsock in listeners}
         self.ssl_context = ssl_context
         self.client_context = client_context
         self.client_mode = cfg.client
@@ -60,7 +61,7 @@ class Worker:
         self.limiter = (EmptyConnLimiter(cfg.empty_conn_limit, cfg.empty_conn_window)
                         if cfg.empty_conn_limit else None)
         self.delay = cfg.empty_conn_delay
-        self.parked: dict[socket.socket, asyncio.TimerHandle] = {}
+        self.parked: dict[Sock, asyncio.TimerHandle] = {}
         self.ctl = ctl  # to the master: b"R" when serving, stats; EOF when the master is gone
         ctl.setblocking(False)
         self.stats = Stats()
@@ -151,9 +152,11 @@ class Worker:
     def _accept(self, lsock: socket.socket) -> None:
         keepalive = self.keepalive
         limiter = self.limiter
+        family = self.families[lsock]
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, peer = lsock.accept()
+                fd, peer = lsock._accept()
+                sock = Sock(family, socket.SOCK_STREAM, 0, fd)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -179,7 +182,7 @@ class Worker:
                 self._accepting(False)  # never fail open: the kernel queues the rest
                 return
 
-    def _serve(self, sock: socket.socket, peer: tuple) -> None:
+    def _serve(self, sock: Sock, peer: tuple) -> None:
         try:
             local = sock.getsockname() if self.mode else ()
         except OSError:
@@ -189,7 +192,7 @@ class Worker:
         self.conns.add(relay)
         relay.start()
 
-    def _park(self, sock: socket.socket, peer: tuple) -> None:
+    def _park(self, sock: Sock, peer: tuple) -> None:
         """Delay a limited client: its socket waits, un-handshaked, then is served as usual."""
         self.stats.rate_limited += 1
         log.info(f"{{client}} delaying connection from {peer[0]} by {self.delay:g} s "
@@ -200,7 +203,7 @@ class Worker:
             oldest.close()
         self.parked[sock] = self.loop.call_later(self.delay, self._unpark, sock, peer)
 
-    def _unpark(self, sock: socket.socket, peer: tuple) -> None:
+    def _unpark(self, sock: Sock, peer: tuple) -> None:
         del self.parked[sock]
         self._serve(sock, peer)
 
