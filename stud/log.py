@@ -19,6 +19,12 @@ class Log:
         self.use_syslog = False
         self.stdout, self.stderr = 1, 2
         self.path = ""
+        self._sec, self._stamp = 0, ""
+        self._pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self._pid = os.getpid()
 
     def configure(self, *, level: str, use_syslog: bool, facility: str, path: str = "") -> None:
         self.level = LEVELS[level]
@@ -51,8 +57,11 @@ class Log:
     def _emit(self, fd: int, prio: int, msg: str) -> None:
         if fd >= 0:
             t = time.time()
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
-            line = f"{stamp}.{int(t * 1000) % 1000:03d}Z [{os.getpid()}] {msg}\n"
+            sec = int(t)
+            if sec != self._sec:  # one strftime per second, not per line
+                self._sec = sec
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            line = f"{self._stamp}.{int(t * 1000) % 1000:03d}Z [{self._pid}] {msg}\n"
             try:
                 os.write(fd, line.encode("utf-8", "replace"))
             except OSError:
@@ -75,11 +84,13 @@ class Log:
         """One key=value line (Voxer's Splunk-friendly format); strings with spaces are quoted."""
         if self.level < level:
             return
-        parts = [f'op="{op}"' if " " in op else f"op={op}"]
-        for k, v in fields.items():
-            s = str(v)
-            parts.append(f'{k}="{s}"' if " " in s or not s else f"{k}={s}")
-        (self.info if level <= INFO else self.debug)(" ".join(parts))
+        line = " ".join([f"op={_quoted(op)}", *(f"{k}={_quoted(v)}" for k, v in fields.items())])
+        self._emit(self.stdout, syslog.LOG_INFO if level <= INFO else syslog.LOG_DEBUG, line)
 
 
 log = Log()
+
+
+def _quoted(value: object) -> str:
+    s = str(value)
+    return f'"{s}"' if " " in s or not s else s
