@@ -23,6 +23,12 @@ from stud.config import Config, ConfigError
 from stud.log import log
 
 DEFAULT_GROUPS = "X25519:P-256"
+# Mozilla's "intermediate" TLS 1.2 list: forward secrecy and AEAD only (no CBC, no RSA kx).
+DEFAULT_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                   "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                   "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+                   "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:"
+                   "DHE-RSA-CHACHA20-POLY1305")
 VERSIONS = {"TLSv1.0": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1,
             "TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
@@ -125,9 +131,9 @@ def apply_common(ctx: ssl.SSLContext, cfg: Config) -> None:
     # A FIN without close_notify is a half-close too; without this OpenSSL 3 fails the
     # connection with a decode_error alert and the reply could never be sent.
     ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
-    if cfg.ciphers:
+    if cfg.ciphers or ctx.minimum_version > ssl.TLSVersion.TLSv1_1:
         try:
-            ctx.set_ciphers(cfg.ciphers)
+            ctx.set_ciphers(cfg.ciphers or DEFAULT_CIPHERS)
         except ssl.SSLError:
             raise ConfigError(f"ciphers: invalid cipher string '{cfg.ciphers}'") from None
     if cfg.ciphersuites:
