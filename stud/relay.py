@@ -199,6 +199,8 @@ class Flow:
 
 def reason(e: BaseException) -> str:
     """A short, one-line cause for the connection log."""
+    if isinstance(e, ssl.SSLZeroReturnError | ssl.SSLEOFError):
+        return "closed the connection"  # e.g. a write after the peer's close_notify and FIN
     if isinstance(e, ssl.SSLError):
         return f"TLS error: {e.reason or e.__class__.__name__}"
     if isinstance(e, OSError) and e.errno:

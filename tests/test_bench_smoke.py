@@ -1,0 +1,24 @@
+"""The benchmark suite's smoke run: it must run and produce numbers (targets are not checked
+here; `bash bench/run.sh` measures them against hitch)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_produces_numbers(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench.py"), "--smoke", "--no-install",
+         "--proxies", "stud,hitch", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    results = json.loads((tmp_path / "latest.json").read_text())
+    for scenario in ("hs_new", "conn_resumed", "rps_keepalive", "bulk"):
+        assert results["summary"][scenario]["stud"]["median"] > 0, scenario
+    idle = next(iter(results["idle_mem"].values()))["stud"]
+    assert idle["established"] == idle["count"] and 0 < idle["kib_per_conn"] < 100
