@@ -92,5 +92,14 @@ log = Log()
 
 
 def _quoted(value: object) -> str:
+    """Values come from clients too (the SNI name, PROXY errors): quote them, and escape
+    quotes, backslashes and non-printable characters, so that no value can end its field,
+    forge another field or start a new log line."""
     s = str(value)
-    return f'"{s}"' if " " in s or not s else s
+    if s and s.isprintable() and " " not in s and '"' not in s and "\\" not in s:
+        return s
+    s = s.replace("\\", "\\\\").replace('"', '\\"')
+    if not s.isprintable():
+        s = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100 else
+                    f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in s)
+    return f'"{s}"'

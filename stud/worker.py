@@ -138,7 +138,7 @@ class Worker:
     # -- accepting ---------------------------------------------------------------------------
     def _accepting(self, on: bool) -> None:
         if on and (self.draining or time.monotonic() < self.fd_pause_until or
-                   self.max_conns and len(self.conns) >= self.max_conns):
+                   self.max_conns and len(self.conns) + len(self.parked) >= self.max_conns):
             return
         if on == self.accepting:
             return
@@ -178,7 +178,8 @@ class Worker:
                 self._park(sock, peer)
             else:
                 self._serve(sock, peer)
-            if self.max_conns and len(self.conns) >= self.max_conns:
+            # Parked (delayed) connections count: they are served when their delay ends.
+            if self.max_conns and len(self.conns) + len(self.parked) >= self.max_conns:
                 self._accepting(False)  # never fail open: the kernel queues the rest
                 return
 
@@ -217,7 +218,15 @@ class Worker:
                       f"({len(self.conns)} connections open)")
         self._accepting(False)
         self.fd_pause_until = now + EMFILE_PAUSE
-        self.loop.call_later(EMFILE_PAUSE, self._accepting, True)
+        self.loop.call_later(EMFILE_PAUSE, self._fd_pause_over, self.fd_pause_until)
+
+    def _fd_pause_over(self, until: float) -> None:
+        # Loop timers can fire up to a millisecond before time.monotonic() reaches `until`
+        # (uvloop keeps millisecond loop time): end the pause here instead of comparing
+        # clocks, or _accepting(True) would refuse and accepting would never resume.
+        if self.fd_pause_until == until:
+            self.fd_pause_until = 0.0
+        self._accepting(True)
 
     def closed(self, relay: Relay) -> None:
         """Called by each relay once, when it is closed."""
