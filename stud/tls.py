@@ -59,7 +59,9 @@ def read_pem(path: str) -> tuple[list[str], bytes]:
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
-        raise bad("no valid certificate found") from None
+        if b"-----BEGIN CERTIFICATE-----" not in data:
+            raise bad("no certificate found") from None
+        raise bad("malformed PEM: a certificate or the key block cannot be read") from None
     m = KEY_BLOCK.search(data)
     if m is None:
         raise bad("no private key found")
