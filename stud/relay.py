@@ -126,8 +126,10 @@ class Flow:
         except HS_ERRORS as e:
             if n:
                 self.write(_view[:n])
-            relay.close(f"{src.name} {reason(e)}", INFO)
+            relay.end_failed(src, e)
             return
+        if relay.connecting and src is relay.back:
+            relay.established()
         if n:
             self.nbytes += n
             relay.active = _now()
@@ -139,14 +141,17 @@ class Flow:
 
     def _send(self, data: memoryview) -> int | None:
         """Bytes of data written to dst (0: would block); None if dst failed (relay closed)."""
-        dst = self.dst
+        dst, relay = self.dst, self.relay
         try:
-            return dst.sock.send(data) if dst.tls is None else dst.tls.write(data)
+            sent = dst.sock.send(data) if dst.tls is None else dst.tls.write(data)
         except WOULD_BLOCK:
             return 0
         except HS_ERRORS as e:
-            self.relay.close(f"{dst.name} {reason(e)}", INFO)
+            relay.end_failed(dst, e)
             return None
+        if relay.connecting and dst is relay.back:
+            relay.established()
+        return sent
 
     def write(self, data: memoryview) -> bool:
         """Write data to dst; keep what did not fit and pause src. True if all was written."""
@@ -180,7 +185,12 @@ class Flow:
         """Pass EOF on once everything before it was written."""
         if self.pending is not None or self.done:
             return
-        dst = self.dst
+        dst, relay = self.dst, self.relay
+        if relay.connecting and dst is relay.back and not relay.backend_ready():
+            # A FIN now would abort the connect: pass it on once the backend is there.
+            if not relay.closed:
+                relay.want_write(dst, dst.writable)
+            return
         try:
             if dst.tls is not None:
                 sslext.shutdown_once(sslext.ssl_pointer(dst.tls))
@@ -190,7 +200,7 @@ class Flow:
             self.relay.want_write(dst, dst.writable)
             return
         except HS_ERRORS as e:
-            self.relay.close(f"{dst.name} {reason(e)}", INFO)
+            self.relay.end_failed(dst, e)
             return
         self.done = True
         self.relay.want_write(dst, None)
@@ -225,7 +235,8 @@ class Relay:
         self.flows: tuple[Flow, ...] = ()
         self.tls_info: tuple = ()
         self.pbuf = b""
-        self.started = self.active = self.connecting = _now()
+        self.started = self.active = _now()
+        self.connecting = 0.0  # while the backend connect is pending: when it started
         self.timer = self.loop.call_later(worker.handshake_timeout, self._timeout, "handshake")
         self.hs_end: End | None = None
         self.hs_next: Callable[[], None] | None = None
@@ -341,33 +352,68 @@ class Relay:
         self.back = End(sock, "backend")
         self.connecting = _now()
         err = sock.connect_ex(sockaddr)
-        if err == 0:
-            self._connected()
-        elif err == errno.EINPROGRESS:
-            self.timer = self.loop.call_later(self.worker.connect_timeout, self._timeout,
-                                              "backend connect")
+        if err not in (0, errno.EINPROGRESS):
+            self._backend_failed(os.strerror(err))
+        elif self.worker.client_mode:  # TLS towards the backend: handshake once connected
+            self.timer = self.loop.call_later(self.worker.connect_timeout, self._connect_timeout)
             self.want_write(self.back, self._connected)
         else:
-            self._backend_failed(err)
+            # Relay at once: until the connection is up the kernel answers EAGAIN to our
+            # writes (so the first bytes wait in the flow, as with a slow backend), and a
+            # failed connect shows as an error on the first read or write. This saves a loop
+            # round trip and four epoll changes per connection.
+            self._relay()
+            if not self.closed and self.connecting:
+                self.timer = self.loop.call_later(self.worker.connect_timeout,
+                                                  self._connect_timeout)
 
-    def _backend_failed(self, err: int) -> None:
+    def established(self) -> None:
+        """The backend answered (a write went through, or it sent data or EOF)."""
+        self.worker.stats.connect_seconds.observe(_now() - self.connecting)
+        self.connecting = 0.0
+        self.timer.cancel()
+
+    def end_failed(self, end: End, e: BaseException) -> None:
+        if end is self.back and self.connecting:
+            self._backend_failed(reason(e))
+        else:
+            self.close(f"{end.name} {reason(e)}", INFO)
+
+    def _backend_failed(self, why: str) -> None:
         self.worker.stats.backend_connect_failed += 1
-        self.close(f"backend connect failed: {os.strerror(err)}", INFO)
+        self.close(f"backend connect failed: {why}", INFO)
+
+    def backend_ready(self) -> bool:
+        """While connecting: is the backend there yet? (A failed connect closes the relay.)"""
+        sock = self.back.sock
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._backend_failed(os.strerror(err))
+            return False
+        try:
+            sock.getpeername()
+        except OSError:
+            return False
+        self.established()
+        return True
+
+    def _connect_timeout(self) -> None:
+        if not self.closed and self.connecting and not self.backend_ready() and not self.closed:
+            self.worker.stats.timeouts["backend connect"] += 1
+            self.worker.stats.backend_connect_failed += 1
+            self.close("backend connect timeout", INFO)
 
     def _connected(self) -> None:
+        """--client: the backend connect completed (or failed)."""
         self.want_write(self.back, None)
-        self.timer.cancel()
         err = self.back.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self._backend_failed(err)
+            self._backend_failed(os.strerror(err))
             return
-        self.worker.stats.connect_seconds.observe(_now() - self.connecting)
-        if self.worker.client_mode:
-            self.timer = self.loop.call_later(self.worker.handshake_timeout, self._timeout,
-                                              "handshake")
-            self._start_tls(self.back, server=False, then=self._relay)
-        else:
-            self._relay()
+        self.established()
+        self.timer = self.loop.call_later(self.worker.handshake_timeout, self._timeout,
+                                          "handshake")
+        self._start_tls(self.back, server=False, then=self._relay)
 
     def _relay(self) -> None:
         self.timer.cancel()
@@ -397,8 +443,6 @@ class Relay:
 
     def _timeout(self, what: str) -> None:
         self.worker.stats.timeouts[what] += 1
-        if what == "backend connect":
-            self.worker.stats.backend_connect_failed += 1
         self.close(f"{what} timeout", INFO)
 
     # -- the end ----------------------------------------------------------------------------
