@@ -221,7 +221,7 @@ def reason(e: BaseException) -> str:
 class Relay:
     """The life of one client connection, from accept to the close log line."""
 
-    __slots__ = ("worker", "loop", "front", "back", "peer", "local", "header", "timer",
+    __slots__ = ("worker", "loop", "front", "back", "peer", "local", "timer",
                  "started", "active", "closed", "flows", "tls_info", "pbuf", "hs_end", "hs_next",
                  "connecting")
 
@@ -230,11 +230,10 @@ class Relay:
         self.peer, self.local = peer, local
         self.front = End(sock, "client")
         self.back: End | None = None
-        self.header = b""
         self.closed = False
         self.flows: tuple[Flow, ...] = ()
         self.tls_info: tuple = ()
-        self.pbuf = b""
+        self.pbuf = b""  # --proxy-proxy: the header read so far
         self.started = self.active = _now()
         self.connecting = 0.0  # while the backend connect is pending: when it started
         self.timer = self.loop.call_later(worker.handshake_timeout, self._timeout, "handshake")
@@ -261,7 +260,6 @@ class Relay:
     # -- phases ---------------------------------------------------------------------------
     def start(self) -> None:
         if self.worker.mode == "proxy-proxy":
-            self.header = None  # type: ignore[assignment]  # None: still reading it
             self.want_read(self.front, self._proxy_readable)
         elif self.worker.client_mode:
             self._connect()
@@ -291,7 +289,6 @@ class Relay:
         take = len(peek) if h is None else h.length - len(self.pbuf)
         self.pbuf += sock.recv(take)
         if h is not None:
-            self.header = self.pbuf
             self._start_tls(self.front, server=True, then=self._connect)
 
     def _start_tls(self, end: End, *, server: bool, then: Callable[[], None]) -> None:
@@ -431,7 +428,7 @@ class Relay:
         if mode is None:
             return b""
         if mode == "proxy-proxy":
-            return self.header
+            return self.pbuf  # the client's PROXY header, byte for byte
         peer, local = self.peer[:2], self.local[:2]
         if mode == "write-ip":
             return proxyproto.write_ip(peer[0])
