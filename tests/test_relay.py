@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import socket
 import ssl
 import struct
-import threading
 import time
 from pathlib import Path
 
@@ -51,15 +51,27 @@ def test_echo_and_connection_log(stud, backend, pem):
 def test_one_mib_each_way_with_checksum(stud, backend, pem):
     s = stud(pem, backend_port=backend("echo"))
     data = os.urandom(1 << 20)
+    got = bytearray()
     with tls_connect(s.port) as c:
-        t = threading.Thread(target=c.sendall, args=(data,))
-        t.start()
-        got = b""
+        # One thread: an SSL object must not be read and written from two threads at once.
+        c.setblocking(False)
+        sent, deadline = 0, time.monotonic() + 30
         while len(got) < len(data):
-            chunk = c.recv(65536)
-            assert chunk, "stud closed early"
-            got += chunk
-        t.join(10)
+            assert time.monotonic() < deadline, f"stalled at {sent} sent, {len(got)} received"
+            want_write = [c] if sent < len(data) else []
+            readable, writable, _ = select.select([c], want_write, [], 1.0)
+            if writable:
+                try:
+                    sent += c.send(data[sent:sent + 65536])
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    pass
+            if readable or c.pending():
+                try:
+                    chunk = c.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    continue
+                assert chunk, "stud closed early"
+                got += chunk
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
 
 
