@@ -395,10 +395,11 @@ class Relay:
         return True
 
     def _connect_timeout(self) -> None:
-        if not self.closed and self.connecting and not self.backend_ready() and not self.closed:
-            self.worker.stats.timeouts["backend connect"] += 1
-            self.worker.stats.backend_connect_failed += 1
-            self.close("backend connect timeout", INFO)
+        if self.closed or not self.connecting or self.backend_ready() or self.closed:
+            return  # connected meanwhile, or backend_ready() found the connect failed
+        self.worker.stats.timeouts["backend connect"] += 1
+        self.worker.stats.backend_connect_failed += 1
+        self.close("backend connect timeout", INFO)
 
     def _connected(self) -> None:
         """--client: the backend connect completed (or failed)."""
