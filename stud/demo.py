@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8443, help="TLS port (default 8443)")
     p.add_argument("--backend-port", type=int, default=8000, help="backend port (default 8000)")
     args, extra = p.parse_known_args(argv)
-    backend = http.server.ThreadingHTTPServer(("127.0.0.1", args.backend_port), Hello)
+    try:
+        backend = http.server.ThreadingHTTPServer(("127.0.0.1", args.backend_port), Hello)
+    except OSError as e:
+        print(f"stud-demo: cannot listen on 127.0.0.1:{args.backend_port}: {e.strerror} "
+              "(choose another with --backend-port)", file=sys.stderr)
+        return 1
     threading.Thread(target=backend.serve_forever, daemon=True).start()
     with tempfile.TemporaryDirectory(prefix="stud-demo-") as tmp:
         pem = Path(tmp) / "localhost.pem"
