@@ -1,0 +1,22 @@
+"""README's first command: stud-demo serves TLS in front of a backend, `curl -k` works."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from conftest import Proc, free_port, wait_for
+
+
+def test_demo_serves_curl(procs, tmp_path):
+    port, backend_port = free_port(), free_port()
+    demo = Proc([sys.executable, "-m", "stud.demo", "--port", str(port),
+                 "--backend-port", str(backend_port)], tmp_path / "demo.out")
+    procs.append(demo)
+    wait_for(lambda: "online" in demo.output(), 20)
+    out = subprocess.run(["curl", "-sk", "--max-time", "10", f"https://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.stdout == "Hello from the backend, through stud.\n", demo.output()
+    assert f"curl -k https://127.0.0.1:{port}/" in demo.output()
+    assert demo.stop(signal.SIGINT) == 0
