@@ -132,7 +132,6 @@ class Flow:
         if relay.connecting and src is relay.back:
             relay.established()
         if n:
-            self.nbytes += n
             relay.active = _now()
             if not self.write(_view[:n]):
                 return  # dst is full: reading resumes in writable()
@@ -152,6 +151,7 @@ class Flow:
             return None
         if relay.connecting and dst is relay.back:
             relay.established()
+        self.nbytes += sent  # delivered, not merely read: a failed backend gets none
         return sent
 
     def write(self, data: memoryview) -> bool:
@@ -421,6 +421,7 @@ class Relay:
         self.flows = (up, Flow(self, back, front))
         self.want_read(back, self.flows[1].readable)  # a backend may speak first
         header = self._client_header()
+        up.nbytes = -len(header)  # the header is ours, not the client's: not counted
         if header and not up.write(memoryview(header)):
             return  # the client is read once the header is out
         self.want_read(front, up.readable)
@@ -463,7 +464,7 @@ class Relay:
             end.sock.close()
         self.closed = True
         self.timer.cancel()
-        up, down = (f.nbytes for f in self.flows) if self.flows else (0, 0)
+        up, down = (max(f.nbytes, 0) for f in self.flows) if self.flows else (0, 0)
         stats = self.worker.stats
         stats.bytes_up += up
         stats.bytes_down += down

@@ -232,7 +232,7 @@ class Worker:
         """Called by each relay once, when it is closed."""
         self.conns.discard(relay)
         if self.limiter and relay.tls_info:
-            self.limiter.record(relay.peer[0], relay.flows[0].nbytes == 0 if relay.flows
+            self.limiter.record(relay.peer[0], relay.flows[0].nbytes <= 0 if relay.flows
                                 else True, time.monotonic())
         if self.draining:
             if not self.conns:

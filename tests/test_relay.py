@@ -168,6 +168,8 @@ def _send_and_record(s, tmp_path, host="127.0.0.1", sni=None) -> bytes:
 def test_write_ip_ipv4(stud, backend, pem, tmp_path):
     s = stud(pem, "--write-ip", backend_port=backend("record"))
     assert _send_and_record(s, tmp_path) == b"\x02\x7f\x00\x00\x01hello"
+    # The log counts the client's bytes: the header stud wrote is not among them.
+    wait_for(lambda: "up=5 down=3 " in s.output())
 
 
 def test_write_ip_ipv6(stud, backend, pem, tmp_path):
