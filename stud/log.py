@@ -80,18 +80,17 @@ class Log:
         if self.level >= DEBUG:
             self._emit(self.stdout, syslog.LOG_DEBUG, msg)
 
-    def event(self, level: int, op: str, **fields: object) -> None:
-        """One key=value line (Voxer's Splunk-friendly format); strings with spaces are quoted."""
-        if self.level < level:
-            return
-        line = " ".join([f"op={_quoted(op)}", *(f"{k}={_quoted(v)}" for k, v in fields.items())])
-        self._emit(self.stdout, syslog.LOG_INFO if level <= INFO else syslog.LOG_DEBUG, line)
+    def line(self, level: int, msg: str) -> None:
+        """One key=value line (Voxer's Splunk-friendly format) at level (INFO or DEBUG);
+        values with spaces or from clients must be passed through quoted()."""
+        if self.level >= level:
+            self._emit(self.stdout, syslog.LOG_INFO if level <= INFO else syslog.LOG_DEBUG, msg)
 
 
 log = Log()
 
 
-def _quoted(value: object) -> str:
+def quoted(value: object) -> str:
     """Values come from clients too (the SNI name, PROXY errors): quote them, and escape
     quotes, backslashes and non-printable characters, so that no value can end its field,
     forge another field or start a new log line."""

@@ -87,6 +87,17 @@ def bind(front: addr.Addr, family: int, sockaddr: tuple, cfg: Config) -> socket.
     return sock
 
 
+def accepted_options(sock: socket.socket, cfg: Config) -> None:
+    """TCP_NODELAY and keepalive for the connections sock accepts. Linux copies them from the
+    listening socket to each accepted one, which saves three system calls per connection;
+    set again on every reload, so a changed keepalive applies to new connections."""
+    keepalive = cfg.keepalive
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(keepalive > 0))
+    if keepalive > 0:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, keepalive)
+
+
 def drop_privileges(cfg: Config) -> None:
     """chroot, then setgroups, setgid, setuid: for workers, before any client is served."""
     # Look the names up before chroot: the jail usually has no /etc/passwd.
@@ -168,6 +179,7 @@ class Master:
                     fresh.append(sock)
                     log.info(f"{{core}} Listening on {front} ({addr_text(sock.getsockname())})"
                              f" -> backend {cfg.backend}")
+                accepted_options(sock, cfg)
                 out.append(((family, sockaddr), sock))
         except ConfigError:
             for sock in fresh:

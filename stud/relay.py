@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from stud import proxyproto, sslext
-from stud.log import DEBUG, ERROR, INFO, log
+from stud.log import DEBUG, ERROR, INFO, log, quoted
 
 if TYPE_CHECKING:
     from stud.worker import Worker
@@ -53,12 +53,13 @@ class End:
     ``ssl.SSLSocket`` wrapper adds several Python calls to every read and write.
     """
 
-    __slots__ = ("sock", "tls", "fd", "name", "inflow", "outflow", "reader", "writer",
+    __slots__ = ("sock", "tls", "ssl", "fd", "name", "inflow", "outflow", "reader", "writer",
                  "read_wants_write", "sni", "__weakref__")
 
     def __init__(self, sock: Sock, name: str) -> None:
         self.sock = sock
         self.tls = None
+        self.ssl: int | None = None  # the SSL* of tls, once relaying
         self.fd = sock.fileno()
         self.name = name
         self.inflow: Flow | None = None
@@ -84,8 +85,12 @@ class End:
         self.tls.context = ctx  # the SNI callback switches certificates through the owner
 
 
-class Flow:
-    """Bytes one way, src -> dst, with back-pressure and EOF propagation."""
+class PyFlow:
+    """Bytes one way, src -> dst, with back-pressure and EOF propagation.
+
+    The reference implementation: stud/_flow.c is the same state machine in C, used when it
+    is built (see Flow below); this one runs otherwise, or with STUD_PURE_PYTHON=1.
+    """
 
     __slots__ = ("relay", "src", "dst", "pending", "eof", "done", "nbytes")
 
@@ -127,7 +132,7 @@ class Flow:
         except HS_ERRORS as e:
             if n:
                 self.write(_view[:n])
-            relay.end_failed(src, e)
+            relay.end_failed(src, reason(e))
             return
         if relay.connecting and src is relay.back:
             relay.established()
@@ -147,7 +152,7 @@ class Flow:
         except WOULD_BLOCK:
             return 0
         except HS_ERRORS as e:
-            relay.end_failed(dst, e)
+            relay.end_failed(dst, reason(e))
             return None
         if relay.connecting and dst is relay.back:
             relay.established()
@@ -194,18 +199,33 @@ class Flow:
             return
         try:
             if dst.tls is not None:
-                sslext.shutdown_once(sslext.ssl_pointer(dst.tls))
+                sslext.shutdown_once(dst.ssl)
             else:
                 dst.sock.shutdown(socket.SHUT_WR)
         except WOULD_BLOCK:
             self.relay.want_write(dst, dst.writable)
             return
         except HS_ERRORS as e:
-            self.relay.end_failed(dst, e)
+            self.relay.end_failed(dst, reason(e))
             return
         self.done = True
         self.relay.want_write(dst, None)
         self.relay.flow_done()
+
+
+def _compiled_flow() -> type | None:
+    """stud._flow.Flow, if it was built and STUD_PURE_PYTHON is not set."""
+    if os.environ.get("STUD_PURE_PYTHON"):
+        return None
+    try:
+        from stud import _flow
+    except ImportError:
+        return None
+    _flow.init(sslext.flow_functions())
+    return _flow.Flow
+
+
+Flow = _compiled_flow() or PyFlow
 
 
 def reason(e: BaseException) -> str:
@@ -341,11 +361,10 @@ class Relay:
         self.timer.cancel()
         family, sockaddr = self.worker.backend
         try:
-            sock = Sock(family, socket.SOCK_STREAM)
+            sock = Sock(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:
             self.close(f"backend socket: {reason(e)}", ERROR)
             return
-        sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.back = End(sock, "backend")
         self.connecting = _now()
@@ -371,11 +390,11 @@ class Relay:
         self.connecting = 0.0
         self.timer.cancel()
 
-    def end_failed(self, end: End, e: BaseException) -> None:
+    def end_failed(self, end: End, why: str) -> None:
         if end is self.back and self.connecting:
-            self._backend_failed(reason(e))
+            self._backend_failed(why)
         else:
-            self.close(f"{end.name} {reason(e)}", INFO)
+            self.close(f"{end.name} {why}", INFO)
 
     def _backend_failed(self, why: str) -> None:
         self.worker.stats.backend_connect_failed += 1
@@ -417,6 +436,9 @@ class Relay:
     def _relay(self) -> None:
         self.timer.cancel()
         front, back = self.front, self.back
+        for end in (front, back):
+            if end.tls is not None:
+                end.ssl = sslext.ssl_pointer(end.tls)  # checked once, used by the flows
         up = Flow(self, front, back)
         self.flows = (up, Flow(self, back, front))
         self.want_read(back, self.flows[1].readable)  # a backend may speak first
@@ -462,19 +484,26 @@ class Relay:
             if end.writer is not None:
                 loop.remove_writer(end.fd)
             end.sock.close()
+            # Relay, ends and flows refer to each other: undo that, so that reference
+            # counting frees them now instead of the cycle collector later.
+            end.inflow = end.outflow = end.reader = end.writer = None
         self.closed = True
         self.timer.cancel()
         up, down = (max(f.nbytes, 0) for f in self.flows) if self.flows else (0, 0)
+        self.flows, self.hs_next = (), None
         stats = self.worker.stats
         stats.bytes_up += up
         stats.bytes_down += down
-        self.worker.closed(self)
+        self.worker.closed(self, up)
         if log.level >= level:
-            version, cipher, sni, alpn, resumed = self.tls_info or ("", "", "", "", False)
-            log.event(level, "connection closed", client=fmt_addr(self.peer), sni=sni or "-",
-                      tls=version or "-", cipher=cipher or "-", alpn=alpn or "-",
-                      resumed=int(bool(resumed)), up=up, down=down,
-                      duration=f"{time.monotonic() - self.started:.3f}", reason=why)
+            version, cipher, sni, alpn, resumed = self.tls_info or ("-", "-", None, None, False)
+            # The connection log line, formatted directly (a generic key=value writer cost twice
+            # as much): only the SNI name and the reason can hold spaces or client-chosen bytes.
+            log.line(level, f"op=\"connection closed\" client={fmt_addr(self.peer)} "
+                     f"sni={quoted(sni) if sni else '-'} tls={version or '-'} "
+                     f"cipher={cipher or '-'} alpn={alpn or '-'} resumed={int(resumed)} "
+                     f"up={up} down={down} "
+                     f"duration={_now() - self.started:.3f} reason={quoted(why)}")
 
 
 def short_reason(e: BaseException) -> str:

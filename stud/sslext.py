@@ -17,8 +17,9 @@ import sys
 import sysconfig
 
 __all__ = [
-    "get_ticket_keys", "has_pending", "load_engine", "openssl_version", "selfcheck",
-    "send_close_notify", "set_ciphersuites", "set_groups", "set_read_ahead", "set_ticket_keys",
+    "flow_functions", "get_ticket_keys", "has_pending", "load_engine", "openssl_version",
+    "selfcheck", "send_close_notify", "set_ciphersuites", "set_groups", "set_read_ahead",
+    "set_ticket_keys", "shutdown_once", "ssl_pointer",
 ]
 
 _P, _INT, _LONG, _ULONG = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_ulong
@@ -242,6 +243,14 @@ def ssl_pointer(obj: _ssl._SSLSocket) -> int:
     if not p or _SSL_get_SSL_CTX(p) != _checked_ctx_ptr(obj.context):
         raise RuntimeError("stud.sslext: SSL* pointer check failed (CPython layout changed?)")
     return p
+
+
+def flow_functions() -> dict[str, int]:
+    """Addresses of the OpenSSL functions stud._flow calls, in the libraries _ssl uses."""
+    return {name: ctypes.cast(getattr(lib, name), _P).value for lib, names in (
+        (_ssl_lib, ("SSL_read", "SSL_write", "SSL_get_error", "SSL_shutdown")),
+        (_crypto, ("ERR_get_error", "ERR_clear_error", "ERR_error_string_n")))
+        for name in names}
 
 
 def shutdown_once(p: int) -> None:

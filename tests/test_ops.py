@@ -764,13 +764,13 @@ def test_addr_parse_errors_are_addr_errors_that_log_safely(text):
     one-line form of the error has no line break, and a hostile string quoted in it stays
     in one key=value field of the log."""
     from stud.cli import one_line
-    from stud.log import _quoted
+    from stud.log import quoted
 
     try:
         a = addr.parse(text, wildcard=True)
     except addr.AddrError as e:
         assert "\n" not in one_line(e) and "\r" not in one_line(e)
-        q = _quoted(str(e))  # as a field of the connection log line
+        q = quoted(str(e))  # as a field of the connection log line
         assert q.isprintable() and re.fullmatch(r'"(?:[^"\\]|\\.)*"', q), q
         assert unescape(q[1:-1]) == str(e)
         return

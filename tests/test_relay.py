@@ -8,6 +8,8 @@ import select
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,23 @@ from conftest import client_ctx, free_port, read_all, tls_connect, wait_for
 from stud import sslext
 
 PATTERN = bytes(range(256)) * 4096  # what backend.py's "reply" mode sends: 1 MiB
+
+
+@pytest.fixture(autouse=True, params=["compiled", "pure"])
+def data_path(request, monkeypatch) -> str:
+    """Every test here runs on both data paths: stud/_flow.c, and relay.PyFlow, the
+    pure-Python reference that runs where the extension is not built."""
+    if request.param == "pure":
+        monkeypatch.setenv("STUD_PURE_PYTHON", "1")
+    return request.param
+
+
+def test_data_path_is_the_one_asked_for(data_path):
+    """The extension is built by the normal install, and used unless STUD_PURE_PYTHON=1."""
+    code = "from stud import relay; print(relay.Flow.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out == {"compiled": "stud._flow", "pure": "stud.relay"}[data_path]
 
 
 def records(tmp_path: Path, n: int = 1) -> bytes:
