@@ -16,12 +16,14 @@ becomes a close_notify while the client may go on sending.
 from __future__ import annotations
 
 import _socket
+import asyncio
 import errno
 import os
 import socket
 import ssl
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from stud import proxyproto, sslext
@@ -213,8 +215,34 @@ class PyFlow:
         self.relay.flow_done()
 
 
-def _compiled_flow() -> type | None:
-    """stud._flow.Flow, if it was built and STUD_PURE_PYTHON is not set."""
+class LoopWatch:
+    """Fd interest through the event loop's add_reader()/add_writer(): the pure-Python
+    stand-in for stud._flow.Poller, which keeps connection fds in an epoll set of its own."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def set_reader(self, fd: int, cb: Callable[[], None] | None) -> None:
+        if cb is None:
+            self.loop.remove_reader(fd)
+        else:
+            self.loop.add_reader(fd, cb)  # replaces the previous callback, if any
+
+    def set_writer(self, fd: int, cb: Callable[[], None] | None) -> None:
+        if cb is None:
+            self.loop.remove_writer(fd)
+        else:
+            self.loop.add_writer(fd, cb)
+
+    def forget(self, fd: int) -> None:
+        self.loop.remove_reader(fd)
+        self.loop.remove_writer(fd)
+
+
+def _compiled() -> ModuleType | None:
+    """stud._flow, if it was built and STUD_PURE_PYTHON is not set."""
     if os.environ.get("STUD_PURE_PYTHON"):
         return None
     try:
@@ -222,10 +250,22 @@ def _compiled_flow() -> type | None:
     except ImportError:
         return None
     _flow.init(sslext.flow_functions())
-    return _flow.Flow
+    return _flow
 
 
-Flow = _compiled_flow() or PyFlow
+_flow = _compiled()
+Flow = _flow.Flow if _flow else PyFlow
+
+
+def new_watch(loop: asyncio.AbstractEventLoop,
+              on_error: Callable[[BaseException], None]) -> LoopWatch | _flow.Poller:
+    """Where relays register their fds: a stud._flow.Poller served by the loop, or a
+    LoopWatch. on_error gets what a Poller callback raised."""
+    if _flow is None:
+        return LoopWatch(loop)
+    poller = _flow.Poller(on_error)
+    loop.add_reader(poller.fileno(), poller.dispatch)
+    return poller
 
 
 def reason(e: BaseException) -> str:
@@ -242,12 +282,12 @@ def reason(e: BaseException) -> str:
 class Relay:
     """The life of one client connection, from accept to the close log line."""
 
-    __slots__ = ("worker", "loop", "front", "back", "peer", "local", "timer",
+    __slots__ = ("worker", "loop", "watch", "front", "back", "peer", "local", "timer",
                  "started", "active", "closed", "flows", "tls_info", "pbuf", "hs_end", "hs_next",
                  "connecting")
 
     def __init__(self, worker: Worker, sock: Sock, peer: tuple, local: tuple) -> None:
-        self.worker, self.loop = worker, worker.loop
+        self.worker, self.loop, self.watch = worker, worker.loop, worker.watch
         self.peer, self.local = peer, local
         self.front = End(sock, "client")
         self.back: End | None = None
@@ -265,18 +305,12 @@ class Relay:
     def want_read(self, end: End, cb: Callable[[], None] | None) -> None:
         if end.reader != cb and not self.closed:
             end.reader = cb
-            if cb is None:
-                self.loop.remove_reader(end.fd)
-            else:
-                self.loop.add_reader(end.fd, cb)  # replaces the previous callback, if any
+            self.watch.set_reader(end.fd, cb)
 
     def want_write(self, end: End, cb: Callable[[], None] | None) -> None:
         if end.writer != cb and not self.closed:
             end.writer = cb
-            if cb is None:
-                self.loop.remove_writer(end.fd)
-            else:
-                self.loop.add_writer(end.fd, cb)
+            self.watch.set_writer(end.fd, cb)
 
     # -- phases ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -475,14 +509,11 @@ class Relay:
     def close(self, why: str, level: int = INFO) -> None:
         if self.closed:
             return
-        loop = self.loop
         for end in (self.front, self.back):
             if end is None:
                 continue
-            if end.reader is not None:
-                loop.remove_reader(end.fd)
-            if end.writer is not None:
-                loop.remove_writer(end.fd)
+            if end.reader is not None or end.writer is not None:
+                self.watch.forget(end.fd)
             end.sock.close()
             # Relay, ends and flows refer to each other: undo that, so that reference
             # counting frees them now instead of the cycle collector later.

@@ -23,7 +23,7 @@ from stud.config import Config
 from stud.log import log
 from stud.metrics import Stats
 from stud.ratelimit import EmptyConnLimiter
-from stud.relay import Relay, Sock
+from stud.relay import Relay, Sock, new_watch
 
 try:  # imported by the master: after chroot the worker could not import it any more
     import uvloop
@@ -71,6 +71,7 @@ class Worker:
         self.fd_pause_until = 0.0
         self.fd_logged = 0.0
         self.loop = new_loop()
+        self.watch = new_watch(self.loop, self._on_callback_error)
 
     def run(self) -> int:
         # What the master built is never garbage: keep the cycle collector off it (shorter
@@ -99,6 +100,10 @@ class Worker:
         exc = context.get("exception")
         where = "".join(traceback.format_exception(exc)[-3:]) if exc else ""
         log.error(f"{{core}} internal error: {context.get('message')} {where}".replace("\n", " | "))
+
+    def _on_callback_error(self, exc: BaseException) -> None:
+        self._on_loop_error(self.loop, {"message": "exception in a connection callback",
+                                        "exception": exc})
 
     # -- the master ------------------------------------------------------------------------
     def _to_master(self, message: bytes) -> None:
