@@ -29,6 +29,8 @@ static int (*SSL_read_)(SSL *, void *, int);
 static int (*SSL_write_)(SSL *, const void *, int);
 static int (*SSL_get_error_)(const SSL *, int);
 static int (*SSL_shutdown_)(SSL *);
+static int (*SSL_do_handshake_)(SSL *);
+static void *(*SSL_get_SSL_CTX_)(const SSL *);
 static unsigned long (*ERR_get_error_)(void);
 static void (*ERR_clear_error_)(void);
 static void (*ERR_error_string_n_)(unsigned long, char *, size_t);
@@ -43,7 +45,11 @@ static char buf[BUFSIZE];
 
 static PyObject *s_want_read, *s_want_write, *s_established, *s_end_failed, *s_backend_ready,
     *s_flow_done, *s_connecting, *s_closed, *s_active, *s_read_wants_write, *s_readable,
-    *s_writable, *s_inflow, *s_outflow, *s_fd, *s_ssl, *s_back;
+    *s_writable, *s_inflow, *s_outflow, *s_fd, *s_ssl, *s_back, *s_context;
+
+/* CPython's _ssl objects, as stud.sslext describes them: the SSL* and SSL_CTX* offsets. */
+static PyObject *ssl_type, *ctx_type;
+static Py_ssize_t ssl_offset, ctx_offset;
 
 typedef struct {
     PyObject_HEAD
@@ -776,8 +782,17 @@ static PyTypeObject PollerType = {
     .tp_methods = Poller_methods,
 };
 
-/* init({"SSL_read": address, ...}): the OpenSSL functions, from stud.sslext. */
-static PyObject *flow_init(PyObject *mod, PyObject *fns) {
+/* init({"SSL_read": address, ...}, (ssl type, SSL* offset, context type, SSL_CTX* offset)):
+   the OpenSSL functions and CPython's _ssl layout, from stud.sslext. */
+static PyObject *flow_init(PyObject *mod, PyObject *args) {
+    PyObject *fns, *st, *ct;
+    Py_ssize_t so, co;
+    if (!PyArg_ParseTuple(args, "O(OnOn):init", &fns, &st, &so, &ct, &co))
+        return NULL;
+    if (!PyType_Check(st) || !PyType_Check(ct) || so <= 0 || co <= 0) {
+        PyErr_SetString(PyExc_ValueError, "bad _ssl layout");
+        return NULL;
+    }
     static const struct {
         const char *name;
         void **slot;
@@ -789,6 +804,8 @@ static PyObject *flow_init(PyObject *mod, PyObject *fns) {
         {"ERR_get_error", (void **)&ERR_get_error_},
         {"ERR_clear_error", (void **)&ERR_clear_error_},
         {"ERR_error_string_n", (void **)&ERR_error_string_n_},
+        {"SSL_do_handshake", (void **)&SSL_do_handshake_},
+        {"SSL_get_SSL_CTX", (void **)&SSL_get_SSL_CTX_},
     };
     void *got[sizeof want_fns / sizeof want_fns[0]];
     for (size_t i = 0; i < sizeof want_fns / sizeof want_fns[0]; i++) {
@@ -805,11 +822,65 @@ static PyObject *flow_init(PyObject *mod, PyObject *fns) {
     }
     for (size_t i = 0; i < sizeof want_fns / sizeof want_fns[0]; i++)
         *want_fns[i].slot = got[i];
+    Py_INCREF(st);
+    Py_XSETREF(ssl_type, st);
+    Py_INCREF(ct);
+    Py_XSETREF(ctx_type, ct);
+    ssl_offset = so;
+    ctx_offset = co;
     Py_RETURN_NONE;
 }
 
+/* ssl_pointer(obj): the SSL* of a raw _ssl._SSLSocket, checked against the SSL_CTX* of the
+   context _ssl says it has (as stud.sslext.ssl_pointer does, without ctypes' cost). */
+static PyObject *flow_ssl_pointer(PyObject *mod, PyObject *obj) {
+    if (!ssl_type || (PyObject *)Py_TYPE(obj) != ssl_type) {
+        PyErr_SetString(PyExc_TypeError, "expected _ssl._SSLSocket (after init())");
+        return NULL;
+    }
+    SSL *p = *(SSL **)((char *)obj + ssl_offset);
+    PyObject *ctx = PyObject_GetAttr(obj, s_context);
+    if (!ctx)
+        return NULL;
+    int ok = PyObject_TypeCheck(ctx, (PyTypeObject *)ctx_type) && p &&
+             SSL_get_SSL_CTX_(p) == *(void **)((char *)ctx + ctx_offset);
+    Py_DECREF(ctx);
+    if (!ok) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "stud._flow: SSL* pointer check failed (CPython layout changed?)");
+        return NULL;
+    }
+    return PyLong_FromVoidPtr(p);
+}
+
+/* handshake(ssl): one SSL_do_handshake() step without the stdlib's exception per
+   would-block: 1 done, 2 wants to read, 3 wants to write; failed: -errno for a socket error,
+   4 for an EOF, 0 for a TLS error (left queued, so that the _SSLSocket's own do_handshake()
+   raises it as the stdlib names it). */
+static PyObject *flow_handshake(PyObject *mod, PyObject *arg) {
+    SSL *p = PyLong_AsVoidPtr(arg);
+    if (!p) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "NULL SSL*");
+        return NULL;
+    }
+    errno = 0;
+    int r = SSL_do_handshake_(p);
+    if (r == 1)
+        return PyLong_FromLong(1);
+    int saved = errno, err = SSL_get_error_(p, r);
+    if (err == E_WANT_READ || err == E_WANT_WRITE)
+        return PyLong_FromLong(err);
+    if (err != E_SYSCALL)
+        return PyLong_FromLong(0);
+    ERR_clear_error_();
+    return PyLong_FromLong(saved ? -saved : 4);
+}
+
 static PyMethodDef module_methods[] = {
-    {"init", flow_init, METH_O, "Give the OpenSSL functions: a mapping of name -> address."},
+    {"init", flow_init, METH_VARARGS, "init(functions, layout): from stud.sslext"},
+    {"ssl_pointer", flow_ssl_pointer, METH_O, "the checked SSL* of an _ssl._SSLSocket"},
+    {"handshake", flow_handshake, METH_O, "one handshake step: 1 done, 2/3 want read/write, else failed"},
     {NULL},
 };
 
@@ -830,7 +901,7 @@ PyMODINIT_FUNC PyInit__flow(void) {
         {&s_readable, "readable"},       {&s_writable, "writable"},
         {&s_inflow, "inflow"},           {&s_outflow, "outflow"},
         {&s_fd, "fd"},                   {&s_ssl, "ssl"},
-        {&s_back, "back"},
+        {&s_back, "back"},               {&s_context, "context"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!(*names[i].slot = PyUnicode_InternFromString(names[i].name)))

@@ -61,7 +61,7 @@ class End:
     def __init__(self, sock: Sock, name: str) -> None:
         self.sock = sock
         self.tls = None
-        self.ssl: int | None = None  # the SSL* of tls, once relaying
+        self.ssl: int | None = None  # the checked SSL* of tls
         self.fd = sock.fileno()
         self.name = name
         self.inflow: Flow | None = None
@@ -249,12 +249,39 @@ def _compiled() -> ModuleType | None:
         from stud import _flow
     except ImportError:
         return None
-    _flow.init(sslext.flow_functions())
+    _flow.init(sslext.flow_functions(), sslext.flow_layout())
     return _flow
 
 
+def _py_handshake(end: End) -> int:
+    """One handshake step: 1 done, 2 wants to read, 3 wants to write; failures raise."""
+    try:
+        end.tls.do_handshake()
+    except ssl.SSLWantReadError:
+        return WANT_READ
+    except ssl.SSLWantWriteError:
+        return WANT_WRITE
+    return 1
+
+
+def _c_handshake(end: End) -> int:
+    """The same without an exception per would-block; failures raise what ssl would."""
+    state = _flow.handshake(end.ssl)
+    if 0 < state < 4:
+        return state
+    if state < 0:
+        raise OSError(-state, os.strerror(-state))
+    if state == 4:
+        raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol")
+    end.tls.do_handshake()  # fails again on the queued TLS error, raising it as ssl does
+    raise ssl.SSLError("handshake failed")
+
+
+WANT_READ, WANT_WRITE = 2, 3  # SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE
 _flow = _compiled()
 Flow = _flow.Flow if _flow else PyFlow
+handshake_step = _c_handshake if _flow else _py_handshake
+ssl_pointer = _flow.ssl_pointer if _flow else sslext.ssl_pointer
 
 
 def new_watch(loop: asyncio.AbstractEventLoop,
@@ -282,7 +309,7 @@ def reason(e: BaseException) -> str:
 class Relay:
     """The life of one client connection, from accept to the close log line."""
 
-    __slots__ = ("worker", "loop", "watch", "front", "back", "peer", "local", "timer",
+    __slots__ = ("worker", "loop", "watch", "front", "back", "peer", "local", "armed",
                  "started", "active", "closed", "flows", "tls_info", "pbuf", "hs_end", "hs_next",
                  "connecting")
 
@@ -297,7 +324,8 @@ class Relay:
         self.pbuf = b""  # --proxy-proxy: the header read so far
         self.started = self.active = _now()
         self.connecting = 0.0  # while the backend connect is pending: when it started
-        self.timer = self.loop.call_later(worker.handshake_timeout, self._timeout, "handshake")
+        self.armed: dict | None = None  # the worker's deadlines this relay is in, if any
+        worker.arm(self, "handshake")
         self.hs_end: End | None = None
         self.hs_next: Callable[[], None] | None = None
 
@@ -353,25 +381,26 @@ class Relay:
         except OSError as e:
             self.close(f"{end.name} {reason(e)}", DEBUG)
             return
+        end.ssl = ssl_pointer(end.tls)
         self.hs_end, self.hs_next = end, then
         self._handshake()
 
     def _handshake(self) -> None:
         end = self.hs_end
         try:
-            end.tls.do_handshake()
-        except ssl.SSLWantReadError:
-            self.want_write(end, None)
-            self.want_read(end, self._handshake)
-            return
-        except ssl.SSLWantWriteError:
-            self.want_read(end, None)
-            self.want_write(end, self._handshake)
-            return
+            state = handshake_step(end)
         except HS_ERRORS as e:
             # Scanners and broken clients fail here all day: below the default log level.
             self.worker.stats.handshakes_failed[short_reason(e)] += 1
             self.close(f"handshake failed: {reason(e)}", DEBUG)
+            return
+        if state == WANT_READ:
+            self.want_write(end, None)
+            self.want_read(end, self._handshake)
+            return
+        if state == WANT_WRITE:
+            self.want_read(end, None)
+            self.want_write(end, self._handshake)
             return
         self.want_write(end, None)
         self.hs_end = None
@@ -392,7 +421,7 @@ class Relay:
 
     def _connect(self) -> None:
         """Open the backend only now, so failed handshakes never reach it."""
-        self.timer.cancel()
+        self.worker.disarm(self)
         family, sockaddr = self.worker.backend
         try:
             sock = Sock(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
@@ -406,7 +435,7 @@ class Relay:
         if err not in (0, errno.EINPROGRESS):
             self._backend_failed(os.strerror(err))
         elif self.worker.client_mode:  # TLS towards the backend: handshake once connected
-            self.timer = self.loop.call_later(self.worker.connect_timeout, self._connect_timeout)
+            self.worker.arm(self, "backend connect")
             self.want_write(self.back, self._connected)
         else:
             # Relay at once: until the connection is up the kernel answers EAGAIN to our
@@ -415,14 +444,13 @@ class Relay:
             # round trip and four epoll changes per connection.
             self._relay()
             if not self.closed and self.connecting:
-                self.timer = self.loop.call_later(self.worker.connect_timeout,
-                                                  self._connect_timeout)
+                self.worker.arm(self, "backend connect")
 
     def established(self) -> None:
         """The backend answered (a write went through, or it sent data or EOF)."""
         self.worker.stats.connect_seconds.observe(_now() - self.connecting)
         self.connecting = 0.0
-        self.timer.cancel()
+        self.worker.disarm(self)
 
     def end_failed(self, end: End, why: str) -> None:
         if end is self.back and self.connecting:
@@ -448,12 +476,14 @@ class Relay:
         self.established()
         return True
 
-    def _connect_timeout(self) -> None:
-        if self.closed or not self.connecting or self.backend_ready() or self.closed:
-            return  # connected meanwhile, or backend_ready() found the connect failed
-        self.worker.stats.timeouts["backend connect"] += 1
-        self.worker.stats.backend_connect_failed += 1
-        self.close("backend connect timeout", INFO)
+    def timed_out(self, kind: str) -> None:
+        """The worker's deadline of this kind ("handshake", "backend connect") passed."""
+        if kind == "backend connect":
+            if self.closed or not self.connecting or self.backend_ready() or self.closed:
+                return  # connected meanwhile, or backend_ready() found the connect failed
+            self.worker.stats.backend_connect_failed += 1
+        self.worker.stats.timeouts[kind] += 1
+        self.close(f"{kind} timeout", INFO)
 
     def _connected(self) -> None:
         """--client: the backend connect completed (or failed)."""
@@ -463,16 +493,12 @@ class Relay:
             self._backend_failed(os.strerror(err))
             return
         self.established()
-        self.timer = self.loop.call_later(self.worker.handshake_timeout, self._timeout,
-                                          "handshake")
+        self.worker.arm(self, "handshake")
         self._start_tls(self.back, server=False, then=self._relay)
 
     def _relay(self) -> None:
-        self.timer.cancel()
+        self.worker.disarm(self)
         front, back = self.front, self.back
-        for end in (front, back):
-            if end.tls is not None:
-                end.ssl = sslext.ssl_pointer(end.tls)  # checked once, used by the flows
         up = Flow(self, front, back)
         self.flows = (up, Flow(self, back, front))
         self.want_read(back, self.flows[1].readable)  # a backend may speak first
@@ -497,13 +523,10 @@ class Relay:
         return proxyproto.v2(peer, local, alpn=alpn.encode() if alpn else None, authority=sni,
                              ssl_version=version, ssl_cipher=cipher)
 
-    def _timeout(self, what: str) -> None:
-        self.worker.stats.timeouts[what] += 1
-        self.close(f"{what} timeout", INFO)
-
     # -- the end ----------------------------------------------------------------------------
     def flow_done(self) -> None:
-        if all(f.done for f in self.flows):
+        up, down = self.flows
+        if up.done and down.done:
             self.close("closed")
 
     def close(self, why: str, level: int = INFO) -> None:
@@ -519,7 +542,7 @@ class Relay:
             # counting frees them now instead of the cycle collector later.
             end.inflow = end.outflow = end.reader = end.writer = None
         self.closed = True
-        self.timer.cancel()
+        self.worker.disarm(self)
         up, down = (max(f.nbytes, 0) for f in self.flows) if self.flows else (0, 0)
         self.flows, self.hs_next = (), None
         stats = self.worker.stats

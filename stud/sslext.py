@@ -17,9 +17,9 @@ import sys
 import sysconfig
 
 __all__ = [
-    "flow_functions", "get_ticket_keys", "has_pending", "load_engine", "openssl_version",
-    "selfcheck", "send_close_notify", "set_ciphersuites", "set_groups", "set_read_ahead",
-    "set_ticket_keys", "shutdown_once", "ssl_pointer",
+    "flow_functions", "flow_layout", "get_ticket_keys", "has_pending", "load_engine",
+    "openssl_version", "selfcheck", "send_close_notify", "set_ciphersuites", "set_groups",
+    "set_read_ahead", "set_ticket_keys", "shutdown_once", "ssl_pointer",
 ]
 
 _P, _INT, _LONG, _ULONG = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_ulong
@@ -248,9 +248,16 @@ def ssl_pointer(obj: _ssl._SSLSocket) -> int:
 def flow_functions() -> dict[str, int]:
     """Addresses of the OpenSSL functions stud._flow calls, in the libraries _ssl uses."""
     return {name: ctypes.cast(getattr(lib, name), _P).value for lib, names in (
-        (_ssl_lib, ("SSL_read", "SSL_write", "SSL_get_error", "SSL_shutdown")),
+        (_ssl_lib, ("SSL_read", "SSL_write", "SSL_get_error", "SSL_shutdown",
+                    "SSL_do_handshake", "SSL_get_SSL_CTX")),
         (_crypto, ("ERR_get_error", "ERR_clear_error", "ERR_error_string_n")))
         for name in names}
+
+
+def flow_layout() -> tuple[type, int, type, int]:
+    """Where CPython keeps the SSL* and SSL_CTX* (checked by selfcheck() at import), for
+    stud._flow.ssl_pointer: (_SSLSocket, its SSL* offset, _SSLContext, its SSL_CTX* offset)."""
+    return _ssl._SSLSocket, _SSL_OFFSET, _ssl._SSLContext, _CTX_OFFSET
 
 
 def shutdown_once(p: int) -> None:

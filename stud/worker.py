@@ -35,6 +35,7 @@ EMFILE_PAUSE = 0.5         # seconds without accepting when out of file descript
 FD_LOG_INTERVAL = 10.0     # log running out of file descriptors at most this often
 FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 MAX_PARKED = 8192          # delayed connections held at most (the oldest is closed)
+SWEEP = 0.1                # seconds between timeout checks (per-connection timers cost more)
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -53,8 +54,12 @@ class Worker:
         self.client_mode = cfg.client
         self.backend = backend
         self.mode = cfg.client_addr_mode
-        self.handshake_timeout = cfg.ssl_handshake_timeout
-        self.connect_timeout = cfg.backend_connect_timeout
+        # kind -> (seconds, {relay: deadline}): one timeout per kind, so each dict is in
+        # deadline order and a sweep only looks at what has expired.
+        self.deadlines: dict[str, tuple[float, dict[Relay, float]]] = {
+            "handshake": (cfg.ssl_handshake_timeout, {}),
+            "backend connect": (cfg.backend_connect_timeout, {})}
+        self.sweeping: asyncio.TimerHandle | None = None
         self.drain_timeout = cfg.drain_timeout
         self.idle_timeout = cfg.idle_timeout
         self.max_conns = cfg.max_connections or None
@@ -142,6 +147,33 @@ class Worker:
         if self.limiter and int(now) % 60 == 0:
             self.limiter.prune(now)
         self.loop.call_later(1.0, self._tick)
+
+    # -- timeouts: a relay has at most one armed; a sweep every SWEEP seconds fires them ------
+    def arm(self, relay: Relay, kind: str) -> None:
+        self.disarm(relay)
+        seconds, armed = self.deadlines[kind]
+        armed[relay] = time.monotonic() + seconds
+        relay.armed = armed
+        if self.sweeping is None:
+            self.sweeping = self.loop.call_later(SWEEP, self._sweep)
+
+    def disarm(self, relay: Relay) -> None:
+        if relay.armed is not None:
+            del relay.armed[relay]
+            relay.armed = None
+
+    def _sweep(self) -> None:
+        self.sweeping = None
+        now = time.monotonic()
+        for kind, (_, armed) in self.deadlines.items():
+            while armed:
+                relay, deadline = next(iter(armed.items()))
+                if deadline > now:
+                    break
+                self.disarm(relay)
+                relay.timed_out(kind)
+        if any(armed for _, armed in self.deadlines.values()):
+            self.sweeping = self.loop.call_later(SWEEP, self._sweep)
 
     # -- accepting ---------------------------------------------------------------------------
     def _accepting(self, on: bool) -> None:

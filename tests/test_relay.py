@@ -308,3 +308,32 @@ def test_proxy_proxy_rejects_bad_headers(stud, backend, pem, tmp_path, garbage):
         c.sendall(b"x")
         sslext.send_close_notify(c)
         assert read_all(c) == b"OK\n"
+
+
+def test_failed_handshakes_are_named_alike_on_both_paths(stud, backend, pem):
+    """The compiled handshake step raises no exception per would-block; its failures must
+    still read as the stdlib names them (log reason and metric label)."""
+    s = stud(pem, "--log-level=debug", backend_port=backend("echo"))
+    i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello_obj = client_ctx().wrap_bio(i, o)
+    with pytest.raises(ssl.SSLWantReadError):
+        hello_obj.do_handshake()
+    hello = o.read()
+
+    def failures() -> list[str]:
+        return [ln.split("reason=")[1] for ln in s.output().splitlines()
+                if "handshake failed" in ln]
+
+    for n, (data, reset) in enumerate([(b"GET / HTTP/1.0\r\n\r\n", False),
+                                       (b"\x16\x03\x01\x00\x05hello", False),
+                                       (hello[:50], False), (hello[:50], True)], 1):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+            c.sendall(data)
+            if reset:  # close with an RST instead of a FIN
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            time.sleep(0.2)  # the partial ClientHello is read before the close
+        wait_for(lambda n=n: len(failures()) == n, 5)
+    assert failures() == ['"handshake failed: TLS error: HTTP_REQUEST"',
+                          '"handshake failed: TLS error: UNEXPECTED_MESSAGE"',
+                          '"handshake failed: closed the connection"',
+                          '"handshake failed: Connection reset by peer"']
