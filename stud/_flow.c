@@ -31,6 +31,8 @@ static int (*SSL_get_error_)(const SSL *, int);
 static int (*SSL_shutdown_)(SSL *);
 static int (*SSL_do_handshake_)(SSL *);
 static void *(*SSL_get_SSL_CTX_)(const SSL *);
+static const char *(*SSL_get_servername_)(const SSL *, int);
+static void (*SSL_set_shutdown_)(SSL *, int);
 static unsigned long (*ERR_get_error_)(void);
 static void (*ERR_clear_error_)(void);
 static void (*ERR_error_string_n_)(unsigned long, char *, size_t);
@@ -806,6 +808,8 @@ static PyObject *flow_init(PyObject *mod, PyObject *args) {
         {"ERR_error_string_n", (void **)&ERR_error_string_n_},
         {"SSL_do_handshake", (void **)&SSL_do_handshake_},
         {"SSL_get_SSL_CTX", (void **)&SSL_get_SSL_CTX_},
+        {"SSL_get_servername", (void **)&SSL_get_servername_},
+        {"SSL_set_shutdown", (void **)&SSL_set_shutdown_},
     };
     void *got[sizeof want_fns / sizeof want_fns[0]];
     for (size_t i = 0; i < sizeof want_fns / sizeof want_fns[0]; i++) {
@@ -853,17 +857,21 @@ static PyObject *flow_ssl_pointer(PyObject *mod, PyObject *obj) {
     return PyLong_FromVoidPtr(p);
 }
 
+static SSL *ssl_arg(PyObject *arg) {
+    SSL *p = PyLong_AsVoidPtr(arg);
+    if (!p && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "NULL SSL*");
+    return p;
+}
+
 /* handshake(ssl): one SSL_do_handshake() step without the stdlib's exception per
    would-block: 1 done, 2 wants to read, 3 wants to write; failed: -errno for a socket error,
    4 for an EOF, 0 for a TLS error (left queued, so that the _SSLSocket's own do_handshake()
    raises it as the stdlib names it). */
 static PyObject *flow_handshake(PyObject *mod, PyObject *arg) {
-    SSL *p = PyLong_AsVoidPtr(arg);
-    if (!p) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "NULL SSL*");
+    SSL *p = ssl_arg(arg);
+    if (!p)
         return NULL;
-    }
     errno = 0;
     int r = SSL_do_handshake_(p);
     if (r == 1)
@@ -877,9 +885,32 @@ static PyObject *flow_handshake(PyObject *mod, PyObject *arg) {
     return PyLong_FromLong(saved ? -saved : 4);
 }
 
+/* keep_session(ssl): as stud.sslext.keep_session: mark it shut down both ways before it is
+   freed, so that a reset connection does not drop its session from the cache. */
+static PyObject *flow_keep_session(PyObject *mod, PyObject *arg) {
+    SSL *p = ssl_arg(arg);
+    if (!p)
+        return NULL;
+    SSL_set_shutdown_(p, 1 | 2); /* SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN */
+    Py_RETURN_NONE;
+}
+
+/* servername(ssl): the SNI host name the client sent (bytes), or None. */
+static PyObject *flow_servername(PyObject *mod, PyObject *arg) {
+    SSL *p = ssl_arg(arg);
+    if (!p)
+        return NULL;
+    const char *name = SSL_get_servername_(p, 0 /* TLSEXT_NAMETYPE_host_name */);
+    if (!name)
+        Py_RETURN_NONE;
+    return PyBytes_FromString(name);
+}
+
 static PyMethodDef module_methods[] = {
     {"init", flow_init, METH_VARARGS, "init(functions, layout): from stud.sslext"},
     {"ssl_pointer", flow_ssl_pointer, METH_O, "the checked SSL* of an _ssl._SSLSocket"},
+    {"servername", flow_servername, METH_O, "the SNI name the client sent, or None"},
+    {"keep_session", flow_keep_session, METH_O, "keep the session cached when freed"},
     {"handshake", flow_handshake, METH_O, "one handshake step: 1 done, 2/3 want read/write, else failed"},
     {NULL},
 };

@@ -56,7 +56,7 @@ class End:
     """
 
     __slots__ = ("sock", "tls", "ssl", "fd", "name", "inflow", "outflow", "reader", "writer",
-                 "read_wants_write", "sni", "__weakref__")
+                 "read_wants_write", "__weakref__")
 
     def __init__(self, sock: Sock, name: str) -> None:
         self.sock = sock
@@ -69,7 +69,6 @@ class End:
         self.reader: Callable[[], None] | None = None  # what the loop calls now, if anything
         self.writer: Callable[[], None] | None = None
         self.read_wants_write = False
-        self.sni: str | None = None
 
     def writable(self) -> None:
         if self.read_wants_write and self.inflow is not None:
@@ -282,6 +281,8 @@ _flow = _compiled()
 Flow = _flow.Flow if _flow else PyFlow
 handshake_step = _c_handshake if _flow else _py_handshake
 ssl_pointer = _flow.ssl_pointer if _flow else sslext.ssl_pointer
+servername = _flow.servername if _flow else sslext.servername
+keep_session = _flow.keep_session if _flow else sslext.keep_session
 
 
 def new_watch(loop: asyncio.AbstractEventLoop,
@@ -405,7 +406,9 @@ class Relay:
         self.want_write(end, None)
         self.hs_end = None
         s = end.tls
-        self.tls_info = info = (s.version(), (s.cipher() or ("",))[0], end.sni,
+        name = servername(end.ssl)  # ASCII (an A-label) or nothing, as the ssl module has it
+        sni = name.decode() if name and name.isascii() else None
+        self.tls_info = info = (s.version(), (s.cipher() or ("",))[0], sni,
                                 s.selected_alpn_protocol(), s.session_reused)
         stats = self.worker.stats
         stats.handshakes += 1
@@ -537,6 +540,8 @@ class Relay:
                 continue
             if end.reader is not None or end.writer is not None:
                 self.watch.forget(end.fd)
+            if end.ssl is not None:
+                keep_session(end.ssl)
             end.sock.close()
             # Relay, ends and flows refer to each other: undo that, so that reference
             # counting frees them now instead of the cycle collector later.

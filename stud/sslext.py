@@ -17,9 +17,10 @@ import sys
 import sysconfig
 
 __all__ = [
-    "flow_functions", "flow_layout", "get_ticket_keys", "has_pending", "load_engine",
-    "openssl_version", "selfcheck", "send_close_notify", "set_ciphersuites", "set_groups",
-    "set_read_ahead", "set_ticket_keys", "shutdown_once", "ssl_pointer",
+    "flow_functions", "flow_layout", "get_ticket_keys", "has_pending", "keep_session",
+    "load_engine", "openssl_version", "selfcheck", "send_close_notify", "servername",
+    "set_ciphersuites", "set_groups", "set_read_ahead", "set_ticket_keys", "shutdown_once",
+    "ssl_pointer",
 ]
 
 _P, _INT, _LONG, _ULONG = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_ulong
@@ -27,7 +28,7 @@ _SSL_CTRL_SET_READ_AHEAD = 41
 _SSL_CTRL_GET_TLSEXT_TICKET_KEYS = 58
 _SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
 _SSL_CTRL_SET_GROUPS_LIST = 92
-_SSL_SENT_SHUTDOWN = 1
+_SSL_SENT_SHUTDOWN, _SSL_RECEIVED_SHUTDOWN = 1, 2
 _SSL_ERROR_SSL, _SSL_ERROR_WANT_READ, _SSL_ERROR_WANT_WRITE, _SSL_ERROR_SYSCALL = 1, 2, 3, 5
 _ENGINE_METHOD_ALL = 0xFFFF
 _TICKET_KEYS_LEN = 80
@@ -91,6 +92,7 @@ _SSL_has_pending = _fn(_ssl_lib, "SSL_has_pending", _INT, _P)
 _SSL_get_error = _fn(_ssl_lib, "SSL_get_error", _INT, _P, _INT)
 _SSL_set_ex_data = _fn(_ssl_lib, "SSL_set_ex_data", _INT, _P, _INT, _P)
 _SSL_get_ex_data = _fn(_ssl_lib, "SSL_get_ex_data", _P, _P, _INT)
+_SSL_get_servername = _fn(_ssl_lib, "SSL_get_servername", ctypes.c_char_p, _P, _INT)
 _ERR_get_error = _fn(_crypto, "ERR_get_error", _ULONG)
 _ERR_clear_error = _fn(_crypto, "ERR_clear_error", None)
 _ERR_error_string_n = _fn(_crypto, "ERR_error_string_n", None, _ULONG, ctypes.c_char_p,
@@ -249,7 +251,8 @@ def flow_functions() -> dict[str, int]:
     """Addresses of the OpenSSL functions stud._flow calls, in the libraries _ssl uses."""
     return {name: ctypes.cast(getattr(lib, name), _P).value for lib, names in (
         (_ssl_lib, ("SSL_read", "SSL_write", "SSL_get_error", "SSL_shutdown",
-                    "SSL_do_handshake", "SSL_get_SSL_CTX")),
+                    "SSL_do_handshake", "SSL_get_SSL_CTX", "SSL_get_servername",
+                    "SSL_set_shutdown")),
         (_crypto, ("ERR_get_error", "ERR_clear_error", "ERR_error_string_n")))
         for name in names}
 
@@ -258,6 +261,19 @@ def flow_layout() -> tuple[type, int, type, int]:
     """Where CPython keeps the SSL* and SSL_CTX* (checked by selfcheck() at import), for
     stud._flow.ssl_pointer: (_SSLSocket, its SSL* offset, _SSLContext, its SSL_CTX* offset)."""
     return _ssl._SSLSocket, _SSL_OFFSET, _ssl._SSLContext, _CTX_OFFSET
+
+
+def keep_session(p: int) -> None:
+    """Call before SSL* ``p`` is freed. OpenSSL drops from its cache the session of a
+    connection freed without both close_notify alerts, so a client that resets the connection
+    (browsers do) would cost its next connection the resumption. Mark it shut down both ways,
+    as nginx does; fatal TLS errors already removed the session when they happened."""
+    _SSL_set_shutdown(p, _SSL_SENT_SHUTDOWN | _SSL_RECEIVED_SHUTDOWN)
+
+
+def servername(p: int) -> bytes | None:
+    """The SNI host name the client sent on SSL* ``p`` (server side), or None."""
+    return _SSL_get_servername(p, 0)  # TLSEXT_NAMETYPE_host_name
 
 
 def shutdown_once(p: int) -> None:

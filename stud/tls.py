@@ -176,6 +176,10 @@ class SniTable:
         return ctx
 
 
+def _accept_name(_sslsock: ssl.SSLSocket, _name: str | None, _ctx: ssl.SSLContext) -> None:
+    return None
+
+
 def build(cfg: Config) -> SniTable:
     """Load every PEM and build the contexts; raises ConfigError naming the failing file."""
     certs = [Cert(pem, *read_pem(pem), server_context(cfg, pem)) for pem in cfg.pem_file]
@@ -183,7 +187,6 @@ def build(cfg: Config) -> SniTable:
     abort = cfg.sni_nomatch_abort
 
     def on_sni(sslsock: ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> int | None:
-        sslsock.sni = name  # kept for the PROXY v2 AUTHORITY TLV and the connection log
         if name is None:
             return None
         ctx = table.lookup(name)
@@ -194,7 +197,9 @@ def build(cfg: Config) -> SniTable:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         return None
 
-    table.default.sni_callback = on_sni
+    # With one certificate there is nothing to choose: a callback that only accepts the name
+    # (so that OpenSSL keeps it in TLS 1.2 sessions; the relay reads it after the handshake).
+    table.default.sni_callback = on_sni if len(certs) > 1 or abort else _accept_name
     if cfg.ssl_engine:
         try:
             sslext.load_engine(cfg.ssl_engine)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import struct
 import subprocess
 import time
 
@@ -58,6 +59,42 @@ def test_sni_nomatch_abort(sni_stud):
         tls_connect(s.port, sni="unknown.example.org")
     with tls_connect(s.port) as c:  # no SNI at all still gets the default
         assert peer_cn(c) == "default.example.com"
+
+
+def test_one_certificate_logs_any_sni_and_abort_still_refuses(stud, backend, pki):
+    """With one certificate no SNI callback runs (the name is read after the handshake),
+    yet the name is logged and --sni-nomatch-abort still refuses other names."""
+    pem = pki.make(["only.example.com"], name="only")
+    s = stud(pem, backend_port=backend("echo"))
+    with tls_connect(s.port, sni="Other.Example.org") as c:
+        c.sendall(b"x")
+        assert c.recv(1) == b"x"
+    wait_for(lambda: "sni=Other.Example.org " in s.output())
+    strict = stud("--sni-nomatch-abort", pem, backend_port=backend("echo"))
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+        tls_connect(strict.port, sni="other.example.org")
+    with tls_connect(strict.port, sni="ONLY.example.com") as c:
+        assert peer_cn(c) == "only.example.com"
+
+
+def test_tls12_session_ids_survive_client_resets(stud, backend, pem):
+    """Each client closes with a reset. OpenSSL drops the session of a connection freed
+    without close_notify, so stud marks it shut down first: every reconnect still resumes
+    by session ID (tickets off)."""
+    s = stud(pem, backend_port=backend("echo"))
+    ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
+    ctx.options |= ssl.OP_NO_TICKET
+    session, resumed = None, []
+    for n in range(1, 7):
+        raw = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        with ctx.wrap_socket(raw, session=session) as c:
+            c.sendall(b"ping")
+            assert c.recv(10) == b"ping"
+            resumed.append(c.session_reused)
+            session = c.session
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wait_for(lambda n=n: s.output().count("Connection reset by peer") == n, 5)
+    assert resumed == [False] + [True] * 5
 
 
 def test_rsa_key_tls12_with_dh_params_and_ecdhe(stud, backend, pki):
