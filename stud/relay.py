@@ -1,12 +1,14 @@
-"""One connection: client TLS <-> backend TCP, driven by the event loop's fd callbacks.
+"""One connection: client TLS <-> backend TCP, driven by fd callbacks (a stud._flow.Poller
+served by the event loop, or the loop's own add_reader() in pure Python).
 
 Each side is a non-blocking socket, with an OpenSSL connection on its fd on the TLS side, so
-OpenSSL reads the kernel socket itself and releases its buffers while idle (about 17 KiB of RSS
+OpenSSL reads the kernel socket itself and releases its buffers while idle (about 16 KiB of RSS
 per idle connection, all included, against 24 KiB for uvloop's memory-BIO transport and 279 KiB
-for asyncio's). Data moves through
-one buffer shared by the whole loop: what cannot be written at once is kept (at most one read's
-worth per direction) and reading from the source pauses until it is flushed, so a slow reader
-throttles the other side instead of growing memory.
+for asyncio's). Data moves through one buffer shared by the whole process: what cannot be
+written at once is kept (at most one read's worth per direction) and reading from the source
+pauses until it is flushed, so a slow reader throttles the other side instead of growing memory.
+The data pump (Flow) and the handshake step are compiled (stud/_flow.c) where built; PyFlow and
+_py_handshake are the same logic in Python, the reference and the fallback.
 
 Half-close is passed on in both directions: a client's close_notify or FIN becomes
 shutdown(SHUT_WR) towards the backend and the backend's reply still flows back; a backend's FIN
