@@ -653,3 +653,77 @@ def test_2000_concurrent_connections_256k_each_way(stud, backend, pem):
     assert not bad
     wait_for(lambda: s.output().count("connection closed") == n, 30)
     assert s.output().count(f"up={size} down={size}") == n
+
+
+def test_random_mix_of_client_behaviours(multi, pem):
+    """Eight clients for 6 s, each connection picking one behaviour at random: garbage,
+    a handshake cut by a reset, an echo with checksum (TLS 1.2 or 1.3), a reset mid-stream, a
+    half-close that must still get everything back, a forged record after the handshake, a
+    client that stops reading. Every echo and half-close must be byte-exact; no worker may
+    crash or be replaced, and the daemon serves afterwards."""
+    s, workers = multi(pem, workers=2)
+    hello = b"\x16\x03\x01\x02\x00" + b"\x01\x00\x01\xfc\x03\x03" + os.urandom(40)
+    counts: dict[str, int] = {}
+    wrong: list[str] = []
+    lock = threading.Lock()
+
+    def reset(sock: socket.socket) -> None:
+        socket.socket.setsockopt(sock, socket.SOL_SOCKET, socket.SO_LINGER,
+                                 (1).to_bytes(4, "little") + (0).to_bytes(4, "little"))
+
+    def one(rng: random.Random, act: str) -> None:
+        if act in ("garbage", "cut"):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=5) as raw:
+                raw.sendall(os.urandom(rng.randrange(1, 3000)) if act == "garbage" else hello)
+                if act == "cut":
+                    reset(raw)
+            return
+        ctx = client_ctx(maximum_version=rng.choice([ssl.TLSVersion.TLSv1_2,
+                                                     ssl.TLSVersion.TLSv1_3]))
+        raw = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        with ctx.wrap_socket(raw) as c:
+            c.sendall(b"ECHO\n")
+            data = os.urandom(rng.randrange(1, 200_000))
+            if act == "echo":
+                c.sendall(data)
+                if recv_exact(c, len(data)) != data:
+                    wrong.append("echo")
+            elif act == "reset":
+                c.sendall(data)
+                reset(c)
+            elif act == "halfclose":
+                c.sendall(data)
+                socket.socket.shutdown(c, socket.SHUT_WR)
+                got = read_to_end(c)[0]
+                if got != data:
+                    wrong.append(f"half-close: {len(got)} of {len(data)} bytes")
+            elif act == "forged":
+                echo(c, b"ok")
+                socket.socket.sendall(c, b"\x17\x03\x03\x00\x20" + os.urandom(32))
+            else:
+                c.sendall(data)
+                time.sleep(0.02)
+
+    def client(seed: int) -> None:
+        rng, end = random.Random(seed), time.monotonic() + 6
+        while time.monotonic() < end:
+            act = rng.choice(["garbage", "cut", "echo", "reset", "halfclose", "forged",
+                              "noread"])
+            try:
+                one(rng, act)
+            except OSError as e:  # includes ssl errors: stud may close the bad ones first
+                if act in ("echo", "halfclose"):
+                    wrong.append(f"{act}: {e!r}")
+                act = f"closed on us ({type(e).__name__})"
+            with lock:
+                counts[act] = counts.get(act, 0) + 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    print(sorted(counts.items()))
+    assert not wrong, wrong[:5]
+    assert all(counts.get(a, 0) >= 5 for a in ("echo", "halfclose", "reset", "forged")), counts
+    survived(s, workers)
