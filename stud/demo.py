@@ -2,13 +2,14 @@
 
 It generates a self-signed ECDSA certificate for localhost, starts a small HTTP backend on
 127.0.0.1:8000 (a thread in this process) and runs the real stud in the foreground on
-127.0.0.1:8443, so ``curl -k https://127.0.0.1:8443/`` works at once. Ctrl-C stops both.
+127.0.0.1:8443, so ``curl -k https://127.0.0.1:8443/`` works at once. Ctrl-C or SIGTERM stops both.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.server
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,10 @@ class Hello(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, fmt: str, *args: object) -> None:
         pass  # stud logs every connection already
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
               f"127.0.0.1:{args.port}\nstud-demo: try   curl -k https://127.0.0.1:{args.port}/"
               "\nstud-demo: Ctrl-C stops it.", flush=True)
         proc = subprocess.Popen(cmd)
+        # SIGTERM (a service manager, kill) must stop stud too, as Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             return proc.wait()
         except KeyboardInterrupt:

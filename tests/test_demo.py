@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 
+import pytest
 from conftest import Proc, free_port, wait_for
 
 
-def test_demo_serves_curl(procs, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_demo_serves_curl(procs, tmp_path, sig):
     port, backend_port = free_port(), free_port()
     demo = Proc([sys.executable, "-m", "stud.demo", "--port", str(port),
                  "--backend-port", str(backend_port)], tmp_path / "demo.out")
@@ -19,4 +22,7 @@ def test_demo_serves_curl(procs, tmp_path):
                          capture_output=True, text=True, timeout=20)
     assert out.stdout == "Hello from the backend, through stud.\n", demo.output()
     assert f"curl -k https://127.0.0.1:{port}/" in demo.output()
-    assert demo.stop(signal.SIGINT) == 0
+    assert demo.stop(sig) == 0
+    with socket.socket() as probe:  # stud went with it: its port is free again
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
