@@ -27,6 +27,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 TINY = b"hello world\n"
@@ -128,6 +129,17 @@ def _connect(a: argparse.Namespace, ctx: ssl.SSLContext, session=None) -> ssl.SS
     return ctx.wrap_socket(raw, server_hostname="localhost", session=session)
 
 
+def run_threads(target: Callable[[], None], n: int, limit: float) -> float:
+    """Run target in n threads at once; wait at most limit seconds for each. Elapsed time."""
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=target, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(limit)
+    return time.monotonic() - t0
+
+
 def run_hs(a: argparse.Namespace) -> dict:
     ctx = _ctx(a.tls, a.ciphers, a.resume)
     stats = {"completed": 0, "resumed": 0, "errors": 0, "lat": 0.0}
@@ -160,13 +172,7 @@ def run_hs(a: argparse.Namespace) -> dict:
                 elif not ok:
                     stats["errors"] += 1
 
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(a.conc)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(a.duration + 15)
-    el = time.monotonic() - t0
+    el = run_threads(worker, a.conc, a.duration + 15)
     n = stats["completed"]
     return {
         "mode": "hs",
@@ -210,13 +216,7 @@ def run_rps(a: argparse.Namespace) -> dict:
             stats["requests"] += nreq
             stats["bytes"] += nbytes
 
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(a.conc)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(a.duration + 30)
-    el = time.monotonic() - t0
+    el = run_threads(worker, a.conc, a.duration + 30)
     lats.sort()
 
     def pct(p: float) -> float:

@@ -312,12 +312,12 @@ def reason(e: BaseException) -> str:
 class Relay:
     """The life of one client connection, from accept to the close log line."""
 
-    __slots__ = ("worker", "loop", "watch", "front", "back", "peer", "local", "armed",
+    __slots__ = ("worker", "watch", "front", "back", "peer", "local", "armed",
                  "started", "active", "closed", "flows", "tls_info", "pbuf", "hs_end", "hs_next",
                  "connecting")
 
     def __init__(self, worker: Worker, sock: Sock, peer: tuple, local: tuple) -> None:
-        self.worker, self.loop, self.watch = worker, worker.loop, worker.watch
+        self.worker, self.watch = worker, worker.watch
         self.peer, self.local = peer, local
         self.front = End(sock, "client")
         self.back: End | None = None
