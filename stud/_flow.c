@@ -14,6 +14,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stddef.h>
@@ -242,11 +246,7 @@ static int flow_finish(Flow *self) {
                 ERR_clear_error_();
                 return want(self, s_want_write, self->dst, self->dst, s_writable);
             }
-            if (err == E_SYSCALL && saved)
-                snprintf(why, WHY, "%s", strerror(saved));
-            else
-                ssl_reason(why);
-            ERR_clear_error_();
+            tls_failure(err, saved, why);
             return failed(self, self->dst, why);
         }
     } else if (shutdown(self->dst_fd, SHUT_WR) < 0) {
@@ -534,17 +534,29 @@ static PyTypeObject FlowType = {
  * socket that reuses the number. */
 
 typedef struct {
-    PyObject *reader, *writer;
+    PyObject *reader, *writer; /* Python callbacks, or: */
+    PyObject *conn;            /* the Conn this fd belongs to (dispatched in C) */
     uint32_t gen, mask;
 } Slot;
 
-typedef struct {
+typedef struct Conn Conn;
+enum { K_HANDSHAKE, K_CONNECT, NKINDS }; /* Conn deadlines */
+
+typedef struct Poller {
     PyObject_HEAD
     int ep;
     int nslots;
     Slot *slots;
     PyObject *on_error; /* called with the exception when a callback raises */
+    /* Conns with a deadline, one FIFO per kind: one timeout per kind keeps each in order. */
+    Conn *head[NKINDS], *tail[NKINDS];
+    double timeout[NKINDS];
+    struct sockaddr_storage backend;
+    socklen_t backend_len;
+    int want_header; /* Conns ask the worker for a client-address header */
 } Poller;
+
+static int conn_event(Conn *c, int fd, uint32_t ev);
 
 #define MAX_EVENTS 256
 
@@ -594,6 +606,26 @@ static Slot *slot_of(Poller *self, int fd) {
     return &self->slots[fd];
 }
 
+/* Make mask (EPOLLIN, EPOLLOUT or both; 0: none) fd's epoll interest. */
+static int poller_mask(Poller *self, Slot *s, int fd, uint32_t mask) {
+    if (mask == s->mask)
+        return 0;
+    struct epoll_event ev = {.events = mask};
+    int op = !s->mask ? EPOLL_CTL_ADD : !mask ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
+    uint32_t gen = op == EPOLL_CTL_ADD ? s->gen + 1 : s->gen;
+    ev.data.u64 = ((uint64_t)gen << 32) | (uint32_t)fd;
+    int r = epoll_ctl(self->ep, op, fd, &ev);
+    if (r < 0 && op == EPOLL_CTL_ADD && errno == EEXIST)
+        r = epoll_ctl(self->ep, EPOLL_CTL_MOD, fd, &ev); /* forgotten but not closed */
+    if (r < 0 && !(op == EPOLL_CTL_DEL && (errno == ENOENT || errno == EBADF))) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    s->gen = gen;
+    s->mask = mask;
+    return 0;
+}
+
 /* Set fd's reader (EPOLLIN) or writer (EPOLLOUT) callback; None removes it. */
 static PyObject *poller_set(Poller *self, PyObject *const *args, Py_ssize_t nargs, int out) {
     if (nargs != 2) {
@@ -612,20 +644,8 @@ static PyObject *poller_set(Poller *self, PyObject *const *args, Py_ssize_t narg
     if (!s)
         return NULL;
     uint32_t bit = out ? EPOLLOUT : EPOLLIN;
-    uint32_t mask = cb ? (s->mask | bit) : (s->mask & ~bit);
-    if (mask != s->mask) {
-        struct epoll_event ev = {.events = mask};
-        int op = !s->mask ? EPOLL_CTL_ADD : !mask ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
-        uint32_t gen = op == EPOLL_CTL_ADD ? s->gen + 1 : s->gen;
-        ev.data.u64 = ((uint64_t)gen << 32) | (uint32_t)fd;
-        int r = epoll_ctl(self->ep, op, fd, &ev);
-        if (r < 0 && op == EPOLL_CTL_ADD && errno == EEXIST)
-            r = epoll_ctl(self->ep, EPOLL_CTL_MOD, fd, &ev); /* forgotten but not closed */
-        if (r < 0 && !(op == EPOLL_CTL_DEL && (errno == ENOENT || errno == EBADF)))
-            return PyErr_SetFromErrno(PyExc_OSError);
-        s->gen = gen;
-        s->mask = mask;
-    }
+    if (poller_mask(self, s, fd, cb ? (s->mask | bit) : (s->mask & ~bit)) < 0)
+        return NULL;
     Py_XINCREF(cb);
     if (out)
         Py_XSETREF(s->writer, cb);
@@ -644,17 +664,22 @@ static PyObject *Poller_set_writer(Poller *self, PyObject *const *args, Py_ssize
 
 /* Drop fd's callbacks right before it is closed: closing removes it from the epoll set, so no
    system call is needed, and the new generation voids events already queued for it. */
-static PyObject *Poller_forget(Poller *self, PyObject *arg) {
-    int fd = (int)PyLong_AsLong(arg);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
+static void poller_forget(Poller *self, int fd) {
     if (fd >= 0 && fd < self->nslots) {
         Slot *s = &self->slots[fd];
         s->gen++;
         s->mask = 0;
         Py_CLEAR(s->reader);
         Py_CLEAR(s->writer);
+        Py_CLEAR(s->conn);
     }
+}
+
+static PyObject *Poller_forget(Poller *self, PyObject *arg) {
+    int fd = (int)PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    poller_forget(self, fd);
     Py_RETURN_NONE;
 }
 
@@ -693,6 +718,16 @@ static PyObject *Poller_dispatch(Poller *self, PyObject *unused) {
     for (int i = 0; i < n; i++) {
         int fd = (int)(uint32_t)evs[i].data.u64;
         uint32_t gen = (uint32_t)(evs[i].data.u64 >> 32), ev = evs[i].events;
+        PyObject *conn = fd < self->nslots && self->slots[fd].gen == gen ? self->slots[fd].conn
+                                                                          : NULL;
+        if (conn) {
+            Py_INCREF(conn);
+            int r = conn_event((Conn *)conn, fd, ev);
+            Py_DECREF(conn);
+            if (r < 0 && report(self) < 0)
+                return NULL;
+            continue;
+        }
         for (int out = 0; out < 2; out++) {
             /* Looked up again each time: a callback may close fds or grow the table. */
             if (fd >= self->nslots || self->slots[fd].gen != gen)
@@ -720,6 +755,7 @@ static int Poller_clear(Poller *self) {
     for (int i = 0; i < self->nslots; i++) {
         Py_CLEAR(self->slots[i].reader);
         Py_CLEAR(self->slots[i].writer);
+        Py_CLEAR(self->slots[i].conn);
     }
     Py_CLEAR(self->on_error);
     return 0;
@@ -731,6 +767,7 @@ static PyObject *Poller_close(Poller *self, PyObject *unused) {
         self->slots[i].gen++;
         Py_CLEAR(self->slots[i].reader);
         Py_CLEAR(self->slots[i].writer);
+        Py_CLEAR(self->slots[i].conn);
     }
     if (self->ep >= 0) {
         close(self->ep);
@@ -743,6 +780,7 @@ static int Poller_traverse(Poller *self, visitproc visit, void *arg) {
     for (int i = 0; i < self->nslots; i++) {
         Py_VISIT(self->slots[i].reader);
         Py_VISIT(self->slots[i].writer);
+        Py_VISIT(self->slots[i].conn);
     }
     Py_VISIT(self->on_error);
     return 0;
@@ -757,7 +795,14 @@ static void Poller_dealloc(Poller *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static PyObject *Poller_configure(Poller *self, PyObject *args);
+static PyObject *Poller_expired(Poller *self, PyObject *arg);
+
 static PyMethodDef Poller_methods[] = {
+    {"configure", (PyCFunction)Poller_configure, METH_VARARGS,
+     "configure(backend family, sockaddr, handshake timeout, connect timeout, header?) for Conns"},
+    {"expired", (PyCFunction)Poller_expired, METH_O,
+     "expired(now): [(conn, kind)] past their deadline, disarmed"},
     {"set_reader", (PyCFunction)(void (*)(void))Poller_set_reader, METH_FASTCALL,
      "set_reader(fd, callback or None)"},
     {"set_writer", (PyCFunction)(void (*)(void))Poller_set_writer, METH_FASTCALL,
@@ -906,6 +951,732 @@ static PyObject *flow_servername(PyObject *mod, PyObject *arg) {
     return PyBytes_FromString(name);
 }
 
+/* ---- Conn: one whole connection in C ---------------------------------------------------------
+ *
+ * On the default path (TLS server, no --proxy-proxy) a connection is a Conn: handshake,
+ * backend connect, both directions and the end run here, dispatched by the Poller, with no
+ * Python frame in between. Python is called once after the handshake (Worker.handshaken:
+ * stats, and the client-address header where one is configured) and once at the end
+ * (Worker.closed: stats and the log line); failures go through Worker.handshake_failed and
+ * Worker.backend_failed. Each direction is the Flow state machine above (relay.PyFlow in
+ * Python); relay.Relay is the same life in Python, used for --proxy-proxy, --client and the
+ * pure-Python path. */
+
+enum { FRONT, BACK };
+enum { ST_HANDSHAKE, ST_RELAY, ST_CLOSED };
+enum { L_ERROR, L_INFO, L_DEBUG }; /* stud.log's levels */
+static const char *const kind_names[NKINDS] = {"handshake", "backend connect"};
+static const char *const side_names[2] = {"client", "backend"};
+
+typedef struct {
+    char *pending; /* bytes not yet written to the other side (reading pauses meanwhile) */
+    Py_ssize_t plen, poff;
+    long long nbytes; /* delivered to the other side */
+    char eof, done;
+} Dir;
+
+struct Conn {
+    PyObject_HEAD
+    Poller *poller;
+    PyObject *worker, *sock, *tls, *peer, *local, *tls_info, *weakrefs;
+    SSL *ssl;
+    int fd[2];         /* FRONT: the client (TLS), BACK: the backend (TCP); -1: none */
+    uint32_t mask[2];  /* epoll interest */
+    char state, connecting, read_wants_write;
+    int kind;          /* armed deadline, or -1 */
+    double started, active, connect_started, connect_seconds, deadline;
+    Conn *prev, *next; /* in poller->head[kind] */
+    Dir dir[2];        /* dir[s]: read from side s, written to side 1 - s */
+};
+
+static PyObject *s_handshaken, *s_handshake_failed, *s_backend_failed, *s_client_header,
+    *s_close, *s_fileno;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic()'s clock */
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void disarm(Conn *c) {
+    if (c->kind < 0)
+        return;
+    Poller *p = c->poller;
+    *(c->prev ? &c->prev->next : &p->head[c->kind]) = c->next;
+    *(c->next ? &c->next->prev : &p->tail[c->kind]) = c->prev;
+    c->prev = c->next = NULL;
+    c->kind = -1;
+}
+
+static void arm(Conn *c, int kind) {
+    Poller *p = c->poller;
+    disarm(c);
+    c->deadline = now() + p->timeout[kind];
+    c->kind = kind;
+    c->prev = p->tail[kind];
+    *(c->prev ? &c->prev->next : &p->head[kind]) = c;
+    p->tail[kind] = c;
+}
+
+/* Turn epoll interest bit on or off for one side (nothing once closed). */
+static int conn_want(Conn *c, int side, uint32_t bit, int on) {
+    uint32_t m = on ? c->mask[side] | bit : c->mask[side] & ~bit;
+    if (c->state == ST_CLOSED || m == c->mask[side])
+        return 0;
+    Slot *s = slot_of(c->poller, c->fd[side]);
+    if (!s || poller_mask(c->poller, s, c->fd[side], m) < 0)
+        return -1;
+    if (s->conn != (PyObject *)c)
+        Py_XSETREF(s->conn, Py_NewRef((PyObject *)c));
+    c->mask[side] = m;
+    return 0;
+}
+
+static int conn_close(Conn *c, const char *why, int level);
+
+static int hook(Conn *c, PyObject *name, const char *arg) {
+    PyObject *a = PyUnicode_DecodeUTF8(arg, strlen(arg), "replace");
+    PyObject *r = a ? PyObject_CallMethodObjArgs(c->worker, name, (PyObject *)c, a, NULL) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* A side failed: "client Connection reset by peer", or a backend that never connected. */
+static int end_failed(Conn *c, int side, const char *why) {
+    if (side == BACK && c->connecting)
+        return hook(c, s_backend_failed, why);
+    char line[WHY + 16];
+    snprintf(line, sizeof line, "%s %s", side_names[side], why);
+    return conn_close(c, line, L_INFO);
+}
+
+static void established(Conn *c) {
+    c->connect_seconds = now() - c->connect_started;
+    c->connecting = 0;
+    disarm(c);
+}
+
+/* While connecting: is the backend there yet? 1 yes, 0 not yet or failed (then closed). */
+static int backend_ready(Conn *c) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->fd[BACK], SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err)
+        return hook(c, s_backend_failed, strerror(err)) < 0 ? -1 : 0;
+    struct sockaddr_storage sa;
+    len = sizeof sa;
+    if (getpeername(c->fd[BACK], (struct sockaddr *)&sa, &len) < 0)
+        return 0;
+    established(c);
+    return 1;
+}
+
+/* Bytes of data written to the other side (0: would block); -1 if that side failed (the
+   Conn is closed); -2 on a Python error. */
+static Py_ssize_t dir_send(Conn *c, int s, const char *data, Py_ssize_t len) {
+    int dst = 1 - s;
+    Py_ssize_t sent;
+    char why[WHY];
+    if (dst == BACK) {
+        ssize_t r = send(c->fd[BACK], data, (size_t)len, MSG_NOSIGNAL);
+        if (r < 0) {
+            if (would_block(errno))
+                return 0;
+            snprintf(why, WHY, "%s", strerror(errno));
+            return end_failed(c, BACK, why) < 0 ? -2 : -1;
+        }
+        sent = r;
+        if (c->connecting)
+            established(c);
+    } else {
+        errno = 0;
+        int r = SSL_write_(c->ssl, data, (int)len);
+        if (r <= 0) {
+            int saved = errno, err = SSL_get_error_(c->ssl, r);
+            if (err == E_WANT_READ || err == E_WANT_WRITE)
+                return 0;
+            tls_failure(err, saved, why);
+            return end_failed(c, FRONT, why) < 0 ? -2 : -1;
+        }
+        sent = r;
+    }
+    c->dir[s].nbytes += sent;
+    return sent;
+}
+
+/* Write data; keep what did not fit and pause reading side s. 1: all written, 0: not, -1:
+   error. */
+static int dir_write(Conn *c, int s, const char *data, Py_ssize_t len) {
+    Py_ssize_t sent = dir_send(c, s, data, len);
+    if (sent == -2)
+        return -1;
+    if (sent == len)
+        return 1;
+    if (sent >= 0) {
+        Dir *d = &c->dir[s];
+        /* Copy: the shared buffer is reused by the next read, anywhere in this process. */
+        if (!(d->pending = PyMem_Malloc((size_t)(len - sent)))) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(d->pending, data + sent, (size_t)(len - sent));
+        d->plen = len - sent;
+        d->poff = 0;
+        if (conn_want(c, s, EPOLLIN, 0) < 0 || conn_want(c, 1 - s, EPOLLOUT, 1) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Pass side s's EOF on once everything before it was written. */
+static int dir_finish(Conn *c, int s) {
+    Dir *d = &c->dir[s];
+    int dst = 1 - s;
+    char why[WHY];
+    if (d->pending || d->done)
+        return 0;
+    if (dst == BACK && c->connecting) {
+        int ready = backend_ready(c);
+        if (ready <= 0) /* a FIN now would abort the connect: pass it on once connected */
+            return ready < 0 ? -1 : conn_want(c, BACK, EPOLLOUT, 1);
+    }
+    if (dst == FRONT) {
+        /* Our close_notify, once; the peer's is still read (a TLS half-close). */
+        ERR_clear_error_();
+        errno = 0;
+        int r = SSL_shutdown_(c->ssl);
+        if (r < 0) {
+            int saved = errno, err = SSL_get_error_(c->ssl, r);
+            if (err == E_WANT_WRITE || err == E_WANT_READ) {
+                ERR_clear_error_();
+                return conn_want(c, FRONT, EPOLLOUT, 1);
+            }
+            tls_failure(err, saved, why);
+            return end_failed(c, FRONT, why);
+        }
+    } else if (shutdown(c->fd[BACK], SHUT_WR) < 0) {
+        if (would_block(errno))
+            return conn_want(c, BACK, EPOLLOUT, 1);
+        snprintf(why, WHY, "%s", strerror(errno));
+        return end_failed(c, BACK, why);
+    }
+    d->done = 1;
+    if (conn_want(c, dst, EPOLLOUT, 0) < 0)
+        return -1;
+    return c->dir[1 - s].done ? conn_close(c, "closed", L_INFO) : 0;
+}
+
+/* Side s is readable: move what is there to the other side. */
+static int dir_readable(Conn *c, int s) {
+    Dir *d = &c->dir[s];
+    Py_ssize_t n = 0;
+    int fail = 0;
+    char why[WHY];
+    if (s == BACK) {
+        ssize_t r = recv(c->fd[BACK], buf, BUFSIZE, 0);
+        if (r > 0)
+            n = r;
+        else if (r == 0)
+            d->eof = 1;
+        else if (!would_block(errno)) {
+            fail = 1;
+            snprintf(why, WHY, "%s", strerror(errno));
+        }
+    } else {
+        /* As in Flow_readable: whole records, and at least a record's room per read. */
+        while (n <= BUFSIZE - RECORD) {
+            errno = 0;
+            int k = SSL_read_(c->ssl, buf + n, (int)(BUFSIZE - n));
+            if (k > 0) {
+                n += k;
+                if (k < RECORD)
+                    break;
+                continue;
+            }
+            int saved = errno, err = SSL_get_error_(c->ssl, k);
+            if (err == E_WANT_READ)
+                break;
+            if (err == E_WANT_WRITE) {
+                c->read_wants_write = 1;
+                if (conn_want(c, FRONT, EPOLLOUT, 1) < 0)
+                    return -1;
+                break;
+            }
+            if (err == E_ZERO_RETURN || (err == E_SYSCALL && !saved)) {
+                ERR_clear_error_(); /* a close_notify after ours, or a ragged EOF */
+                d->eof = 1;
+                break;
+            }
+            tls_failure(err, saved, why);
+            fail = 1;
+            break;
+        }
+    }
+    if (fail) {
+        if (n && dir_write(c, s, buf, n) < 0)
+            return -1;
+        return c->state == ST_CLOSED ? 0 : end_failed(c, s, why);
+    }
+    if (s == BACK && c->connecting)
+        established(c);
+    if (n) {
+        c->active = now();
+        int w = dir_write(c, s, buf, n);
+        if (w <= 0)
+            return w; /* the other side is full: reading resumes in dir_writable() */
+    }
+    if (d->eof && (conn_want(c, s, EPOLLIN, 0) < 0 || dir_finish(c, s) < 0))
+        return -1;
+    return 0;
+}
+
+/* The side that dir[s] writes to is writable: flush, then resume reading side s. */
+static int dir_writable(Conn *c, int s) {
+    Dir *d = &c->dir[s];
+    if (d->pending) {
+        Py_ssize_t len = d->plen - d->poff;
+        Py_ssize_t sent = dir_send(c, s, d->pending + d->poff, len);
+        if (sent < 0)
+            return sent == -2 ? -1 : 0;
+        if (sent < len) {
+            d->poff += sent;
+            return 0;
+        }
+        PyMem_Free(d->pending);
+        d->pending = NULL;
+    }
+    if (d->eof)
+        return dir_finish(c, s);
+    if (conn_want(c, 1 - s, EPOLLOUT, 0) < 0)
+        return -1;
+    return conn_want(c, s, EPOLLIN, 1);
+}
+
+/* The handshake is done: the backend connect, and relaying at once. Until the connection is up
+   the kernel answers EAGAIN to our writes (so the first bytes wait, as with a slow backend),
+   and a failed connect shows as an error on the first read or write. */
+static int conn_connect(Conn *c) {
+    Poller *p = c->poller;
+    char why[WHY];
+    PyObject *header = NULL;
+    if (p->want_header) {
+        header = PyObject_CallMethodOneArg(c->worker, s_client_header, (PyObject *)c);
+        if (!header)
+            return -1;
+        if (!PyBytes_Check(header)) {
+            Py_DECREF(header);
+            PyErr_SetString(PyExc_TypeError, "client_header() must return bytes");
+            return -1;
+        }
+    }
+    int r = -1;
+    int fd = socket(p->backend.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(why, WHY, "backend socket: %s", strerror(errno));
+        r = conn_close(c, why, L_ERROR);
+        goto out;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->fd[BACK] = fd;
+    c->connecting = 1;
+    c->connect_started = now();
+    if (connect(fd, (struct sockaddr *)&p->backend, p->backend_len) < 0 && errno != EINPROGRESS) {
+        r = hook(c, s_backend_failed, strerror(errno));
+        goto out;
+    }
+    if (conn_want(c, BACK, EPOLLIN, 1) < 0) /* a backend may speak first */
+        goto out;
+    if (header && PyBytes_GET_SIZE(header)) {
+        /* The header is ours, not the client's: not counted. */
+        c->dir[FRONT].nbytes = -PyBytes_GET_SIZE(header);
+        if (dir_write(c, FRONT, PyBytes_AS_STRING(header), PyBytes_GET_SIZE(header)) < 0)
+            goto out;
+    }
+    if (c->state != ST_CLOSED && !c->dir[FRONT].pending && conn_want(c, FRONT, EPOLLIN, 1) < 0)
+        goto out;
+    if (c->state != ST_CLOSED && c->connecting)
+        arm(c, K_CONNECT);
+    r = 0;
+out:
+    Py_XDECREF(header);
+    return r;
+}
+
+static int conn_handshake(Conn *c) {
+    errno = 0;
+    int r = SSL_do_handshake_(c->ssl);
+    if (r != 1) {
+        int saved = errno, err = SSL_get_error_(c->ssl, r);
+        if (err == E_WANT_READ || err == E_WANT_WRITE)
+            return conn_want(c, FRONT, err == E_WANT_READ ? EPOLLOUT : EPOLLIN, 0) < 0 ? -1
+                   : conn_want(c, FRONT, err == E_WANT_READ ? EPOLLIN : EPOLLOUT, 1);
+        /* As relay's handshake(): -errno, 4 for an EOF, 0 for a TLS error left queued. */
+        int state = err != E_SYSCALL ? 0 : saved ? -saved : 4;
+        if (err == E_SYSCALL)
+            ERR_clear_error_();
+        PyObject *st = PyLong_FromLong(state);
+        PyObject *res =
+            st ? PyObject_CallMethodObjArgs(c->worker, s_handshake_failed, (PyObject *)c, st, NULL)
+               : NULL;
+        Py_XDECREF(st);
+        Py_XDECREF(res);
+        return res ? 0 : -1;
+    }
+    disarm(c);
+    c->state = ST_RELAY;
+    if (conn_want(c, FRONT, EPOLLOUT, 0) < 0)
+        return -1;
+    const char *name = SSL_get_servername_(c->ssl, 0 /* TLSEXT_NAMETYPE_host_name */);
+    PyObject *sni = name ? PyBytes_FromString(name) : Py_NewRef(Py_None);
+    PyObject *res = sni ? PyObject_CallMethodObjArgs(c->worker, s_handshaken, (PyObject *)c,
+                                                     c->tls, sni, NULL)
+                        : NULL;
+    Py_XDECREF(sni);
+    if (!res)
+        return -1;
+    Py_DECREF(res);
+    return c->state == ST_CLOSED ? 0 : conn_connect(c);
+}
+
+/* A Python error (a bug) in a Conn's hooks: close it rather than leave it hanging, and keep
+   the error for the Poller's on_error. Returns -1. */
+static int conn_failed(Conn *c) {
+    if (c->state != ST_CLOSED) {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        if (conn_close(c, "internal error", L_ERROR) < 0)
+            PyErr_WriteUnraisable((PyObject *)c);
+        PyErr_Restore(t, v, tb);
+    }
+    return -1;
+}
+
+/* One fd event; a Python error is the caller's to report (after conn_failed()). */
+static int conn_event(Conn *c, int fd, uint32_t ev) {
+    int side = fd == c->fd[FRONT] ? FRONT : BACK, r = 0;
+    int in = (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) && (c->mask[side] & EPOLLIN);
+    int out = (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && (c->mask[side] & EPOLLOUT);
+    if (c->state == ST_HANDSHAKE) {
+        if (in || out)
+            r = conn_handshake(c);
+    } else {
+        if (in)
+            r = dir_readable(c, side);
+        if (!r && out && c->state != ST_CLOSED) {
+            if (side == FRONT && c->read_wants_write) {
+                c->read_wants_write = 0;
+                r = dir_readable(c, FRONT);
+            }
+            if (!r && c->state != ST_CLOSED)
+                r = dir_writable(c, 1 - side);
+        }
+    }
+    return r < 0 ? conn_failed(c) : 0;
+}
+
+/* The end: fds out of the poller and closed, then Worker.closed() for stats and the log. */
+static int conn_close(Conn *c, const char *why, int level) {
+    if (c->state == ST_CLOSED)
+        return 0;
+    c->state = ST_CLOSED;
+    disarm(c);
+    Py_INCREF(c); /* forgetting the fds drops the poller's references */
+    for (int side = 0; side < 2; side++)
+        if (c->fd[side] >= 0)
+            poller_forget(c->poller, c->fd[side]);
+    if (c->ssl)
+        SSL_set_shutdown_(c->ssl, 1 | 2); /* keep the session cached: see keep_session() */
+    if (c->fd[BACK] >= 0)
+        close(c->fd[BACK]);
+    c->fd[BACK] = -1;
+    PyObject *r = PyObject_CallMethodNoArgs(c->sock, s_close);
+    long long up = c->dir[FRONT].nbytes, down = c->dir[BACK].nbytes;
+    for (int s = 0; s < 2; s++) {
+        PyMem_Free(c->dir[s].pending);
+        c->dir[s].pending = NULL;
+    }
+    PyObject *args = r ? Py_BuildValue("(OsiLL)", c, why, level, up > 0 ? up : 0,
+                                       down > 0 ? down : 0) : NULL;
+    Py_XDECREF(r);
+    PyObject *m = args ? PyObject_GetAttr(c->worker, s_closed) : NULL;
+    r = m ? PyObject_Call(m, args, NULL) : NULL;
+    Py_XDECREF(m);
+    Py_XDECREF(args);
+    Py_XDECREF(r);
+    c->ssl = NULL;
+    Py_CLEAR(c->tls); /* frees the SSL* now */
+    Py_DECREF(c);
+    return r ? 0 : -1;
+}
+
+static int Conn_init(Conn *c, PyObject *args, PyObject *kwds) {
+    PyObject *poller, *worker, *sock, *peer, *local;
+    static char *kwlist[] = {"poller", "worker", "sock", "peer", "local", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOOO:Conn", kwlist, &PollerType, &poller,
+                                     &worker, &sock, &peer, &local))
+        return -1;
+    if (c->poller) {
+        PyErr_SetString(PyExc_RuntimeError, "Conn already initialised");
+        return -1;
+    }
+    if (!SSL_read_ || !((Poller *)poller)->backend_len) {
+        PyErr_SetString(PyExc_RuntimeError, "init() and Poller.configure() come first");
+        return -1;
+    }
+    PyObject *fd = PyObject_CallMethodNoArgs(sock, s_fileno);
+    if (!fd)
+        return -1;
+    c->fd[FRONT] = (int)PyLong_AsLong(fd);
+    Py_DECREF(fd);
+    if (c->fd[FRONT] < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "closed socket");
+        return -1;
+    }
+    c->poller = (Poller *)Py_NewRef(poller);
+    c->worker = Py_NewRef(worker);
+    c->sock = Py_NewRef(sock);
+    c->peer = Py_NewRef(peer);
+    c->local = Py_NewRef(local);
+    c->started = c->active = now();
+    return 0;
+}
+
+static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Conn *c = (Conn *)type->tp_alloc(type, 0);
+    if (c) {
+        c->fd[FRONT] = c->fd[BACK] = -1;
+        c->kind = -1;
+        c->connect_seconds = -1;
+    }
+    return (PyObject *)c;
+}
+
+/* start(tls): the _SSLSocket wrapping sock (owner=this Conn); the handshake begins. */
+static PyObject *Conn_start(Conn *c, PyObject *tls) {
+    if (!c->poller || c->tls || c->state != ST_HANDSHAKE) {
+        PyErr_SetString(PyExc_RuntimeError, "Conn.start() once, after init");
+        return NULL;
+    }
+    PyObject *p = flow_ssl_pointer(NULL, tls);
+    if (!p)
+        return NULL;
+    c->ssl = PyLong_AsVoidPtr(p);
+    Py_DECREF(p);
+    c->tls = Py_NewRef(tls);
+    arm(c, K_HANDSHAKE);
+    /* As for fd events: one connection's error goes to on_error, not to the accept loop. */
+    if (conn_handshake(c) < 0 && (conn_failed(c), report(c->poller) < 0))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Conn_close(Conn *c, PyObject *args) {
+    const char *why;
+    int level = L_INFO;
+    if (!PyArg_ParseTuple(args, "s|i:close", &why, &level))
+        return NULL;
+    if (conn_close(c, why, level) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Conn_backend_ready(Conn *c, PyObject *unused) {
+    if (c->state != ST_RELAY || !c->connecting)
+        return PyBool_FromLong(c->state == ST_RELAY);
+    int r = backend_ready(c);
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
+    Py_VISIT(c->poller);
+    Py_VISIT(c->worker);
+    Py_VISIT(c->sock);
+    Py_VISIT(c->tls);
+    Py_VISIT(c->peer);
+    Py_VISIT(c->local);
+    Py_VISIT(c->tls_info);
+    return 0;
+}
+
+static int Conn_clear(Conn *c) {
+    Py_CLEAR(c->worker);
+    Py_CLEAR(c->tls);
+    Py_CLEAR(c->sock);
+    Py_CLEAR(c->peer);
+    Py_CLEAR(c->local);
+    Py_CLEAR(c->tls_info);
+    return 0;
+}
+
+static void Conn_dealloc(Conn *c) {
+    PyObject_GC_UnTrack(c);
+    if (c->weakrefs)
+        PyObject_ClearWeakRefs((PyObject *)c);
+    if (c->poller)
+        disarm(c);
+    if (c->fd[BACK] >= 0)
+        close(c->fd[BACK]);
+    for (int s = 0; s < 2; s++)
+        PyMem_Free(c->dir[s].pending);
+    Conn_clear(c);
+    Py_CLEAR(c->poller);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyObject *Conn_get_double(Conn *c, void *off) {
+    double v = *(double *)((char *)c + (size_t)off);
+    if (v < 0)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(v);
+}
+
+static PyObject *Conn_get_flag(Conn *c, void *which) {
+    switch ((intptr_t)which) {
+    case 0:
+        return PyBool_FromLong(c->state == ST_CLOSED);
+    case 1:
+        return PyBool_FromLong(c->state != ST_CLOSED && c->connecting);
+    default:
+        return PyBool_FromLong(c->state == ST_RELAY && c->fd[BACK] >= 0);
+    }
+}
+
+static PyObject *Conn_get_context(Conn *c, void *unused) {
+    if (!c->tls) {
+        PyErr_SetString(PyExc_AttributeError, "no TLS yet");
+        return NULL;
+    }
+    return PyObject_GetAttr(c->tls, s_context);
+}
+
+/* The SNI callback switches certificates through the _SSLSocket's owner, this Conn. */
+static int Conn_set_context(Conn *c, PyObject *v, void *unused) {
+    if (!c->tls || !v) {
+        PyErr_SetString(PyExc_AttributeError, "no TLS yet");
+        return -1;
+    }
+    return PyObject_SetAttr(c->tls, s_context, v);
+}
+
+static PyGetSetDef Conn_getset[] = {
+    {"started", (getter)Conn_get_double, NULL, "monotonic time of the accept",
+     (void *)offsetof(Conn, started)},
+    {"active", (getter)Conn_get_double, NULL, "monotonic time data last moved",
+     (void *)offsetof(Conn, active)},
+    {"connect_seconds", (getter)Conn_get_double, NULL, "the backend connect's duration, or None",
+     (void *)offsetof(Conn, connect_seconds)},
+    {"closed", (getter)Conn_get_flag, NULL, NULL, (void *)0},
+    {"connecting", (getter)Conn_get_flag, NULL, "the backend connect is pending", (void *)1},
+    {"relaying", (getter)Conn_get_flag, NULL, "past the handshake and connected", (void *)2},
+    {"context", (getter)Conn_get_context, (setter)Conn_set_context, "the TLS context", NULL},
+    {NULL},
+};
+
+static PyMemberDef Conn_members[] = {
+    {"peer", T_OBJECT, offsetof(Conn, peer), READONLY, NULL},
+    {"local", T_OBJECT, offsetof(Conn, local), READONLY, NULL},
+    {"tls", T_OBJECT, offsetof(Conn, tls), READONLY, "the _ssl._SSLSocket"},
+    {"tls_info", T_OBJECT, offsetof(Conn, tls_info), 0, "set by Worker.handshaken()"},
+    {NULL},
+};
+
+static PyMethodDef Conn_methods[] = {
+    {"start", (PyCFunction)Conn_start, METH_O, "start(tls): begin the handshake"},
+    {"close", (PyCFunction)Conn_close, METH_VARARGS, "close(why, level=INFO)"},
+    {"backend_ready", (PyCFunction)Conn_backend_ready, METH_NOARGS,
+     "is the backend connected? (a failed connect closes the Conn)"},
+    {NULL},
+};
+
+static PyTypeObject ConnType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "stud._flow.Conn",
+    .tp_doc = "Conn(poller, worker, sock, peer, local): one client connection, all in C.",
+    .tp_basicsize = sizeof(Conn),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Conn_new,
+    .tp_init = (initproc)Conn_init,
+    .tp_dealloc = (destructor)Conn_dealloc,
+    .tp_free = PyObject_GC_Del,
+    .tp_traverse = (traverseproc)Conn_traverse,
+    .tp_clear = (inquiry)Conn_clear,
+    .tp_weaklistoffset = offsetof(Conn, weakrefs),
+    .tp_methods = Conn_methods,
+    .tp_members = Conn_members,
+    .tp_getset = Conn_getset,
+};
+
+/* configure(backend_family, backend_sockaddr, handshake_timeout, connect_timeout, header):
+   what Conns need; sockaddr as getaddrinfo() gives it for AF_INET or AF_INET6. */
+static PyObject *Poller_configure(Poller *self, PyObject *args) {
+    int family, header;
+    PyObject *sa;
+    double hs, ct;
+    if (!PyArg_ParseTuple(args, "iOddp:configure", &family, &sa, &hs, &ct, &header))
+        return NULL;
+    const char *host;
+    int port;
+    unsigned int flowinfo = 0, scope = 0;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    socklen_t len;
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        if (!PyArg_ParseTuple(sa, "si", &host, &port))
+            return NULL;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+            goto bad;
+        len = sizeof *in;
+    } else if (family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        if (!PyArg_ParseTuple(sa, "si|II", &host, &port, &flowinfo, &scope))
+            return NULL;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        in6->sin6_flowinfo = htonl(flowinfo);
+        in6->sin6_scope_id = scope;
+        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+            goto bad;
+        len = sizeof *in6;
+    } else
+        goto bad;
+    self->backend = ss;
+    self->backend_len = len;
+    self->timeout[K_HANDSHAKE] = hs;
+    self->timeout[K_CONNECT] = ct;
+    self->want_header = header;
+    Py_RETURN_NONE;
+bad:
+    PyErr_SetString(PyExc_ValueError, "backend: a numeric IPv4 or IPv6 address is needed");
+    return NULL;
+}
+
+/* expired(now): [(conn, kind), ...] whose deadline passed, disarmed (the worker closes them). */
+static PyObject *Poller_expired(Poller *self, PyObject *arg) {
+    double t = PyFloat_AsDouble(arg);
+    if (t == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *out = PyList_New(0);
+    for (int k = 0; out && k < NKINDS; k++)
+        while (self->head[k] && self->head[k]->deadline <= t) {
+            Conn *c = self->head[k];
+            disarm(c);
+            PyObject *item = Py_BuildValue("(Os)", c, kind_names[k]);
+            if (!item || PyList_Append(out, item) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(item);
+            if (!out)
+                break;
+        }
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"init", flow_init, METH_VARARGS, "init(functions, layout): from stud.sslext"},
     {"ssl_pointer", flow_ssl_pointer, METH_O, "the checked SSL* of an _ssl._SSLSocket"},
@@ -933,17 +1704,22 @@ PyMODINIT_FUNC PyInit__flow(void) {
         {&s_inflow, "inflow"},           {&s_outflow, "outflow"},
         {&s_fd, "fd"},                   {&s_ssl, "ssl"},
         {&s_back, "back"},               {&s_context, "context"},
+        {&s_handshaken, "handshaken"},   {&s_handshake_failed, "handshake_failed"},
+        {&s_backend_failed, "backend_failed"}, {&s_client_header, "client_header"},
+        {&s_close, "close"},             {&s_fileno, "fileno"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!(*names[i].slot = PyUnicode_InternFromString(names[i].name)))
             return NULL;
-    if (PyType_Ready(&FlowType) < 0 || PyType_Ready(&PollerType) < 0)
+    if (PyType_Ready(&FlowType) < 0 || PyType_Ready(&PollerType) < 0 ||
+        PyType_Ready(&ConnType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Flow", (PyObject *)&FlowType) < 0 ||
         PyModule_AddObjectRef(m, "Poller", (PyObject *)&PollerType) < 0 ||
+        PyModule_AddObjectRef(m, "Conn", (PyObject *)&ConnType) < 0 ||
         PyModule_AddIntConstant(m, "BUFSIZE", BUFSIZE) < 0 ||
         PyModule_AddIntConstant(m, "RECORD", RECORD) < 0) {
         Py_DECREF(m);

@@ -18,6 +18,7 @@ becomes a close_notify while the client may go on sending.
 from __future__ import annotations
 
 import _socket
+import _ssl
 import asyncio
 import errno
 import os
@@ -29,7 +30,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from stud import proxyproto, sslext
-from stud.log import DEBUG, ERROR, INFO, log, quoted
+from stud.log import DEBUG, ERROR, INFO
 
 if TYPE_CHECKING:
     from stud.worker import Worker
@@ -270,12 +271,21 @@ def _c_handshake(end: End) -> int:
     state = _flow.handshake(end.ssl)
     if 0 < state < 4:
         return state
+    raise handshake_error(end.tls, state)
+
+
+def handshake_error(tls: _ssl._SSLSocket, state: int) -> Exception:
+    """What ssl would raise for a failed handshake step of stud._flow (-errno: a socket error,
+    4: EOF, 0: a TLS error still queued, which do_handshake() raises as ssl names it)."""
     if state < 0:
-        raise OSError(-state, os.strerror(-state))
+        return OSError(-state, os.strerror(-state))
     if state == 4:
-        raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol")
-    end.tls.do_handshake()  # fails again on the queued TLS error, raising it as ssl does
-    raise ssl.SSLError("handshake failed")
+        return ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol")
+    try:
+        tls.do_handshake()
+    except HS_ERRORS as e:
+        return e
+    return ssl.SSLError("handshake failed")
 
 
 WANT_READ, WANT_WRITE = 2, 3  # SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE
@@ -285,6 +295,8 @@ handshake_step = _c_handshake if _flow else _py_handshake
 ssl_pointer = _flow.ssl_pointer if _flow else sslext.ssl_pointer
 servername = _flow.servername if _flow else sslext.servername
 keep_session = _flow.keep_session if _flow else sslext.keep_session
+# A whole connection in C (stud/_flow.c): the default path, where built.
+Conn = _flow.Conn if _flow else None
 
 
 def new_watch(loop: asyncio.AbstractEventLoop,
@@ -314,7 +326,7 @@ class Relay:
 
     __slots__ = ("worker", "watch", "front", "back", "peer", "local", "armed",
                  "started", "active", "closed", "flows", "tls_info", "pbuf", "hs_end", "hs_next",
-                 "connecting")
+                 "connecting", "connect_seconds")
 
     def __init__(self, worker: Worker, sock: Sock, peer: tuple, local: tuple) -> None:
         self.worker, self.watch = worker, worker.watch
@@ -327,6 +339,7 @@ class Relay:
         self.pbuf = b""  # --proxy-proxy: the header read so far
         self.started = self.active = _now()
         self.connecting = 0.0  # while the backend connect is pending: when it started
+        self.connect_seconds: float | None = None
         self.armed: dict | None = None  # the worker's deadlines this relay is in, if any
         worker.arm(self, "handshake")
         self.hs_end: End | None = None
@@ -393,9 +406,7 @@ class Relay:
         try:
             state = handshake_step(end)
         except HS_ERRORS as e:
-            # Scanners and broken clients fail here all day: below the default log level.
-            self.worker.stats.handshakes_failed[short_reason(e)] += 1
-            self.close(f"handshake failed: {reason(e)}", DEBUG)
+            self.worker.handshake_failed(self, e)
             return
         if state == WANT_READ:
             self.want_write(end, None)
@@ -407,17 +418,7 @@ class Relay:
             return
         self.want_write(end, None)
         self.hs_end = None
-        s = end.tls
-        name = servername(end.ssl)  # ASCII (an A-label) or nothing, as the ssl module has it
-        sni = name.decode() if name and name.isascii() else None
-        self.tls_info = info = (s.version(), (s.cipher() or ("",))[0], sni,
-                                s.selected_alpn_protocol(), s.session_reused)
-        stats = self.worker.stats
-        stats.handshakes += 1
-        stats.tls_version[info[0]] += 1
-        stats.cipher[info[1]] += 1
-        stats.resumed += info[4]
-        stats.handshake_seconds.observe(_now() - self.started)
+        self.worker.handshaken(self, end.tls, servername(end.ssl))
         self.hs_next()
         if not self.flows and not self.closed:
             # Still connecting: not a byte is read until the backend is there. (When the
@@ -438,7 +439,7 @@ class Relay:
         self.connecting = _now()
         err = sock.connect_ex(sockaddr)
         if err not in (0, errno.EINPROGRESS):
-            self._backend_failed(os.strerror(err))
+            self.worker.backend_failed(self, os.strerror(err))
         elif self.worker.client_mode:  # TLS towards the backend: handshake once connected
             self.worker.arm(self, "backend connect")
             self.want_write(self.back, self._connected)
@@ -453,26 +454,22 @@ class Relay:
 
     def established(self) -> None:
         """The backend answered (a write went through, or it sent data or EOF)."""
-        self.worker.stats.connect_seconds.observe(_now() - self.connecting)
+        self.connect_seconds = _now() - self.connecting
         self.connecting = 0.0
         self.worker.disarm(self)
 
     def end_failed(self, end: End, why: str) -> None:
         if end is self.back and self.connecting:
-            self._backend_failed(why)
+            self.worker.backend_failed(self, why)
         else:
             self.close(f"{end.name} {why}", INFO)
-
-    def _backend_failed(self, why: str) -> None:
-        self.worker.stats.backend_connect_failed += 1
-        self.close(f"backend connect failed: {why}", INFO)
 
     def backend_ready(self) -> bool:
         """While connecting: is the backend there yet? (A failed connect closes the relay.)"""
         sock = self.back.sock
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self._backend_failed(os.strerror(err))
+            self.worker.backend_failed(self, os.strerror(err))
             return False
         try:
             sock.getpeername()
@@ -481,21 +478,16 @@ class Relay:
         self.established()
         return True
 
-    def timed_out(self, kind: str) -> None:
-        """The worker's deadline of this kind ("handshake", "backend connect") passed."""
-        if kind == "backend connect":
-            if self.closed or not self.connecting or self.backend_ready() or self.closed:
-                return  # connected meanwhile, or backend_ready() found the connect failed
-            self.worker.stats.backend_connect_failed += 1
-        self.worker.stats.timeouts[kind] += 1
-        self.close(f"{kind} timeout", INFO)
+    @property
+    def relaying(self) -> bool:
+        return bool(self.flows)
 
     def _connected(self) -> None:
         """--client: the backend connect completed (or failed)."""
         self.want_write(self.back, None)
         err = self.back.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self._backend_failed(os.strerror(err))
+            self.worker.backend_failed(self, os.strerror(err))
             return
         self.established()
         self.worker.arm(self, "handshake")
@@ -507,26 +499,11 @@ class Relay:
         up = Flow(self, front, back)
         self.flows = (up, Flow(self, back, front))
         self.want_read(back, self.flows[1].readable)  # a backend may speak first
-        header = self._client_header()
+        header = self.worker.client_header(self)
         up.nbytes = -len(header)  # the header is ours, not the client's: not counted
         if header and not up.write(memoryview(header)):
             return  # the client is read once the header is out
         self.want_read(front, up.readable)
-
-    def _client_header(self) -> bytes:
-        mode = self.worker.mode
-        if mode is None:
-            return b""
-        if mode == "proxy-proxy":
-            return self.pbuf  # the client's PROXY header, byte for byte
-        peer, local = self.peer[:2], self.local[:2]
-        if mode == "write-ip":
-            return proxyproto.write_ip(peer[0])
-        if mode == "write-proxy":
-            return proxyproto.v1(peer, local)
-        version, cipher, sni, alpn, _ = self.tls_info or (None, None, None, None, None)
-        return proxyproto.v2(peer, local, alpn=alpn.encode() if alpn else None, authority=sni,
-                             ssl_version=version, ssl_cipher=cipher)
 
     # -- the end ----------------------------------------------------------------------------
     def flow_done(self) -> None:
@@ -552,19 +529,7 @@ class Relay:
         self.worker.disarm(self)
         up, down = (max(f.nbytes, 0) for f in self.flows) if self.flows else (0, 0)
         self.flows, self.hs_next = (), None
-        stats = self.worker.stats
-        stats.bytes_up += up
-        stats.bytes_down += down
-        self.worker.closed(self, up)
-        if log.level >= level:
-            version, cipher, sni, alpn, resumed = self.tls_info or ("-", "-", None, None, False)
-            # The connection log line, formatted directly (a generic key=value writer cost twice
-            # as much): only the SNI name and the reason can hold spaces or client-chosen bytes.
-            log.line(level, f"op=\"connection closed\" client={fmt_addr(self.peer)} "
-                     f"sni={quoted(sni) if sni else '-'} tls={version or '-'} "
-                     f"cipher={cipher or '-'} alpn={alpn or '-'} resumed={int(resumed)} "
-                     f"up={up} down={down} "
-                     f"duration={_now() - self.started:.3f} reason={quoted(why)}")
+        self.worker.closed(self, why, level, up, down)
 
 
 def short_reason(e: BaseException) -> str:

@@ -19,11 +19,12 @@ import ssl
 import time
 import traceback
 
+from stud import proxyproto
 from stud.config import Config
-from stud.log import log
+from stud.log import DEBUG, INFO, log, quoted
 from stud.metrics import Stats
 from stud.ratelimit import EmptyConnLimiter
-from stud.relay import Relay, Sock, new_watch
+from stud.relay import Conn, Relay, Sock, fmt_addr, handshake_error, new_watch, reason, short_reason
 
 try:  # imported by the master: after chroot the worker could not import it any more
     import uvloop
@@ -59,7 +60,6 @@ class Worker:
         self.deadlines: dict[str, tuple[float, dict[Relay, float]]] = {
             "handshake": (cfg.ssl_handshake_timeout, {}),
             "backend connect": (cfg.backend_connect_timeout, {})}
-        self.sweeping: asyncio.TimerHandle | None = None
         self.drain_timeout = cfg.drain_timeout
         self.idle_timeout = cfg.idle_timeout
         self.max_conns = cfg.max_connections or None
@@ -77,6 +77,12 @@ class Worker:
         self.fd_logged = 0.0
         self.loop = new_loop()
         self.watch = new_watch(self.loop, self._on_callback_error)
+        # The default path runs each connection as a Conn, all in C, where it is built;
+        # --proxy-proxy and --client (and the pure-Python path) as a relay.Relay.
+        self.conn_type = Conn if not cfg.client and self.mode != "proxy-proxy" else None
+        if self.conn_type:
+            self.watch.configure(*backend, cfg.ssl_handshake_timeout,
+                                 cfg.backend_connect_timeout, self.mode is not None)
 
     def run(self) -> int:
         # What the master built is never garbage: keep the cycle collector off it (shorter
@@ -92,6 +98,7 @@ class Worker:
         loop.add_reader(self.ctl.fileno(), self._from_master)
         self._to_master(b"R")
         self._tick()
+        self._sweep()
         log.info(f"{{core}} Process {os.getpid()} online")
         try:
             loop.run_forever()
@@ -141,7 +148,7 @@ class Worker:
         now = time.monotonic()
         if self.idle_timeout:
             limit = now - self.idle_timeout
-            for relay in [r for r in self.conns if r.active < limit and r.flows]:
+            for relay in [r for r in self.conns if r.active < limit and r.relaying]:
                 self.stats.timeouts["idle"] += 1
                 relay.close("idle timeout")
         if self.limiter and int(now) % 60 == 0:
@@ -149,13 +156,12 @@ class Worker:
         self.loop.call_later(1.0, self._tick)
 
     # -- timeouts: a relay has at most one armed; a sweep every SWEEP seconds fires them ------
+    # (Conns keep their deadlines in the Poller.)
     def arm(self, relay: Relay, kind: str) -> None:
         self.disarm(relay)
         seconds, armed = self.deadlines[kind]
         armed[relay] = time.monotonic() + seconds
         relay.armed = armed
-        if self.sweeping is None:
-            self.sweeping = self.loop.call_later(SWEEP, self._sweep)
 
     def disarm(self, relay: Relay) -> None:
         if relay.armed is not None:
@@ -163,7 +169,6 @@ class Worker:
             relay.armed = None
 
     def _sweep(self) -> None:
-        self.sweeping = None
         now = time.monotonic()
         for kind, (_, armed) in self.deadlines.items():
             while armed:
@@ -171,9 +176,61 @@ class Worker:
                 if deadline > now:
                     break
                 self.disarm(relay)
-                relay.timed_out(kind)
-        if any(armed for _, armed in self.deadlines.values()):
-            self.sweeping = self.loop.call_later(SWEEP, self._sweep)
+                self.timed_out(relay, kind)
+        if self.conn_type:
+            for conn, kind in self.watch.expired(now):
+                self.timed_out(conn, kind)
+        self.loop.call_later(SWEEP, self._sweep)
+
+    def timed_out(self, relay: Relay | Conn, kind: str) -> None:
+        """The deadline of this kind ("handshake", "backend connect") passed."""
+        if kind == "backend connect":
+            if relay.closed or not relay.connecting or relay.backend_ready() or relay.closed:
+                return  # connected meanwhile, or backend_ready() found the connect failed
+            self.stats.backend_connect_failed += 1
+        self.stats.timeouts[kind] += 1
+        relay.close(f"{kind} timeout", INFO)
+
+    # -- what relays and Conns report ---------------------------------------------------------
+    def handshaken(self, relay: Relay | Conn, tls: object, name: bytes | None) -> None:
+        """A handshake completed on tls (name: the SNI name the client sent, if any)."""
+        sni = name.decode() if name and name.isascii() else None  # an A-label, as ssl has it
+        relay.tls_info = info = (tls.version(), (tls.cipher() or ("",))[0], sni,
+                                 tls.selected_alpn_protocol(), tls.session_reused)
+        stats = self.stats
+        stats.handshakes += 1
+        stats.tls_version[info[0]] += 1
+        stats.cipher[info[1]] += 1
+        stats.resumed += info[4]
+        stats.handshake_seconds.observe(time.monotonic() - relay.started)
+
+    def handshake_failed(self, relay: Relay | Conn, err: BaseException | int) -> None:
+        """err: what ssl raised, or a failed state of stud._flow's handshake step."""
+        if isinstance(err, int):
+            err = handshake_error(relay.tls, err)
+        # Scanners and broken clients fail here all day: below the default log level.
+        self.stats.handshakes_failed[short_reason(err)] += 1
+        relay.close(f"handshake failed: {reason(err)}", DEBUG)
+
+    def backend_failed(self, relay: Relay | Conn, why: str) -> None:
+        self.stats.backend_connect_failed += 1
+        relay.close(f"backend connect failed: {why}", INFO)
+
+    def client_header(self, relay: Relay | Conn) -> bytes:
+        """What the backend reads first: the client's address, as the mode has it."""
+        mode = self.mode
+        if mode is None:
+            return b""
+        if mode == "proxy-proxy":
+            return relay.pbuf  # the client's PROXY header, byte for byte
+        peer, local = relay.peer[:2], relay.local[:2]
+        if mode == "write-ip":
+            return proxyproto.write_ip(peer[0])
+        if mode == "write-proxy":
+            return proxyproto.v1(peer, local)
+        version, cipher, sni, alpn, _ = relay.tls_info or (None, None, None, None, None)
+        return proxyproto.v2(peer, local, alpn=alpn.encode() if alpn else None, authority=sni,
+                             ssl_version=version, ssl_cipher=cipher)
 
     # -- accepting ---------------------------------------------------------------------------
     def _accepting(self, on: bool) -> None:
@@ -220,9 +277,19 @@ class Worker:
         except OSError:
             sock.close()
             return
-        relay = Relay(self, sock, peer, local)
-        self.conns.add(relay)
-        relay.start()
+        if self.conn_type is None:
+            relay = Relay(self, sock, peer, local)
+            self.conns.add(relay)
+            relay.start()
+            return
+        conn = self.conn_type(self.watch, self, sock, peer, local)
+        self.conns.add(conn)
+        try:
+            tls = self.ssl_context._wrap_socket(sock, True, None, owner=conn)
+        except OSError as e:
+            conn.close(f"client {reason(e)}", DEBUG)
+            return
+        conn.start(tls)
 
     def _park(self, sock: Sock, peer: tuple) -> None:
         """Delay a limited client: its socket waits, un-handshaked, then is served as usual."""
@@ -259,9 +326,23 @@ class Worker:
             self.fd_pause_until = 0.0
         self._accepting(True)
 
-    def closed(self, relay: Relay, up: int) -> None:
-        """Called by each relay once, when it is closed, with the client's bytes delivered."""
+    def closed(self, relay: Relay | Conn, why: str, level: int, up: int, down: int) -> None:
+        """Called by each relay once, when it is closed, with the bytes delivered each way."""
         self.conns.discard(relay)
+        stats = self.stats
+        stats.bytes_up += up
+        stats.bytes_down += down
+        if relay.connect_seconds is not None:
+            stats.connect_seconds.observe(relay.connect_seconds)
+        if log.level >= level:
+            version, cipher, sni, alpn, resumed = relay.tls_info or ("-", "-", None, None, False)
+            # The connection log line, formatted directly (a generic key=value writer cost twice
+            # as much): only the SNI name and the reason can hold spaces or client-chosen bytes.
+            log.line(level, f"op=\"connection closed\" client={fmt_addr(relay.peer)} "
+                     f"sni={quoted(sni) if sni else '-'} tls={version or '-'} "
+                     f"cipher={cipher or '-'} alpn={alpn or '-'} resumed={int(resumed)} "
+                     f"up={up} down={down} "
+                     f"duration={time.monotonic() - relay.started:.3f} reason={quoted(why)}")
         if self.limiter and relay.tls_info:
             self.limiter.record(relay.peer[0], up == 0, time.monotonic())
         if self.draining:

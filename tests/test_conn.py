@@ -1,0 +1,284 @@
+"""stud._flow.Conn in this process, on real sockets and real TLS: what it reports to the worker,
+and that it leaves no references behind (a C object's refcount errors only show up here, or
+as a crash thousands of connections later)."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import select
+import socket
+import ssl
+import sys
+import threading
+import time
+import weakref
+
+import pytest
+from conftest import client_ctx
+
+from stud import relay
+
+if relay.Conn is None:
+    pytest.skip("stud._flow is not built", allow_module_level=True)
+
+
+class Hooks:
+    """The worker's side of a Conn, recording what it is told."""
+
+    def __init__(self, header: bytes = b"") -> None:
+        self.header = header
+        self.events: list[tuple] = []
+        self.open: set = set()
+
+    def handshaken(self, conn, tls, name) -> None:
+        conn.tls_info = (tls.version(), None, name, None, False)
+        self.events.append(("handshaken", tls.version(), name))
+
+    def client_header(self, conn) -> bytes:
+        return self.header
+
+    def handshake_failed(self, conn, state) -> None:
+        err = relay.handshake_error(conn.tls, state)
+        self.events.append(("handshake_failed", type(err).__name__))
+        conn.close(f"handshake failed: {relay.reason(err)}", 2)
+
+    def backend_failed(self, conn, why) -> None:
+        self.events.append(("backend_failed", why))
+        conn.close(f"backend connect failed: {why}")
+
+    def closed(self, conn, why, level, up, down) -> None:
+        self.open.discard(conn)
+        self.events.append(("closed", why, up, down))
+
+
+class Rig:
+    """A listener whose connections become Conns, served by a Poller on this thread."""
+
+    def __init__(self, pem: str, backend_port: int, hooks: Hooks, *, header: bool = False,
+                 handshake_timeout: float = 30.0) -> None:
+        self.errors: list[BaseException] = []
+        self.poller = relay._flow.Poller(self.errors.append)
+        self.poller.configure(socket.AF_INET, ("127.0.0.1", backend_port), handshake_timeout,
+                              10.0, header)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(pem)
+        self.ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF  # as stud's: a FIN ends the stream
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.lsock.setblocking(False)
+        self.port = self.lsock.getsockname()[1]
+        self.hooks = hooks
+        self.conns: list[weakref.ref] = []
+
+    def serve_until(self, done: threading.Event, timeout: float = 20.0) -> None:
+        end = time.monotonic() + timeout
+        while not done.is_set() and time.monotonic() < end:
+            ready, _, _ = select.select([self.lsock, self.poller.fileno()], [], [], 0.05)
+            if self.lsock in ready:
+                sock, peer = self.lsock.accept()
+                sock = relay.Sock(socket.AF_INET, socket.SOCK_STREAM, 0, sock.detach())
+                sock.setblocking(False)
+                conn = relay.Conn(self.poller, self.hooks, sock, peer, ())
+                self.hooks.open.add(conn)
+                self.conns.append(weakref.ref(conn))
+                conn.start(self.ctx._wrap_socket(sock, True, None, owner=conn))
+            self.poller.dispatch()
+        assert done.is_set(), "the client did not finish in time"
+
+    def close(self) -> None:
+        self.lsock.close()
+        self.poller.close()
+
+
+def echo_backend() -> tuple[socket.socket, threading.Thread]:
+    """A backend that echoes each connection until EOF, then closes it."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        while True:
+            try:
+                sock, _ = lsock.accept()
+            except OSError:
+                return
+            with sock:
+                while data := sock.recv(65536):
+                    sock.sendall(data)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return lsock, t
+
+
+def in_thread(fn) -> threading.Event:
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised by the test below
+            failures.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    done.failures = failures
+    return done
+
+
+def run_one(rig: Rig, client) -> None:
+    done = in_thread(client)
+    rig.serve_until(done)
+    assert not done.failures, done.failures
+    # The clients close their TLS side last; let the Conns see those ends.
+    end = time.monotonic() + 5
+    while rig.hooks.open and time.monotonic() < end:
+        select.select([rig.poller.fileno()], [], [], 0.05)
+        rig.poller.dispatch()
+
+
+def test_connections_relay_and_leave_no_references_behind(pem):
+    backend, _ = echo_backend()
+    hooks = Hooks()
+    rig = Rig(pem, backend.getsockname()[1], hooks)
+    payload = bytes(range(256)) * 400  # 100 KiB: more than one read, both ways
+    count = 60
+
+    def clients(n: int = count) -> None:
+        for i in range(n):
+            ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2 if i % 2 else
+                             ssl.TLSVersion.TLSv1_3)
+            with socket.create_connection(("127.0.0.1", rig.port), timeout=10) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="stud.test") as s:
+                s.sendall(payload)
+                got = b""
+                while len(got) < len(payload):
+                    got += s.recv(65536)
+                assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+
+    def refs() -> tuple[int, int, int]:
+        return sys.getrefcount(None), sys.getrefcount(True), sys.getrefcount(False)
+
+    try:
+        # Warm up (first-use caches), then count references across many connections.
+        run_one(rig, lambda: clients(4))
+        hooks.events.clear()
+        rig.conns.clear()
+        gc.collect()
+        before = refs()
+        run_one(rig, clients)
+        assert not hooks.open
+        gc.collect()
+        after = refs()
+    finally:
+        rig.close()
+        backend.close()
+    assert not rig.errors
+    closed = [e for e in hooks.events if e[0] == "closed"]
+    assert len(closed) == count
+    assert {(why, up, down) for _, why, up, down in closed} == {
+        ("closed", len(payload), len(payload))}
+    assert [e[1] for e in hooks.events if e[0] == "handshaken"] == \
+        ["TLSv1.3", "TLSv1.2"] * (count // 2)
+    assert all(e[2] == b"stud.test" for e in hooks.events if e[0] == "handshaken")
+    # A refcount error costs one reference (or more) per connection; allow a little slack
+    # for objects the interpreter caches meanwhile.
+    assert [abs(a - b) < count // 2 for a, b in zip(before, after, strict=True)] == [True] * 3
+    assert [r() for r in rig.conns] == [None] * count  # every Conn freed
+
+
+def test_header_goes_first_and_is_not_counted(pem):
+    lsock = socket.create_server(("127.0.0.1", 0))
+    hooks = Hooks(header=b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
+    rig = Rig(pem, lsock.getsockname()[1], hooks, header=True)
+    seen = []
+
+    def backend() -> None:
+        sock, _ = lsock.accept()
+        with sock:
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+            seen.append(data)
+
+    threading.Thread(target=backend, daemon=True).start()
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", rig.port), timeout=10) as raw, \
+                client_ctx().wrap_socket(raw) as s:
+            s.sendall(b"hello")
+            s.unwrap()  # close_notify: the backend gets a FIN after the bytes
+
+    try:
+        run_one(rig, client)
+        end = time.monotonic() + 5
+        while not seen and time.monotonic() < end:
+            time.sleep(0.01)
+    finally:
+        rig.close()
+        lsock.close()
+    assert seen == [hooks.header + b"hello"]
+    assert [e for e in hooks.events if e[0] == "closed"] == [("closed", "closed", 5, 0)]
+
+
+def test_a_down_backend_is_reported_once(pem):
+    with socket.create_server(("127.0.0.1", 0)) as gone:
+        port = gone.getsockname()[1]  # closed at once: connections are refused
+    hooks = Hooks()
+    rig = Rig(pem, port, hooks)
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", rig.port), timeout=10) as raw, \
+                client_ctx().wrap_socket(raw) as s:
+            s.sendall(b"x")
+            assert s.recv(10) == b""
+
+    try:
+        run_one(rig, client)
+    finally:
+        rig.close()
+    assert [e for e in hooks.events if e[0] != "handshaken"] == [
+        ("backend_failed", "Connection refused"),
+        ("closed", "backend connect failed: Connection refused", 0, 0)]
+
+
+def test_garbage_fails_the_handshake_and_never_reaches_the_backend(pem):
+    with socket.create_server(("127.0.0.1", 0)) as gone:
+        port = gone.getsockname()[1]
+    hooks = Hooks()
+    rig = Rig(pem, port, hooks)
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", rig.port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            try:
+                s.recv(100)  # an alert, or a reset: the request was not read
+            except ConnectionResetError:
+                pass
+
+    try:
+        run_one(rig, client)
+    finally:
+        rig.close()
+    assert hooks.events[0] == ("handshake_failed", "SSLError")
+    assert hooks.events[1][:2] == ("closed", "handshake failed: TLS error: HTTP_REQUEST")
+    assert len(hooks.events) == 2
+
+
+def test_a_silent_client_expires_with_its_handshake_deadline(pem):
+    hooks = Hooks()
+    rig = Rig(pem, 9, hooks, handshake_timeout=0.2)
+    try:
+        with socket.create_connection(("127.0.0.1", rig.port), timeout=10):
+            end = time.monotonic() + 5
+            while not rig.conns and time.monotonic() < end:
+                rig.serve_until(in_thread(lambda: time.sleep(0.01)))
+            conn = rig.conns[0]()
+            assert rig.poller.expired(time.monotonic()) == []
+            time.sleep(0.25)
+            assert rig.poller.expired(time.monotonic()) == [(conn, "handshake")]
+            assert rig.poller.expired(time.monotonic() + 60) == []  # disarmed once reported
+            conn.close("handshake timeout")
+    finally:
+        rig.close()
+    assert hooks.events == [("closed", "handshake timeout", 0, 0)]
