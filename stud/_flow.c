@@ -1156,7 +1156,8 @@ static int dir_finish(Conn *c, int s) {
             tls_failure(err, saved, why);
             return end_failed(c, FRONT, why);
         }
-    } else if (shutdown(c->fd[BACK], SHUT_WR) < 0) {
+    } else if (!c->dir[BACK].done && shutdown(c->fd[BACK], SHUT_WR) < 0) {
+        /* (Once the backend's side is done too, the close right after sends the FIN.) */
         if (would_block(errno))
             return conn_want(c, BACK, EPOLLOUT, 1);
         snprintf(why, WHY, "%s", strerror(errno));
@@ -1227,7 +1228,9 @@ static int dir_readable(Conn *c, int s) {
         if (w <= 0)
             return w; /* the other side is full: reading resumes in dir_writable() */
     }
-    if (d->eof && (conn_want(c, s, EPOLLIN, 0) < 0 || dir_finish(c, s) < 0))
+    /* At EOF: finish first, so that when that ends the Conn its fds simply close (closing
+       takes them out of the epoll set: no system call). */
+    if (d->eof && (dir_finish(c, s) < 0 || conn_want(c, s, EPOLLIN, 0) < 0))
         return -1;
     return 0;
 }
@@ -1299,7 +1302,9 @@ static int conn_connect(Conn *c) {
         goto out;
     if (c->state != ST_CLOSED && c->connecting)
         arm(c, K_CONNECT);
-    r = 0;
+    /* A client's first bytes usually came with its Finished (TLS 1.3, resumptions): read them
+       now rather than after another trip through the event loop. */
+    r = c->state != ST_CLOSED && (c->mask[FRONT] & EPOLLIN) ? dir_readable(c, FRONT) : 0;
 out:
     Py_XDECREF(header);
     return r;
