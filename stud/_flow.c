@@ -1,11 +1,12 @@
 /*
- * stud._flow: the relay's data pump (stud.relay.PyFlow) and its fd poller, in C.
+ * stud._flow: stud's connections in C: Conn (a whole default-path connection), Flow (the data
+ * pump of relay.Relay, which runs --proxy-proxy and --client) and the Poller they live in.
  *
- * Profiles put a third of stud's own per-connection CPU in Flow's Python bytecode: one
- * SSL_read/recv and one send/SSL_write per event cost less than the interpreter around them.
- * This is the same state machine, line for line (relay.py's PyFlow is the reference and the
- * fallback); everything that is not moving bytes (fd interest, errors, the connect, the end)
- * stays in Python and is called back through the Relay.
+ * Profiles put a third of stud's own per-connection CPU in Flow's Python bytecode (one
+ * SSL_read/recv and one send/SSL_write per event cost less than the interpreter around them),
+ * and, once that was compiled, the rest in twenty small Python steps of the Relay's life:
+ * Conn is that life in C. Both follow relay.py's PyFlow state machine, the reference and the
+ * pure-Python fallback.
  *
  * OpenSSL is reached through function pointers that stud.sslext takes from the libssl that
  * CPython's _ssl module uses (init()), and SSL* pointers that sslext checked: no OpenSSL

@@ -7,8 +7,10 @@ per idle connection, all included, against 24 KiB for uvloop's memory-BIO transp
 for asyncio's). Data moves through one buffer shared by the whole process: what cannot be
 written at once is kept (at most one read's worth per direction) and reading from the source
 pauses until it is flushed, so a slow reader throttles the other side instead of growing memory.
-The data pump (Flow) and the handshake step are compiled (stud/_flow.c) where built; PyFlow and
-_py_handshake are the same logic in Python, the reference and the fallback.
+Where stud/_flow.c is built, a default-path connection is a _flow.Conn: this same life, all in
+C. Relay runs --proxy-proxy and --client there, with the compiled data pump (Flow) and handshake
+step; without the C module it runs every connection, with PyFlow and _py_handshake, the same
+logic in Python (the reference).
 
 Half-close is passed on in both directions: a client's close_notify or FIN becomes
 shutdown(SHUT_WR) towards the backend and the backend's reply still flows back; a backend's FIN
