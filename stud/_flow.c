@@ -38,6 +38,11 @@ static int (*SSL_do_handshake_)(SSL *);
 static void *(*SSL_get_SSL_CTX_)(const SSL *);
 static const char *(*SSL_get_servername_)(const SSL *, int);
 static void (*SSL_set_shutdown_)(SSL *, int);
+static const char *(*SSL_get_version_)(const SSL *);
+static const void *(*SSL_get_current_cipher_)(const SSL *);
+static const char *(*SSL_CIPHER_get_name_)(const void *);
+static void (*SSL_get0_alpn_selected_)(const SSL *, const unsigned char **, unsigned int *);
+static int (*SSL_session_reused_)(const SSL *);
 static unsigned long (*ERR_get_error_)(void);
 static void (*ERR_clear_error_)(void);
 static void (*ERR_error_string_n_)(unsigned long, char *, size_t);
@@ -543,6 +548,26 @@ typedef struct {
 typedef struct Conn Conn;
 enum { K_HANDSHAKE, K_CONNECT, NKINDS }; /* Conn deadlines */
 
+/* Handshake counts by name (OpenSSL's version and cipher names are static strings: the
+   pointer is the key), each with its Python string, made once. */
+#define MAX_NAMES 64
+#define MAX_BOUNDS 32
+typedef struct {
+    const char *name;
+    PyObject *str;
+    long long n;
+} Named;
+
+typedef struct {
+    long long handshakes, resumed;
+    Named version[MAX_NAMES], cipher[MAX_NAMES];
+    int nversion, ncipher;
+    double bounds[MAX_BOUNDS]; /* the handshake-duration histogram (metrics.HS_BUCKETS) */
+    int nbounds;
+    long long counts[MAX_BOUNDS + 1];
+    double sum;
+} HsStats;
+
 typedef struct Poller {
     PyObject_HEAD
     int ep;
@@ -555,6 +580,7 @@ typedef struct Poller {
     struct sockaddr_storage backend;
     socklen_t backend_len;
     int want_header; /* Conns ask the worker for a client-address header */
+    HsStats hs;      /* the Conns' handshakes since the last take_handshakes() */
 } Poller;
 
 static int conn_event(Conn *c, int fd, uint32_t ev);
@@ -759,6 +785,10 @@ static int Poller_clear(Poller *self) {
         Py_CLEAR(self->slots[i].conn);
     }
     Py_CLEAR(self->on_error);
+    for (int i = 0; i < MAX_NAMES; i++) {
+        Py_CLEAR(self->hs.version[i].str);
+        Py_CLEAR(self->hs.cipher[i].str);
+    }
     return 0;
 }
 
@@ -789,7 +819,7 @@ static int Poller_traverse(Poller *self, visitproc visit, void *arg) {
 
 static void Poller_dealloc(Poller *self) {
     PyObject_GC_UnTrack(self);
-    Poller_clear(self);
+    Poller_clear(self); /* (also drops the name strings) */
     if (self->ep >= 0)
         close(self->ep);
     PyMem_Free(self->slots);
@@ -798,12 +828,15 @@ static void Poller_dealloc(Poller *self) {
 
 static PyObject *Poller_configure(Poller *self, PyObject *args);
 static PyObject *Poller_expired(Poller *self, PyObject *arg);
+static PyObject *Poller_take_handshakes(Poller *self, PyObject *unused);
 
 static PyMethodDef Poller_methods[] = {
     {"configure", (PyCFunction)Poller_configure, METH_VARARGS,
      "configure(backend family, sockaddr, handshake timeout, connect timeout, header?) for Conns"},
     {"expired", (PyCFunction)Poller_expired, METH_O,
      "expired(now): [(conn, kind)] past their deadline, disarmed"},
+    {"take_handshakes", (PyCFunction)Poller_take_handshakes, METH_NOARGS,
+     "the Conns' handshake counts since the last call"},
     {"set_reader", (PyCFunction)(void (*)(void))Poller_set_reader, METH_FASTCALL,
      "set_reader(fd, callback or None)"},
     {"set_writer", (PyCFunction)(void (*)(void))Poller_set_writer, METH_FASTCALL,
@@ -856,6 +889,11 @@ static PyObject *flow_init(PyObject *mod, PyObject *args) {
         {"SSL_get_SSL_CTX", (void **)&SSL_get_SSL_CTX_},
         {"SSL_get_servername", (void **)&SSL_get_servername_},
         {"SSL_set_shutdown", (void **)&SSL_set_shutdown_},
+        {"SSL_get_version", (void **)&SSL_get_version_},
+        {"SSL_get_current_cipher", (void **)&SSL_get_current_cipher_},
+        {"SSL_CIPHER_get_name", (void **)&SSL_CIPHER_get_name_},
+        {"SSL_get0_alpn_selected", (void **)&SSL_get0_alpn_selected_},
+        {"SSL_session_reused", (void **)&SSL_session_reused_},
     };
     void *got[sizeof want_fns / sizeof want_fns[0]];
     for (size_t i = 0; i < sizeof want_fns / sizeof want_fns[0]; i++) {
@@ -956,10 +994,10 @@ static PyObject *flow_servername(PyObject *mod, PyObject *arg) {
  *
  * On the default path (TLS server, no --proxy-proxy) a connection is a Conn: handshake,
  * backend connect, both directions and the end run here, dispatched by the Poller, with no
- * Python frame in between. Python is called once after the handshake (Worker.handshaken:
- * stats, and the client-address header where one is configured) and once at the end
- * (Worker.closed: stats and the log line); failures go through Worker.handshake_failed and
- * Worker.backend_failed. Each direction is the Flow state machine above (relay.PyFlow in
+ * Python frame in between; the handshake counters are kept here too (take_handshakes()).
+ * Python is called at the end (Worker.closed: stats and the log line), after the handshake
+ * only where a client-address header is configured (Worker.client_header), and on failures
+ * (Worker.handshake_failed, Worker.backend_failed). Each direction is the Flow state machine above (relay.PyFlow in
  * Python); relay.Relay is the same life in Python, used for --proxy-proxy, --client and the
  * pure-Python path. */
 
@@ -990,7 +1028,7 @@ struct Conn {
     Dir dir[2];        /* dir[s]: read from side s, written to side 1 - s */
 };
 
-static PyObject *s_handshaken, *s_handshake_failed, *s_backend_failed, *s_client_header,
+static PyObject *s_handshake_failed, *s_backend_failed, *s_client_header,
     *s_close, *s_fileno;
 
 static double now(void) {
@@ -1274,6 +1312,10 @@ static int conn_connect(Conn *c) {
             PyErr_SetString(PyExc_TypeError, "client_header() must return bytes");
             return -1;
         }
+        if (c->state == ST_CLOSED) {
+            Py_DECREF(header);
+            return 0;
+        }
     }
     int r = -1;
     int fd = socket(p->backend.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -1311,6 +1353,67 @@ out:
     return r;
 }
 
+/* The counter of name in table t (added, with its string, the first time). */
+static Named *named(Named *t, int *n, const char *name) {
+    for (int i = 0; i < *n; i++)
+        if (t[i].name == name)
+            return &t[i];
+    for (int i = 0; i < *n; i++) /* the same text at another address (never seen so far) */
+        if (!strcmp(t[i].name, name))
+            return &t[i];
+    if (*n == MAX_NAMES)
+        return &t[MAX_NAMES - 1]; /* more names than TLS has: counted with the last one */
+    PyObject *str = PyUnicode_DecodeUTF8(name, strlen(name), "replace");
+    if (!str)
+        return NULL;
+    t[*n] = (Named){name, str, 0};
+    return &t[(*n)++];
+}
+
+/* As Worker.handshaken() for a relay.Relay: conn.tls_info (version, cipher, SNI name, ALPN
+   protocol, resumed) as the ssl module gives them, and the handshake counters. */
+static int handshaken(Conn *c) {
+    HsStats *h = &c->poller->hs;
+    const char *version = SSL_get_version_(c->ssl);
+    const void *cipher = SSL_get_current_cipher_(c->ssl);
+    Named *v = named(h->version, &h->nversion, version ? version : "");
+    Named *ci = named(h->cipher, &h->ncipher, cipher ? SSL_CIPHER_get_name_(cipher) : "");
+    if (!v || !ci)
+        return -1;
+    /* The SNI name as ssl has it: an ASCII A-label, else nothing. */
+    const char *name = SSL_get_servername_(c->ssl, 0 /* TLSEXT_NAMETYPE_host_name */);
+    size_t len = name ? strlen(name) : 0;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)name[i] >= 0x80)
+            len = 0;
+    const unsigned char *alpn = NULL;
+    unsigned int alen = 0;
+    SSL_get0_alpn_selected_(c->ssl, &alpn, &alen);
+    PyObject *sni = len ? PyUnicode_DecodeASCII(name, (Py_ssize_t)len, NULL) : Py_NewRef(Py_None);
+    PyObject *proto = alen ? PyUnicode_DecodeUTF8((const char *)alpn, alen, "replace")
+                           : Py_NewRef(Py_None);
+    int resumed = SSL_session_reused_(c->ssl) == 1;
+    PyObject *info = sni && proto ? PyTuple_Pack(5, v->str, ci->str, sni, proto,
+                                                 resumed ? Py_True : Py_False)
+                                  : NULL;
+    Py_XDECREF(sni);
+    Py_XDECREF(proto);
+    if (!info)
+        return -1;
+    Py_XSETREF(c->tls_info, info);
+    h->handshakes++;
+    h->resumed += resumed;
+    v->n++;
+    ci->n++;
+    double seconds = now() - c->started;
+    int b = 0;
+    while (b < h->nbounds && h->bounds[b] < seconds) /* as bisect_left */
+        b++;
+    h->counts[b]++;
+    h->sum += seconds;
+    return 0;
+}
+
 static int conn_handshake(Conn *c) {
     errno = 0;
     int r = SSL_do_handshake_(c->ssl);
@@ -1333,18 +1436,9 @@ static int conn_handshake(Conn *c) {
     }
     disarm(c);
     c->state = ST_RELAY;
-    if (conn_want(c, FRONT, EPOLLOUT, 0) < 0)
+    if (conn_want(c, FRONT, EPOLLOUT, 0) < 0 || handshaken(c) < 0)
         return -1;
-    const char *name = SSL_get_servername_(c->ssl, 0 /* TLSEXT_NAMETYPE_host_name */);
-    PyObject *sni = name ? PyBytes_FromString(name) : Py_NewRef(Py_None);
-    PyObject *res = sni ? PyObject_CallMethodObjArgs(c->worker, s_handshaken, (PyObject *)c,
-                                                     c->tls, sni, NULL)
-                        : NULL;
-    Py_XDECREF(sni);
-    if (!res)
-        return -1;
-    Py_DECREF(res);
-    return c->state == ST_CLOSED ? 0 : conn_connect(c);
+    return conn_connect(c);
 }
 
 /* A Python error (a bug) in a Conn's hooks: close it rather than leave it hanging, and keep
@@ -1586,7 +1680,8 @@ static PyMemberDef Conn_members[] = {
     {"peer", T_OBJECT, offsetof(Conn, peer), READONLY, NULL},
     {"local", T_OBJECT, offsetof(Conn, local), READONLY, NULL},
     {"tls", T_OBJECT, offsetof(Conn, tls), READONLY, "the _ssl._SSLSocket"},
-    {"tls_info", T_OBJECT, offsetof(Conn, tls_info), 0, "set by Worker.handshaken()"},
+    {"tls_info", T_OBJECT, offsetof(Conn, tls_info), READONLY,
+     "(version, cipher, SNI name, ALPN protocol, resumed) once the handshake is done"},
     {NULL},
 };
 
@@ -1616,14 +1711,29 @@ static PyTypeObject ConnType = {
     .tp_getset = Conn_getset,
 };
 
-/* configure(backend_family, backend_sockaddr, handshake_timeout, connect_timeout, header):
-   what Conns need; sockaddr as getaddrinfo() gives it for AF_INET or AF_INET6. */
+/* configure(backend_family, backend_sockaddr, handshake_timeout, connect_timeout, header,
+   handshake_buckets): what Conns need; sockaddr as getaddrinfo() gives it for AF_INET or
+   AF_INET6; the handshake-duration histogram's upper bounds, ascending. */
 static PyObject *Poller_configure(Poller *self, PyObject *args) {
     int family, header;
-    PyObject *sa;
+    PyObject *sa, *buckets;
     double hs, ct;
-    if (!PyArg_ParseTuple(args, "iOddp:configure", &family, &sa, &hs, &ct, &header))
+    if (!PyArg_ParseTuple(args, "iOddpO:configure", &family, &sa, &hs, &ct, &header, &buckets))
         return NULL;
+    PyObject *seq = PySequence_Fast(buckets, "buckets must be a sequence");
+    if (!seq)
+        return NULL;
+    Py_ssize_t nb = PySequence_Fast_GET_SIZE(seq);
+    double bounds[MAX_BOUNDS];
+    for (Py_ssize_t i = 0; i < nb && i < MAX_BOUNDS; i++)
+        bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+    Py_DECREF(seq);
+    if (PyErr_Occurred())
+        return NULL;
+    if (nb > MAX_BOUNDS) {
+        PyErr_SetString(PyExc_ValueError, "too many buckets");
+        return NULL;
+    }
     const char *host;
     int port;
     unsigned int flowinfo = 0, scope = 0;
@@ -1657,10 +1767,49 @@ static PyObject *Poller_configure(Poller *self, PyObject *args) {
     self->timeout[K_HANDSHAKE] = hs;
     self->timeout[K_CONNECT] = ct;
     self->want_header = header;
+    memcpy(self->hs.bounds, bounds, sizeof(double) * (size_t)nb);
+    self->hs.nbounds = (int)nb;
     Py_RETURN_NONE;
 bad:
     PyErr_SetString(PyExc_ValueError, "backend: a numeric IPv4 or IPv6 address is needed");
     return NULL;
+}
+
+/* take_handshakes(): (handshakes, resumed, {version: n}, {cipher: n}, [bucket counts], sum of
+   seconds) since the last call, for the worker's Stats. */
+static PyObject *Poller_take_handshakes(Poller *self, PyObject *unused) {
+    HsStats *h = &self->hs;
+    PyObject *versions = PyDict_New(), *ciphers = PyDict_New(), *counts = PyList_New(0);
+    for (int i = 0; versions && ciphers && i < h->nversion + h->ncipher; i++) {
+        Named *x = i < h->nversion ? &h->version[i] : &h->cipher[i - h->nversion];
+        PyObject *n = x->n ? PyLong_FromLongLong(x->n) : NULL;
+        if (n && PyDict_SetItem(i < h->nversion ? versions : ciphers, x->str, n) < 0)
+            Py_CLEAR(versions);
+        Py_XDECREF(n);
+    }
+    for (int b = 0; counts && b <= h->nbounds; b++) {
+        PyObject *n = PyLong_FromLongLong(h->counts[b]);
+        if (!n || PyList_Append(counts, n) < 0)
+            Py_CLEAR(counts);
+        Py_XDECREF(n);
+    }
+    PyObject *r = versions && ciphers && counts
+                      ? Py_BuildValue("(LLOOOd)", h->handshakes, h->resumed, versions, ciphers,
+                                      counts, h->sum)
+                      : NULL;
+    Py_XDECREF(versions);
+    Py_XDECREF(ciphers);
+    Py_XDECREF(counts);
+    if (r) {
+        h->handshakes = h->resumed = 0;
+        h->sum = 0;
+        memset(h->counts, 0, sizeof h->counts);
+        for (int i = 0; i < h->nversion; i++)
+            h->version[i].n = 0;
+        for (int i = 0; i < h->ncipher; i++)
+            h->cipher[i].n = 0;
+    }
+    return r;
 }
 
 /* expired(now): [(conn, kind), ...] whose deadline passed, disarmed (the worker closes them). */
@@ -1710,7 +1859,7 @@ PyMODINIT_FUNC PyInit__flow(void) {
         {&s_inflow, "inflow"},           {&s_outflow, "outflow"},
         {&s_fd, "fd"},                   {&s_ssl, "ssl"},
         {&s_back, "back"},               {&s_context, "context"},
-        {&s_handshaken, "handshaken"},   {&s_handshake_failed, "handshake_failed"},
+        {&s_handshake_failed, "handshake_failed"},
         {&s_backend_failed, "backend_failed"}, {&s_client_header, "client_header"},
         {&s_close, "close"},             {&s_fileno, "fileno"},
     };

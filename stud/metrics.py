@@ -66,6 +66,17 @@ class Stats:
         self.connect_seconds = Histogram(CONNECT_BUCKETS)
         self.open = 0
 
+    def add_handshakes(self, handshakes: int, resumed: int, versions: dict[str, int],
+                       ciphers: dict[str, int], counts: list[int], seconds: float) -> None:
+        """Add what stud._flow.Poller.take_handshakes() counted (the Conns' handshakes)."""
+        self.handshakes += handshakes
+        self.resumed += resumed
+        self.tls_version.update(versions)
+        self.cipher.update(ciphers)
+        hist = self.handshake_seconds
+        hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
+        hist.sum += seconds
+
     def snapshot(self) -> bytes:
         data = {name: getattr(self, name) for name in COUNTERS}
         data["open"] = self.open

@@ -252,7 +252,8 @@ def flow_functions() -> dict[str, int]:
     return {name: ctypes.cast(getattr(lib, name), _P).value for lib, names in (
         (_ssl_lib, ("SSL_read", "SSL_write", "SSL_get_error", "SSL_shutdown",
                     "SSL_do_handshake", "SSL_get_SSL_CTX", "SSL_get_servername",
-                    "SSL_set_shutdown")),
+                    "SSL_set_shutdown", "SSL_get_version", "SSL_get_current_cipher",
+                    "SSL_CIPHER_get_name", "SSL_get0_alpn_selected", "SSL_session_reused")),
         (_crypto, ("ERR_get_error", "ERR_clear_error", "ERR_error_string_n")))
         for name in names}
 

@@ -22,7 +22,7 @@ import traceback
 from stud import proxyproto
 from stud.config import Config
 from stud.log import DEBUG, INFO, log, quoted
-from stud.metrics import Stats
+from stud.metrics import HS_BUCKETS, Stats
 from stud.ratelimit import EmptyConnLimiter
 from stud.relay import Conn, Relay, Sock, fmt_addr, handshake_error, new_watch, reason, short_reason
 
@@ -82,7 +82,7 @@ class Worker:
         self.conn_type = Conn if not cfg.client and self.mode != "proxy-proxy" else None
         if self.conn_type:
             self.watch.configure(*backend, cfg.ssl_handshake_timeout,
-                                 cfg.backend_connect_timeout, self.mode is not None)
+                                 cfg.backend_connect_timeout, self.mode is not None, HS_BUCKETS)
 
     def run(self) -> int:
         # What the master built is never garbage: keep the cycle collector off it (shorter
@@ -125,6 +125,8 @@ class Worker:
             pass  # the master is gone or busy; EOF handling drains us
 
     def stats_snapshot(self) -> bytes:
+        if self.conn_type:
+            self.stats.add_handshakes(*self.watch.take_handshakes())
         self.stats.open = len(self.conns)
         return self.stats.snapshot()
 
@@ -192,8 +194,9 @@ class Worker:
         relay.close(f"{kind} timeout", INFO)
 
     # -- what relays and Conns report ---------------------------------------------------------
-    def handshaken(self, relay: Relay | Conn, tls: object, name: bytes | None) -> None:
-        """A handshake completed on tls (name: the SNI name the client sent, if any)."""
+    def handshaken(self, relay: Relay, tls: object, name: bytes | None) -> None:
+        """A relay's handshake completed on tls (name: the SNI name the client sent, if any).
+        (A Conn does the same in C.)"""
         sni = name.decode() if name and name.isascii() else None  # an A-label, as ssl has it
         relay.tls_info = info = (tls.version(), (tls.cipher() or ("",))[0], sni,
                                  tls.selected_alpn_protocol(), tls.session_reused)

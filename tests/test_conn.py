@@ -18,6 +18,7 @@ import pytest
 from conftest import client_ctx
 
 from stud import relay
+from stud.metrics import HS_BUCKETS
 
 if relay.Conn is None:
     pytest.skip("stud._flow is not built", allow_module_level=True)
@@ -29,13 +30,11 @@ class Hooks:
     def __init__(self, header: bytes = b"") -> None:
         self.header = header
         self.events: list[tuple] = []
+        self.tls_info: list[tuple | None] = []
         self.open: set = set()
 
-    def handshaken(self, conn, tls, name) -> None:
-        conn.tls_info = (tls.version(), None, name, None, False)
-        self.events.append(("handshaken", tls.version(), name))
-
     def client_header(self, conn) -> bytes:
+        self.events.append(("client_header", conn.tls_info))
         return self.header
 
     def handshake_failed(self, conn, state) -> None:
@@ -50,6 +49,7 @@ class Hooks:
     def closed(self, conn, why, level, up, down) -> None:
         self.open.discard(conn)
         self.events.append(("closed", why, up, down))
+        self.tls_info.append(conn.tls_info)
 
 
 class Rig:
@@ -60,7 +60,7 @@ class Rig:
         self.errors: list[BaseException] = []
         self.poller = relay._flow.Poller(self.errors.append)
         self.poller.configure(socket.AF_INET, ("127.0.0.1", backend_port), handshake_timeout,
-                              10.0, header)
+                              10.0, header, HS_BUCKETS)
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(pem)
         self.ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF  # as stud's: a FIN ends the stream
@@ -163,11 +163,18 @@ def test_connections_relay_and_leave_no_references_behind(pem):
         # Warm up (first-use caches), then count references across many connections.
         run_one(rig, lambda: clients(4))
         hooks.events.clear()
+        hooks.tls_info.clear()
         rig.conns.clear()
+        rig.poller.take_handshakes()
         gc.collect()
         before = refs()
         run_one(rig, clients)
         assert not hooks.open
+        taken = rig.poller.take_handshakes()
+        # (Kept tls_info tuples hold None and False: count without them.)
+        infos = [(v, c, sni, str(alpn), str(resumed)) for v, c, sni, alpn, resumed in
+                 hooks.tls_info]
+        hooks.tls_info.clear()
         gc.collect()
         after = refs()
     finally:
@@ -178,9 +185,16 @@ def test_connections_relay_and_leave_no_references_behind(pem):
     assert len(closed) == count
     assert {(why, up, down) for _, why, up, down in closed} == {
         ("closed", len(payload), len(payload))}
-    assert [e[1] for e in hooks.events if e[0] == "handshaken"] == \
-        ["TLSv1.3", "TLSv1.2"] * (count // 2)
-    assert all(e[2] == b"stud.test" for e in hooks.events if e[0] == "handshaken")
+    assert [(v, sni, alpn, resumed) for v, _, sni, alpn, resumed in infos] == \
+        [("TLSv1.3", "stud.test", "None", "False"),
+         ("TLSv1.2", "stud.test", "None", "False")] * (count // 2)
+    assert {c for _, c, _, _, _ in infos} == {"TLS_AES_256_GCM_SHA384",
+                                              "ECDHE-ECDSA-AES256-GCM-SHA384"}
+    handshakes, resumed, versions, ciphers, buckets, seconds = taken
+    assert (handshakes, resumed, versions) == (count, 0, {"TLSv1.3": count // 2,
+                                                          "TLSv1.2": count // 2})
+    assert sum(ciphers.values()) == sum(buckets) == count and 0 < seconds < count
+    assert len(buckets) == len(HS_BUCKETS) + 1
     # A refcount error costs one reference (or more) per connection; allow a little slack
     # for objects the interpreter caches meanwhile.
     assert [abs(a - b) < count // 2 for a, b in zip(before, after, strict=True)] == [True] * 3
