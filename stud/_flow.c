@@ -997,9 +997,9 @@ static PyObject *flow_servername(PyObject *mod, PyObject *arg) {
  * Python frame in between; the handshake counters are kept here too (take_handshakes()).
  * Python is called at the end (Worker.closed: stats and the log line), after the handshake
  * only where a client-address header is configured (Worker.client_header), and on failures
- * (Worker.handshake_failed, Worker.backend_failed). Each direction is the Flow state machine above (relay.PyFlow in
- * Python); relay.Relay is the same life in Python, used for --proxy-proxy, --client and the
- * pure-Python path. */
+ * (Worker.handshake_failed, Worker.backend_failed). Each direction is the Flow state machine
+ * above (relay.PyFlow in Python); relay.Relay is the same life in Python, used for
+ * --proxy-proxy, --client and the pure-Python path. */
 
 enum { FRONT, BACK };
 enum { ST_HANDSHAKE, ST_RELAY, ST_CLOSED };
@@ -1837,12 +1837,14 @@ static PyMethodDef module_methods[] = {
     {"ssl_pointer", flow_ssl_pointer, METH_O, "the checked SSL* of an _ssl._SSLSocket"},
     {"servername", flow_servername, METH_O, "the SNI name the client sent, or None"},
     {"keep_session", flow_keep_session, METH_O, "keep the session cached when freed"},
-    {"handshake", flow_handshake, METH_O, "one handshake step: 1 done, 2/3 want read/write, else failed"},
+    {"handshake", flow_handshake, METH_O,
+     "one handshake step: 1 done, 2/3 want read/write, else failed"},
     {NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "stud._flow", "The relay's data pump and fd poller in C.", -1, module_methods,
+    PyModuleDef_HEAD_INIT, "stud._flow", "stud's connections in C: Conn, Flow and their Poller.",
+    -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__flow(void) {
