@@ -656,12 +656,13 @@ def test_2000_concurrent_connections_256k_each_way(stud, backend, pem):
 
 
 def test_random_mix_of_client_behaviours(multi, pem):
-    """Eight clients for 6 s, each connection picking one behaviour at random: garbage,
-    a handshake cut by a reset, an echo with checksum (TLS 1.2 or 1.3), a reset mid-stream, a
-    half-close that must still get everything back, a forged record after the handshake, a
-    client that stops reading. Every echo and half-close must be byte-exact; no worker may
-    crash or be replaced, and the daemon serves afterwards."""
+    """Eight clients for 6 s (STUD_MIX_SECONDS=60 for a soak by hand), each connection
+    picking one behaviour at random: garbage, a handshake cut by a reset, an echo with checksum
+    (TLS 1.2 or 1.3), a reset mid-stream, a half-close that must still get everything back, a
+    forged record after the handshake, a client that stops reading. Every echo and half-close
+    must be byte-exact; no worker may crash or be replaced, and the daemon serves afterwards."""
     s, workers = multi(pem, workers=2)
+    seconds = float(os.environ.get("STUD_MIX_SECONDS", "6"))
     hello = b"\x16\x03\x01\x02\x00" + b"\x01\x00\x01\xfc\x03\x03" + os.urandom(40)
     counts: dict[str, int] = {}
     wrong: list[str] = []
@@ -705,7 +706,7 @@ def test_random_mix_of_client_behaviours(multi, pem):
                 time.sleep(0.02)
 
     def client(seed: int) -> None:
-        rng, end = random.Random(seed), time.monotonic() + 6
+        rng, end = random.Random(seed), time.monotonic() + seconds
         while time.monotonic() < end:
             act = rng.choice(["garbage", "cut", "echo", "reset", "halfclose", "forged",
                               "noread"])
@@ -722,7 +723,7 @@ def test_random_mix_of_client_behaviours(multi, pem):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30)
+        t.join(seconds + 24)
     print(sorted(counts.items()))
     assert not wrong, wrong[:5]
     assert all(counts.get(a, 0) >= 5 for a in ("echo", "halfclose", "reset", "forged")), counts
