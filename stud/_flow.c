@@ -558,15 +558,19 @@ typedef struct {
     long long n;
 } Named;
 
+typedef struct { /* as metrics.Histogram */
+    double bounds[MAX_BOUNDS];
+    int nbounds;
+    long long counts[MAX_BOUNDS + 1];
+    double sum;
+} Hist;
+
 typedef struct {
     long long handshakes, resumed;
     Named version[MAX_NAMES], cipher[MAX_NAMES];
     int nversion, ncipher;
-    double bounds[MAX_BOUNDS]; /* the handshake-duration histogram (metrics.HS_BUCKETS) */
-    int nbounds;
-    long long counts[MAX_BOUNDS + 1];
-    double sum;
-} HsStats;
+    Hist handshake_seconds, connect_seconds;
+} ConnStats;
 
 typedef struct Poller {
     PyObject_HEAD
@@ -580,7 +584,7 @@ typedef struct Poller {
     struct sockaddr_storage backend;
     socklen_t backend_len;
     int want_header; /* Conns ask the worker for a client-address header */
-    HsStats hs;      /* the Conns' handshakes since the last take_handshakes() */
+    ConnStats stats; /* the Conns' counts since the last take_stats() */
 } Poller;
 
 static int conn_event(Conn *c, int fd, uint32_t ev);
@@ -786,8 +790,8 @@ static int Poller_clear(Poller *self) {
     }
     Py_CLEAR(self->on_error);
     for (int i = 0; i < MAX_NAMES; i++) {
-        Py_CLEAR(self->hs.version[i].str);
-        Py_CLEAR(self->hs.cipher[i].str);
+        Py_CLEAR(self->stats.version[i].str);
+        Py_CLEAR(self->stats.cipher[i].str);
     }
     return 0;
 }
@@ -828,15 +832,15 @@ static void Poller_dealloc(Poller *self) {
 
 static PyObject *Poller_configure(Poller *self, PyObject *args);
 static PyObject *Poller_expired(Poller *self, PyObject *arg);
-static PyObject *Poller_take_handshakes(Poller *self, PyObject *unused);
+static PyObject *Poller_take_stats(Poller *self, PyObject *unused);
 
 static PyMethodDef Poller_methods[] = {
     {"configure", (PyCFunction)Poller_configure, METH_VARARGS,
      "configure(backend family, sockaddr, handshake timeout, connect timeout, header?) for Conns"},
     {"expired", (PyCFunction)Poller_expired, METH_O,
      "expired(now): [(conn, kind)] past their deadline, disarmed"},
-    {"take_handshakes", (PyCFunction)Poller_take_handshakes, METH_NOARGS,
-     "the Conns' handshake counts since the last call"},
+    {"take_stats", (PyCFunction)Poller_take_stats, METH_NOARGS,
+     "the Conns' handshake and connect counts since the last call"},
     {"set_reader", (PyCFunction)(void (*)(void))Poller_set_reader, METH_FASTCALL,
      "set_reader(fd, callback or None)"},
     {"set_writer", (PyCFunction)(void (*)(void))Poller_set_writer, METH_FASTCALL,
@@ -994,7 +998,7 @@ static PyObject *flow_servername(PyObject *mod, PyObject *arg) {
  *
  * On the default path (TLS server, no --proxy-proxy) a connection is a Conn: handshake,
  * backend connect, both directions and the end run here, dispatched by the Poller, with no
- * Python frame in between; the handshake counters are kept here too (take_handshakes()).
+ * Python frame in between; their counters are kept here too (take_stats()).
  * Python is called at the end (Worker.closed: stats and the log line), after the handshake
  * only where a client-address header is configured (Worker.client_header), and on failures
  * (Worker.handshake_failed, Worker.backend_failed). Each direction is the Flow state machine
@@ -1023,7 +1027,7 @@ struct Conn {
     uint32_t mask[2];  /* epoll interest */
     char state, connecting, read_wants_write;
     int kind;          /* armed deadline, or -1 */
-    double started, active, connect_started, connect_seconds, deadline;
+    double started, active, connect_started, deadline;
     Conn *prev, *next; /* in poller->head[kind] */
     Dir dir[2];        /* dir[s]: read from side s, written to side 1 - s */
 };
@@ -1090,8 +1094,16 @@ static int end_failed(Conn *c, int side, const char *why) {
     return conn_close(c, line, L_INFO);
 }
 
+static void observe(Hist *h, double value) {
+    int b = 0;
+    while (b < h->nbounds && h->bounds[b] < value) /* as bisect_left */
+        b++;
+    h->counts[b]++;
+    h->sum += value;
+}
+
 static void established(Conn *c) {
-    c->connect_seconds = now() - c->connect_started;
+    observe(&c->poller->stats.connect_seconds, now() - c->connect_started);
     c->connecting = 0;
     disarm(c);
 }
@@ -1373,7 +1385,7 @@ static Named *named(Named *t, int *n, const char *name) {
 /* As Worker.handshaken() for a relay.Relay: conn.tls_info (version, cipher, SNI name, ALPN
    protocol, resumed) as the ssl module gives them, and the handshake counters. */
 static int handshaken(Conn *c) {
-    HsStats *h = &c->poller->hs;
+    ConnStats *h = &c->poller->stats;
     const char *version = SSL_get_version_(c->ssl);
     const void *cipher = SSL_get_current_cipher_(c->ssl);
     Named *v = named(h->version, &h->nversion, version ? version : "");
@@ -1405,12 +1417,7 @@ static int handshaken(Conn *c) {
     h->resumed += resumed;
     v->n++;
     ci->n++;
-    double seconds = now() - c->started;
-    int b = 0;
-    while (b < h->nbounds && h->bounds[b] < seconds) /* as bisect_left */
-        b++;
-    h->counts[b]++;
-    h->sum += seconds;
+    observe(&h->handshake_seconds, now() - c->started);
     return 0;
 }
 
@@ -1550,7 +1557,6 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (c) {
         c->fd[FRONT] = c->fd[BACK] = -1;
         c->kind = -1;
-        c->connect_seconds = -1;
     }
     return (PyObject *)c;
 }
@@ -1628,10 +1634,7 @@ static void Conn_dealloc(Conn *c) {
 }
 
 static PyObject *Conn_get_double(Conn *c, void *off) {
-    double v = *(double *)((char *)c + (size_t)off);
-    if (v < 0)
-        Py_RETURN_NONE;
-    return PyFloat_FromDouble(v);
+    return PyFloat_FromDouble(*(double *)((char *)c + (size_t)off));
 }
 
 static PyObject *Conn_get_flag(Conn *c, void *which) {
@@ -1667,8 +1670,6 @@ static PyGetSetDef Conn_getset[] = {
      (void *)offsetof(Conn, started)},
     {"active", (getter)Conn_get_double, NULL, "monotonic time data last moved",
      (void *)offsetof(Conn, active)},
-    {"connect_seconds", (getter)Conn_get_double, NULL, "the backend connect's duration, or None",
-     (void *)offsetof(Conn, connect_seconds)},
     {"closed", (getter)Conn_get_flag, NULL, NULL, (void *)0},
     {"connecting", (getter)Conn_get_flag, NULL, "the backend connect is pending", (void *)1},
     {"relaying", (getter)Conn_get_flag, NULL, "past the handshake and connected", (void *)2},
@@ -1711,29 +1712,40 @@ static PyTypeObject ConnType = {
     .tp_getset = Conn_getset,
 };
 
-/* configure(backend_family, backend_sockaddr, handshake_timeout, connect_timeout, header,
-   handshake_buckets): what Conns need; sockaddr as getaddrinfo() gives it for AF_INET or
-   AF_INET6; the handshake-duration histogram's upper bounds, ascending. */
-static PyObject *Poller_configure(Poller *self, PyObject *args) {
-    int family, header;
-    PyObject *sa, *buckets;
-    double hs, ct;
-    if (!PyArg_ParseTuple(args, "iOddpO:configure", &family, &sa, &hs, &ct, &header, &buckets))
-        return NULL;
-    PyObject *seq = PySequence_Fast(buckets, "buckets must be a sequence");
+/* Set a histogram's upper bounds (ascending) from a Python sequence. */
+static int set_bounds(Hist *h, PyObject *bounds) {
+    PyObject *seq = PySequence_Fast(bounds, "buckets must be a sequence");
     if (!seq)
-        return NULL;
-    Py_ssize_t nb = PySequence_Fast_GET_SIZE(seq);
-    double bounds[MAX_BOUNDS];
-    for (Py_ssize_t i = 0; i < nb && i < MAX_BOUNDS; i++)
-        bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_BOUNDS) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many buckets");
+        return -1;
+    }
+    Hist fresh = {.nbounds = (int)n};
+    for (Py_ssize_t i = 0; i < n; i++)
+        fresh.bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
     Py_DECREF(seq);
     if (PyErr_Occurred())
+        return -1;
+    *h = fresh;
+    return 0;
+}
+
+/* configure(backend_family, backend_sockaddr, handshake_timeout, connect_timeout, header,
+   handshake_buckets, connect_buckets): what Conns need; sockaddr as getaddrinfo() gives it
+   for AF_INET or AF_INET6; the duration histograms' upper bounds (metrics.*_BUCKETS). */
+static PyObject *Poller_configure(Poller *self, PyObject *args) {
+    int family, header;
+    PyObject *sa, *hs_buckets, *ct_buckets;
+    double hs, ct;
+    if (!PyArg_ParseTuple(args, "iOddpOO:configure", &family, &sa, &hs, &ct, &header,
+                          &hs_buckets, &ct_buckets))
         return NULL;
-    if (nb > MAX_BOUNDS) {
-        PyErr_SetString(PyExc_ValueError, "too many buckets");
+    if (set_bounds(&self->stats.handshake_seconds, hs_buckets) < 0 ||
+        set_bounds(&self->stats.connect_seconds, ct_buckets) < 0)
         return NULL;
-    }
     const char *host;
     int port;
     unsigned int flowinfo = 0, scope = 0;
@@ -1767,19 +1779,36 @@ static PyObject *Poller_configure(Poller *self, PyObject *args) {
     self->timeout[K_HANDSHAKE] = hs;
     self->timeout[K_CONNECT] = ct;
     self->want_header = header;
-    memcpy(self->hs.bounds, bounds, sizeof(double) * (size_t)nb);
-    self->hs.nbounds = (int)nb;
     Py_RETURN_NONE;
 bad:
     PyErr_SetString(PyExc_ValueError, "backend: a numeric IPv4 or IPv6 address is needed");
     return NULL;
 }
 
-/* take_handshakes(): (handshakes, resumed, {version: n}, {cipher: n}, [bucket counts], sum of
-   seconds) since the last call, for the worker's Stats. */
-static PyObject *Poller_take_handshakes(Poller *self, PyObject *unused) {
-    HsStats *h = &self->hs;
-    PyObject *versions = PyDict_New(), *ciphers = PyDict_New(), *counts = PyList_New(0);
+/* [bucket counts...] of a histogram, or NULL. */
+static PyObject *hist_counts(Hist *h) {
+    PyObject *counts = PyList_New(h->nbounds + 1);
+    for (int b = 0; counts && b <= h->nbounds; b++) {
+        PyObject *n = PyLong_FromLongLong(h->counts[b]);
+        if (!n)
+            Py_CLEAR(counts);
+        else
+            PyList_SET_ITEM(counts, b, n);
+    }
+    return counts;
+}
+
+static void hist_reset(Hist *h) {
+    memset(h->counts, 0, sizeof h->counts);
+    h->sum = 0;
+}
+
+/* take_stats(): (handshakes, resumed, {version: n}, {cipher: n}, (handshake bucket counts,
+   sum of seconds), (connect bucket counts, sum)) since the last call, for the worker's Stats. */
+static PyObject *Poller_take_stats(Poller *self, PyObject *unused) {
+    ConnStats *h = &self->stats;
+    PyObject *versions = PyDict_New(), *ciphers = PyDict_New();
+    PyObject *hs = hist_counts(&h->handshake_seconds), *ct = hist_counts(&h->connect_seconds);
     for (int i = 0; versions && ciphers && i < h->nversion + h->ncipher; i++) {
         Named *x = i < h->nversion ? &h->version[i] : &h->cipher[i - h->nversion];
         PyObject *n = x->n ? PyLong_FromLongLong(x->n) : NULL;
@@ -1787,23 +1816,19 @@ static PyObject *Poller_take_handshakes(Poller *self, PyObject *unused) {
             Py_CLEAR(versions);
         Py_XDECREF(n);
     }
-    for (int b = 0; counts && b <= h->nbounds; b++) {
-        PyObject *n = PyLong_FromLongLong(h->counts[b]);
-        if (!n || PyList_Append(counts, n) < 0)
-            Py_CLEAR(counts);
-        Py_XDECREF(n);
-    }
-    PyObject *r = versions && ciphers && counts
-                      ? Py_BuildValue("(LLOOOd)", h->handshakes, h->resumed, versions, ciphers,
-                                      counts, h->sum)
+    PyObject *r = versions && ciphers && hs && ct
+                      ? Py_BuildValue("(LLOO(Od)(Od))", h->handshakes, h->resumed, versions,
+                                      ciphers, hs, h->handshake_seconds.sum, ct,
+                                      h->connect_seconds.sum)
                       : NULL;
     Py_XDECREF(versions);
     Py_XDECREF(ciphers);
-    Py_XDECREF(counts);
+    Py_XDECREF(hs);
+    Py_XDECREF(ct);
     if (r) {
         h->handshakes = h->resumed = 0;
-        h->sum = 0;
-        memset(h->counts, 0, sizeof h->counts);
+        hist_reset(&h->handshake_seconds);
+        hist_reset(&h->connect_seconds);
         for (int i = 0; i < h->nversion; i++)
             h->version[i].n = 0;
         for (int i = 0; i < h->ncipher; i++)

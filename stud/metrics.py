@@ -55,6 +55,11 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def add(self, counts: list[int], total: float) -> None:
+        """Add another histogram's bucket counts and sum (same bounds)."""
+        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+        self.sum += total
+
 
 class Stats:
     """One worker's counters. Plain attributes: the hot path pays an increment, no more."""
@@ -66,16 +71,16 @@ class Stats:
         self.connect_seconds = Histogram(CONNECT_BUCKETS)
         self.open = 0
 
-    def add_handshakes(self, handshakes: int, resumed: int, versions: dict[str, int],
-                       ciphers: dict[str, int], counts: list[int], seconds: float) -> None:
-        """Add what stud._flow.Poller.take_handshakes() counted (the Conns' handshakes)."""
+    def add_conn_stats(self, handshakes: int, resumed: int, versions: dict[str, int],
+                       ciphers: dict[str, int], handshake_seconds: tuple[list[int], float],
+                       connect_seconds: tuple[list[int], float]) -> None:
+        """Add what stud._flow.Poller.take_stats() counted (the Conns')."""
         self.handshakes += handshakes
         self.resumed += resumed
         self.tls_version.update(versions)
         self.cipher.update(ciphers)
-        hist = self.handshake_seconds
-        hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
-        hist.sum += seconds
+        self.handshake_seconds.add(*handshake_seconds)
+        self.connect_seconds.add(*connect_seconds)
 
     def snapshot(self) -> bytes:
         data = {name: getattr(self, name) for name in COUNTERS}

@@ -328,7 +328,7 @@ class Relay:
 
     __slots__ = ("worker", "watch", "front", "back", "peer", "local", "armed",
                  "started", "active", "closed", "flows", "tls_info", "pbuf", "hs_end", "hs_next",
-                 "connecting", "connect_seconds")
+                 "connecting")
 
     def __init__(self, worker: Worker, sock: Sock, peer: tuple, local: tuple) -> None:
         self.worker, self.watch = worker, worker.watch
@@ -341,7 +341,6 @@ class Relay:
         self.pbuf = b""  # --proxy-proxy: the header read so far
         self.started = self.active = _now()
         self.connecting = 0.0  # while the backend connect is pending: when it started
-        self.connect_seconds: float | None = None
         self.armed: dict | None = None  # the worker's deadlines this relay is in, if any
         worker.arm(self, "handshake")
         self.hs_end: End | None = None
@@ -456,7 +455,7 @@ class Relay:
 
     def established(self) -> None:
         """The backend answered (a write went through, or it sent data or EOF)."""
-        self.connect_seconds = _now() - self.connecting
+        self.worker.stats.connect_seconds.observe(_now() - self.connecting)
         self.connecting = 0.0
         self.worker.disarm(self)
 

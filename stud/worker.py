@@ -22,7 +22,7 @@ import traceback
 from stud import proxyproto
 from stud.config import Config
 from stud.log import DEBUG, INFO, log, quoted
-from stud.metrics import HS_BUCKETS, Stats
+from stud.metrics import CONNECT_BUCKETS, HS_BUCKETS, Stats
 from stud.ratelimit import EmptyConnLimiter
 from stud.relay import Conn, Relay, Sock, fmt_addr, handshake_error, new_watch, reason, short_reason
 
@@ -82,7 +82,8 @@ class Worker:
         self.conn_type = Conn if not cfg.client and self.mode != "proxy-proxy" else None
         if self.conn_type:
             self.watch.configure(*backend, cfg.ssl_handshake_timeout,
-                                 cfg.backend_connect_timeout, self.mode is not None, HS_BUCKETS)
+                                 cfg.backend_connect_timeout, self.mode is not None, HS_BUCKETS,
+                                 CONNECT_BUCKETS)
 
     def run(self) -> int:
         # What the master built is never garbage: keep the cycle collector off it (shorter
@@ -126,7 +127,7 @@ class Worker:
 
     def stats_snapshot(self) -> bytes:
         if self.conn_type:
-            self.stats.add_handshakes(*self.watch.take_handshakes())
+            self.stats.add_conn_stats(*self.watch.take_stats())
         self.stats.open = len(self.conns)
         return self.stats.snapshot()
 
@@ -335,8 +336,6 @@ class Worker:
         stats = self.stats
         stats.bytes_up += up
         stats.bytes_down += down
-        if relay.connect_seconds is not None:
-            stats.connect_seconds.observe(relay.connect_seconds)
         if log.level >= level:
             version, cipher, sni, alpn, resumed = relay.tls_info or ("-", "-", None, None, False)
             # The connection log line, formatted directly (a generic key=value writer cost twice

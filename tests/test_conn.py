@@ -18,7 +18,7 @@ import pytest
 from conftest import client_ctx
 
 from stud import relay
-from stud.metrics import HS_BUCKETS
+from stud.metrics import CONNECT_BUCKETS, HS_BUCKETS
 
 if relay.Conn is None:
     pytest.skip("stud._flow is not built", allow_module_level=True)
@@ -60,7 +60,7 @@ class Rig:
         self.errors: list[BaseException] = []
         self.poller = relay._flow.Poller(self.errors.append)
         self.poller.configure(socket.AF_INET, ("127.0.0.1", backend_port), handshake_timeout,
-                              10.0, header, HS_BUCKETS)
+                              10.0, header, HS_BUCKETS, CONNECT_BUCKETS)
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(pem)
         self.ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF  # as stud's: a FIN ends the stream
@@ -165,12 +165,12 @@ def test_connections_relay_and_leave_no_references_behind(pem):
         hooks.events.clear()
         hooks.tls_info.clear()
         rig.conns.clear()
-        rig.poller.take_handshakes()
+        rig.poller.take_stats()
         gc.collect()
         before = refs()
         run_one(rig, clients)
         assert not hooks.open
-        taken = rig.poller.take_handshakes()
+        taken = rig.poller.take_stats()
         # (Kept tls_info tuples hold None and False: count without them.)
         infos = [(v, c, sni, str(alpn), str(resumed)) for v, c, sni, alpn, resumed in
                  hooks.tls_info]
@@ -190,11 +190,12 @@ def test_connections_relay_and_leave_no_references_behind(pem):
          ("TLSv1.2", "stud.test", "None", "False")] * (count // 2)
     assert {c for _, c, _, _, _ in infos} == {"TLS_AES_256_GCM_SHA384",
                                               "ECDHE-ECDSA-AES256-GCM-SHA384"}
-    handshakes, resumed, versions, ciphers, buckets, seconds = taken
+    handshakes, resumed, versions, ciphers, (buckets, seconds), (cbuckets, cseconds) = taken
     assert (handshakes, resumed, versions) == (count, 0, {"TLSv1.3": count // 2,
                                                           "TLSv1.2": count // 2})
-    assert sum(ciphers.values()) == sum(buckets) == count and 0 < seconds < count
-    assert len(buckets) == len(HS_BUCKETS) + 1
+    assert sum(ciphers.values()) == sum(buckets) == sum(cbuckets) == count
+    assert 0 < cseconds and 0 < seconds < count
+    assert (len(buckets), len(cbuckets)) == (len(HS_BUCKETS) + 1, len(CONNECT_BUCKETS) + 1)
     # A refcount error costs one reference (or more) per connection; allow a little slack
     # for objects the interpreter caches meanwhile.
     assert [abs(a - b) < count // 2 for a, b in zip(before, after, strict=True)] == [True] * 3
