@@ -543,6 +543,7 @@ typedef struct {
     PyObject *reader, *writer; /* Python callbacks, or: */
     PyObject *conn;            /* the Conn this fd belongs to (dispatched in C) */
     uint32_t gen, mask;
+    int family;                /* a listening socket's (accepted in C), else 0 */
 } Slot;
 
 typedef struct Conn Conn;
@@ -566,6 +567,7 @@ typedef struct { /* as metrics.Histogram */
 } Hist;
 
 typedef struct {
+    long long accepted, bytes_up, bytes_down; /* (bytes: of the Conns closed in C) */
     long long handshakes, resumed;
     Named version[MAX_NAMES], cipher[MAX_NAMES];
     int nversion, ncipher;
@@ -585,9 +587,17 @@ typedef struct Poller {
     socklen_t backend_len;
     int want_header; /* Conns ask the worker for a client-address header */
     ConnStats stats; /* the Conns' counts since the last take_stats() */
+    /* serve(): accept Conns and account for their close in C. */
+    PyObject *worker, *conns, *sock_type, *wrap, *kwnames;
+    Py_ssize_t max_conns;
+    int log_fd, log_level, notify; /* notify: the worker's closed() sees every close */
+    long pid;
+    time_t stamp_sec;
+    char stamp[24];
 } Poller;
 
 static int conn_event(Conn *c, int fd, uint32_t ev);
+static int poller_accept(Poller *self, int lfd, int family);
 
 #define MAX_EVENTS 256
 
@@ -700,6 +710,7 @@ static void poller_forget(Poller *self, int fd) {
         Slot *s = &self->slots[fd];
         s->gen++;
         s->mask = 0;
+        s->family = 0;
         Py_CLEAR(s->reader);
         Py_CLEAR(s->writer);
         Py_CLEAR(s->conn);
@@ -749,8 +760,13 @@ static PyObject *Poller_dispatch(Poller *self, PyObject *unused) {
     for (int i = 0; i < n; i++) {
         int fd = (int)(uint32_t)evs[i].data.u64;
         uint32_t gen = (uint32_t)(evs[i].data.u64 >> 32), ev = evs[i].events;
-        PyObject *conn = fd < self->nslots && self->slots[fd].gen == gen ? self->slots[fd].conn
-                                                                          : NULL;
+        Slot *s = fd < self->nslots && self->slots[fd].gen == gen ? &self->slots[fd] : NULL;
+        if (s && s->family) {
+            if (poller_accept(self, fd, s->family) < 0)
+                return NULL;
+            continue;
+        }
+        PyObject *conn = s ? s->conn : NULL;
         if (conn) {
             Py_INCREF(conn);
             int r = conn_event((Conn *)conn, fd, ev);
@@ -789,6 +805,11 @@ static int Poller_clear(Poller *self) {
         Py_CLEAR(self->slots[i].conn);
     }
     Py_CLEAR(self->on_error);
+    Py_CLEAR(self->worker);
+    Py_CLEAR(self->conns);
+    Py_CLEAR(self->sock_type);
+    Py_CLEAR(self->wrap);
+    Py_CLEAR(self->kwnames);
     for (int i = 0; i < MAX_NAMES; i++) {
         Py_CLEAR(self->stats.version[i].str);
         Py_CLEAR(self->stats.cipher[i].str);
@@ -799,6 +820,7 @@ static int Poller_clear(Poller *self) {
 static PyObject *Poller_close(Poller *self, PyObject *unused) {
     for (int i = 0; i < self->nslots; i++) {
         self->slots[i].mask = 0;
+        self->slots[i].family = 0;
         self->slots[i].gen++;
         Py_CLEAR(self->slots[i].reader);
         Py_CLEAR(self->slots[i].writer);
@@ -818,6 +840,10 @@ static int Poller_traverse(Poller *self, visitproc visit, void *arg) {
         Py_VISIT(self->slots[i].conn);
     }
     Py_VISIT(self->on_error);
+    Py_VISIT(self->worker);
+    Py_VISIT(self->conns);
+    Py_VISIT(self->sock_type);
+    Py_VISIT(self->wrap);
     return 0;
 }
 
@@ -833,6 +859,8 @@ static void Poller_dealloc(Poller *self) {
 static PyObject *Poller_configure(Poller *self, PyObject *args);
 static PyObject *Poller_expired(Poller *self, PyObject *arg);
 static PyObject *Poller_take_stats(Poller *self, PyObject *unused);
+static PyObject *Poller_serve(Poller *self, PyObject *args);
+static PyObject *Poller_listen(Poller *self, PyObject *args);
 
 static PyMethodDef Poller_methods[] = {
     {"configure", (PyCFunction)Poller_configure, METH_VARARGS,
@@ -840,7 +868,11 @@ static PyMethodDef Poller_methods[] = {
     {"expired", (PyCFunction)Poller_expired, METH_O,
      "expired(now): [(conn, kind)] past their deadline, disarmed"},
     {"take_stats", (PyCFunction)Poller_take_stats, METH_NOARGS,
-     "the Conns' handshake and connect counts since the last call"},
+     "the Conns' counts since the last call"},
+    {"serve", (PyCFunction)Poller_serve, METH_VARARGS,
+     "serve(worker, conns, sock_type, wrap, max_conns, log_fd, log_level): accept in C"},
+    {"listen", (PyCFunction)Poller_listen, METH_VARARGS,
+     "listen(fd, family): accept on fd in C; family 0: stop"},
     {"set_reader", (PyCFunction)(void (*)(void))Poller_set_reader, METH_FASTCALL,
      "set_reader(fd, callback or None)"},
     {"set_writer", (PyCFunction)(void (*)(void))Poller_set_writer, METH_FASTCALL,
@@ -849,6 +881,12 @@ static PyMethodDef Poller_methods[] = {
     {"dispatch", (PyCFunction)Poller_dispatch, METH_NOARGS, "run the callbacks of ready fds"},
     {"fileno", (PyCFunction)Poller_fileno, METH_NOARGS, "the epoll fd, for the event loop"},
     {"close", (PyCFunction)Poller_close, METH_NOARGS, "close the epoll fd"},
+    {NULL},
+};
+
+static PyMemberDef Poller_members[] = {
+    {"notify", T_INT, offsetof(Poller, notify), 0,
+     "closes go to the worker's closed() (while it drains or does not accept)"},
     {NULL},
 };
 
@@ -865,6 +903,7 @@ static PyTypeObject PollerType = {
     .tp_traverse = (traverseproc)Poller_traverse,
     .tp_clear = (inquiry)Poller_clear,
     .tp_methods = Poller_methods,
+    .tp_members = Poller_members,
 };
 
 /* init({"SSL_read": address, ...}, (ssl type, SSL* offset, context type, SSL_CTX* offset)):
@@ -925,7 +964,8 @@ static PyObject *flow_init(PyObject *mod, PyObject *args) {
 
 /* ssl_pointer(obj): the SSL* of a raw _ssl._SSLSocket, checked against the SSL_CTX* of the
    context _ssl says it has (as stud.sslext.ssl_pointer does, without ctypes' cost). */
-static PyObject *flow_ssl_pointer(PyObject *mod, PyObject *obj) {
+/* The SSL* of an _ssl._SSLSocket, checked against its context's SSL_CTX*; NULL: error set. */
+static SSL *ssl_of(PyObject *obj) {
     if (!ssl_type || (PyObject *)Py_TYPE(obj) != ssl_type) {
         PyErr_SetString(PyExc_TypeError, "expected _ssl._SSLSocket (after init())");
         return NULL;
@@ -942,7 +982,12 @@ static PyObject *flow_ssl_pointer(PyObject *mod, PyObject *obj) {
                         "stud._flow: SSL* pointer check failed (CPython layout changed?)");
         return NULL;
     }
-    return PyLong_FromVoidPtr(p);
+    return p;
+}
+
+static PyObject *flow_ssl_pointer(PyObject *mod, PyObject *obj) {
+    SSL *p = ssl_of(obj);
+    return p ? PyLong_FromVoidPtr(p) : NULL;
 }
 
 static SSL *ssl_arg(PyObject *arg) {
@@ -1485,6 +1530,101 @@ static int conn_event(Conn *c, int fd, uint32_t ev) {
 }
 
 /* The end: fds out of the poller and closed, then Worker.closed() for stats and the log. */
+/* Worker.closed() in C, for the Conns of a serving Poller while the worker does not watch
+   closes: the open set, the byte counts and the connection log line (the same line as
+   log.line(); see Worker.closed()). 1: done; 0: the worker's closed() must (a value the line
+   cannot show as ASCII, or the worker watches); -1: a Python error. */
+static int quote(char *out, size_t size, const char *s);
+
+static int closed_in_c(Conn *c, const char *why, int level, long long up, long long down) {
+    Poller *p = c->poller;
+    if (!p->conns || p->notify)
+        return 0;
+    char line[2048];
+    int n = 0;
+    if (p->log_level >= level) {
+        const char *version = "-", *cipher = "-", *alpn = "-";
+        char sni[1024] = "-", reason[1024], client[128];
+        int resumed = 0;
+        PyObject *info = c->tls_info;
+        if (info) {
+            PyObject *v = PyTuple_GET_ITEM(info, 0), *ci = PyTuple_GET_ITEM(info, 1),
+                     *name = PyTuple_GET_ITEM(info, 2), *proto = PyTuple_GET_ITEM(info, 3);
+            version = PyUnicode_GET_LENGTH(v) ? PyUnicode_AsUTF8(v) : "-";
+            cipher = PyUnicode_GET_LENGTH(ci) ? PyUnicode_AsUTF8(ci) : "-";
+            if (proto != Py_None && !PyUnicode_IS_ASCII(proto))
+                return 0;
+            if (name != Py_None && !quote(sni, sizeof sni, PyUnicode_AsUTF8(name)))
+                return 0;
+            alpn = proto != Py_None ? PyUnicode_AsUTF8(proto) : "-";
+            resumed = PyTuple_GET_ITEM(info, 4) == Py_True;
+        }
+        const char *host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(c->peer, 0));
+        long port = PyLong_AsLong(PyTuple_GET_ITEM(c->peer, 1));
+        if (!version || !cipher || !alpn || !host || PyErr_Occurred())
+            return -1;
+        snprintf(client, sizeof client, strchr(host, ':') ? "[%s]:%ld" : "%s:%ld", host, port);
+        if (!quote(reason, sizeof reason, why))
+            return 0;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        if (ts.tv_sec != p->stamp_sec) { /* one strftime per second, as log.Log */
+            struct tm tm;
+            p->stamp_sec = ts.tv_sec;
+            strftime(p->stamp, sizeof p->stamp, "%Y-%m-%dT%H:%M:%S", gmtime_r(&ts.tv_sec, &tm));
+        }
+        n = snprintf(line, sizeof line,
+                     "%s.%03ldZ [%ld] op=\"connection closed\" client=%s sni=%s tls=%s "
+                     "cipher=%s alpn=%s resumed=%d up=%lld down=%lld duration=%.3f reason=%s\n",
+                     p->stamp, ts.tv_nsec / 1000000, p->pid, client, sni, version, cipher, alpn,
+                     resumed, up, down, now() - c->started, reason);
+        if (n <= 0 || n >= (int)sizeof line)
+            return 0;
+    }
+    if (PySet_Discard(p->conns, (PyObject *)c) < 0)
+        return -1;
+    p->stats.bytes_up += up;
+    p->stats.bytes_down += down;
+    if (n && write(p->log_fd, line, (size_t)n) < 0)
+        errno = 0; /* a closed terminal must not take the daemon down */
+    return 1;
+}
+
+/* log.quoted() for an ASCII string: as it is, or in quotes with \\, \" and \xNN escapes.
+   0 if s holds other bytes (or does not fit). */
+static int quote(char *out, size_t size, const char *s) {
+    int plain = *s != 0;
+    for (const unsigned char *u = (const unsigned char *)s; *u; u++) {
+        if (*u >= 0x80)
+            return 0;
+        if (*u < 0x20 || *u == 0x7f || *u == ' ' || *u == '"' || *u == '\\')
+            plain = 0;
+    }
+    size_t n = 0;
+    if (plain) {
+        n = strlen(s);
+        if (n >= size)
+            return 0;
+        memcpy(out, s, n + 1);
+        return 1;
+    }
+    out[n++] = '"';
+    for (const unsigned char *u = (const unsigned char *)s; *u; u++) {
+        if (n + 6 >= size)
+            return 0;
+        if (*u == '"' || *u == '\\') {
+            out[n++] = '\\';
+            out[n++] = (char)*u;
+        } else if (*u < 0x20 || *u == 0x7f)
+            n += (size_t)snprintf(out + n, size - n, "\\x%02x", *u);
+        else
+            out[n++] = (char)*u;
+    }
+    out[n++] = '"';
+    out[n] = 0;
+    return 1;
+}
+
 static int conn_close(Conn *c, const char *why, int level) {
     if (c->state == ST_CLOSED)
         return 0;
@@ -1505,18 +1645,34 @@ static int conn_close(Conn *c, const char *why, int level) {
         PyMem_Free(c->dir[s].pending);
         c->dir[s].pending = NULL;
     }
-    PyObject *args = r ? Py_BuildValue("(OsiLL)", c, why, level, up > 0 ? up : 0,
-                                       down > 0 ? down : 0) : NULL;
+    up = up > 0 ? up : 0;
+    down = down > 0 ? down : 0;
+    int done = r ? closed_in_c(c, why, level, up, down) : -1;
     Py_XDECREF(r);
-    PyObject *m = args ? PyObject_GetAttr(c->worker, s_closed) : NULL;
-    r = m ? PyObject_Call(m, args, NULL) : NULL;
-    Py_XDECREF(m);
-    Py_XDECREF(args);
-    Py_XDECREF(r);
+    r = NULL;
+    if (done == 0) { /* the worker's closed() */
+        PyObject *args = Py_BuildValue("(OsiLL)", c, why, level, up, down);
+        PyObject *m = args ? PyObject_GetAttr(c->worker, s_closed) : NULL;
+        r = m ? PyObject_Call(m, args, NULL) : NULL;
+        Py_XDECREF(m);
+        Py_XDECREF(args);
+        Py_XDECREF(r);
+    }
     c->ssl = NULL;
     Py_CLEAR(c->tls); /* frees the SSL* now */
     Py_DECREF(c);
-    return r ? 0 : -1;
+    return done > 0 || r ? 0 : -1;
+}
+
+static void conn_setup(Conn *c, Poller *poller, PyObject *worker, PyObject *sock, PyObject *peer,
+                       PyObject *local, int fd) {
+    c->fd[FRONT] = fd;
+    c->poller = (Poller *)Py_NewRef(poller);
+    c->worker = Py_NewRef(worker);
+    c->sock = Py_NewRef(sock);
+    c->peer = Py_NewRef(peer);
+    c->local = Py_NewRef(local);
+    c->started = c->active = now();
 }
 
 static int Conn_init(Conn *c, PyObject *args, PyObject *kwds) {
@@ -1536,19 +1692,14 @@ static int Conn_init(Conn *c, PyObject *args, PyObject *kwds) {
     PyObject *fd = PyObject_CallMethodNoArgs(sock, s_fileno);
     if (!fd)
         return -1;
-    c->fd[FRONT] = (int)PyLong_AsLong(fd);
+    int front = (int)PyLong_AsLong(fd);
     Py_DECREF(fd);
-    if (c->fd[FRONT] < 0) {
+    if (front < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "closed socket");
         return -1;
     }
-    c->poller = (Poller *)Py_NewRef(poller);
-    c->worker = Py_NewRef(worker);
-    c->sock = Py_NewRef(sock);
-    c->peer = Py_NewRef(peer);
-    c->local = Py_NewRef(local);
-    c->started = c->active = now();
+    conn_setup(c, (Poller *)poller, worker, sock, peer, local, front);
     return 0;
 }
 
@@ -1561,23 +1712,25 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     return (PyObject *)c;
 }
 
+/* The handshake begins on tls, the _SSLSocket wrapping c's socket (owner=c). As for fd
+   events, a Python error goes to on_error: -1 only if that raised. */
+static int conn_begin(Conn *c, PyObject *tls, SSL *ssl) {
+    c->ssl = ssl;
+    c->tls = Py_NewRef(tls);
+    arm(c, K_HANDSHAKE);
+    if (conn_handshake(c) < 0)
+        return conn_failed(c), report(c->poller);
+    return 0;
+}
+
 /* start(tls): the _SSLSocket wrapping sock (owner=this Conn); the handshake begins. */
 static PyObject *Conn_start(Conn *c, PyObject *tls) {
     if (!c->poller || c->tls || c->state != ST_HANDSHAKE) {
         PyErr_SetString(PyExc_RuntimeError, "Conn.start() once, after init");
         return NULL;
     }
-    PyObject *p = flow_ssl_pointer(NULL, tls);
-    if (!p)
-        return NULL;
-    c->ssl = PyLong_AsVoidPtr(p);
-    Py_DECREF(p);
-    c->tls = Py_NewRef(tls);
-    arm(c, K_HANDSHAKE);
-    /* As for fd events: one connection's error goes to on_error, not to the accept loop. */
-    if (conn_handshake(c) < 0 && (conn_failed(c), report(c->poller) < 0))
-        return NULL;
-    Py_RETURN_NONE;
+    SSL *ssl = ssl_of(tls);
+    return !ssl || conn_begin(c, tls, ssl) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *Conn_close(Conn *c, PyObject *args) {
@@ -1712,6 +1865,158 @@ static PyTypeObject ConnType = {
     .tp_getset = Conn_getset,
 };
 
+
+/* -- The default path's accept loop (Poller.serve(), listen()) ------------------------------ */
+
+#define ACCEPT_BATCH 64 /* as the worker's: enough to empty a burst, bounded for fairness */
+
+/* A socket address as the socket module gives it: (host, port[, flowinfo, scope_id]). */
+static PyObject *sockaddr_tuple(const struct sockaddr_storage *ss) {
+    char host[INET6_ADDRSTRLEN];
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        return Py_BuildValue("(si)", host, ntohs(in->sin_port));
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        return Py_BuildValue("(siII)", host, ntohs(in6->sin6_port),
+                             (unsigned int)ntohl(in6->sin6_flowinfo),
+                             (unsigned int)in6->sin6_scope_id);
+    }
+    PyErr_Format(PyExc_ValueError, "address family %d", ss->ss_family);
+    return NULL;
+}
+
+/* Worker._serve() for an accepted fd: a Conn (in the worker's open set) begins its handshake.
+   -1: a Python error, for on_error. */
+static int serve_fd(Poller *p, int fd, int family, const struct sockaddr_storage *ss) {
+    PyObject *peer = sockaddr_tuple(ss), *local = NULL, *sock = NULL, *tls = NULL;
+    Conn *c = NULL;
+    int r = -1, owned = 1;
+    if (!peer)
+        goto done;
+    if (p->want_header) { /* the header names the local address too */
+        struct sockaddr_storage name;
+        socklen_t len = sizeof name;
+        if (getsockname(fd, (struct sockaddr *)&name, &len) < 0) {
+            r = 0; /* the client is gone already */
+            goto done;
+        }
+        local = sockaddr_tuple(&name);
+    } else
+        local = PyTuple_New(0);
+    if (!local)
+        goto done;
+    /* SOCK_NONBLOCK: the socket knows it is non-blocking without a system call. */
+    sock = PyObject_CallFunction(p->sock_type, "iiii", family, SOCK_STREAM | SOCK_NONBLOCK, 0,
+                                 fd);
+    if (!sock)
+        goto done;
+    owned = 0; /* the socket closes it */
+    if (!(c = (Conn *)Conn_new(&ConnType, NULL, NULL)))
+        goto done;
+    conn_setup(c, p, p->worker, sock, peer, local, fd);
+    if (PySet_Add(p->conns, (PyObject *)c) < 0)
+        goto done;
+    PyObject *args[] = {sock, Py_True, Py_None, (PyObject *)c};
+    if (!(tls = PyObject_Vectorcall(p->wrap, args, 3, p->kwnames))) {
+        if (!PyErr_ExceptionMatches(PyExc_OSError))
+            goto done;
+        PyErr_Clear(); /* (SSL_new failed: out of memory) */
+        r = conn_close(c, "client TLS setup failed", L_DEBUG);
+        goto done;
+    }
+    SSL *ssl = ssl_of(tls);
+    r = ssl ? conn_begin(c, tls, ssl) : (conn_failed(c), report(p));
+done:
+    if (r < 0 && c && c->state != ST_CLOSED)
+        conn_failed(c);
+    if (owned)
+        close(fd);
+    Py_XDECREF(peer);
+    Py_XDECREF(local);
+    Py_XDECREF(sock);
+    Py_XDECREF(tls);
+    Py_XDECREF(c);
+    return r;
+}
+
+/* The worker stops accepting: out of file descriptors (err), or at max-connections (0). */
+static int stop_accepting(Poller *p, int err) {
+    PyObject *r = PyObject_CallMethod(p->worker, "_accept_stop", "i", err);
+    Py_XDECREF(r);
+    return r ? 0 : report(p);
+}
+
+/* Readable listening socket lfd: Worker._accept() in C. -1 only if on_error raised. */
+static int poller_accept(Poller *p, int lfd, int family) {
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
+                return stop_accepting(p, e);
+            return 0; /* none left; ECONNABORTED and friends concern one client only */
+        }
+        p->stats.accepted++;
+        if (serve_fd(p, fd, family, &ss) < 0 && report(p) < 0)
+            return -1;
+        if (p->max_conns && PySet_GET_SIZE(p->conns) >= p->max_conns)
+            return stop_accepting(p, 0); /* never fail open: the kernel queues the rest */
+    }
+    return 0;
+}
+
+/* serve(worker, conns, sock_type, wrap, max_conns, log_fd, log_level): from now on the
+   listen()ed sockets are accepted in C, each connection a Conn of worker in the set conns,
+   made by sock_type(family, type, 0, fd) and wrap(sock, True, None, owner=conn); closes are
+   accounted here (closed_in_c()) unless notify is set. */
+static PyObject *Poller_serve(Poller *self, PyObject *args) {
+    PyObject *worker, *conns, *sock_type, *wrap;
+    Py_ssize_t max_conns;
+    int log_fd, log_level;
+    if (!PyArg_ParseTuple(args, "OO!OOnii:serve", &worker, &PySet_Type, &conns, &sock_type,
+                          &wrap, &max_conns, &log_fd, &log_level))
+        return NULL;
+    if (!self->backend_len) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() comes first");
+        return NULL;
+    }
+    PyObject *kwnames = Py_BuildValue("(s)", "owner");
+    if (!kwnames)
+        return NULL;
+    Py_XSETREF(self->kwnames, kwnames);
+    Py_XSETREF(self->worker, Py_NewRef(worker));
+    Py_XSETREF(self->conns, Py_NewRef(conns));
+    Py_XSETREF(self->sock_type, Py_NewRef(sock_type));
+    Py_XSETREF(self->wrap, Py_NewRef(wrap));
+    self->max_conns = max_conns;
+    self->log_fd = log_fd;
+    self->log_level = log_level;
+    self->pid = (long)getpid();
+    Py_RETURN_NONE;
+}
+
+/* listen(fd, family): accept on fd in C (after serve()); listen(fd, 0): no more. */
+static PyObject *Poller_listen(Poller *self, PyObject *args) {
+    int fd, family;
+    if (!PyArg_ParseTuple(args, "ii:listen", &fd, &family))
+        return NULL;
+    if (family && !self->wrap) {
+        PyErr_SetString(PyExc_RuntimeError, "serve() comes first");
+        return NULL;
+    }
+    Slot *s = slot_of(self, fd);
+    if (!s || poller_mask(self, s, fd, family ? EPOLLIN : 0) < 0)
+        return NULL;
+    s->family = family;
+    Py_RETURN_NONE;
+}
+
 /* Set a histogram's upper bounds (ascending) from a Python sequence. */
 static int set_bounds(Hist *h, PyObject *bounds) {
     PyObject *seq = PySequence_Fast(bounds, "buckets must be a sequence");
@@ -1817,16 +2122,17 @@ static PyObject *Poller_take_stats(Poller *self, PyObject *unused) {
         Py_XDECREF(n);
     }
     PyObject *r = versions && ciphers && hs && ct
-                      ? Py_BuildValue("(LLOO(Od)(Od))", h->handshakes, h->resumed, versions,
+                      ? Py_BuildValue("(LLOO(Od)(Od)(LLL))", h->handshakes, h->resumed, versions,
                                       ciphers, hs, h->handshake_seconds.sum, ct,
-                                      h->connect_seconds.sum)
+                                      h->connect_seconds.sum, h->accepted, h->bytes_up,
+                                      h->bytes_down)
                       : NULL;
     Py_XDECREF(versions);
     Py_XDECREF(ciphers);
     Py_XDECREF(hs);
     Py_XDECREF(ct);
     if (r) {
-        h->handshakes = h->resumed = 0;
+        h->handshakes = h->resumed = h->accepted = h->bytes_up = h->bytes_down = 0;
         hist_reset(&h->handshake_seconds);
         hist_reset(&h->connect_seconds);
         for (int i = 0; i < h->nversion; i++)

@@ -73,8 +73,13 @@ class Stats:
 
     def add_conn_stats(self, handshakes: int, resumed: int, versions: dict[str, int],
                        ciphers: dict[str, int], handshake_seconds: tuple[list[int], float],
-                       connect_seconds: tuple[list[int], float]) -> None:
-        """Add what stud._flow.Poller.take_stats() counted (the Conns')."""
+                       connect_seconds: tuple[list[int], float],
+                       counts: tuple[int, int, int]) -> None:
+        """Add what stud._flow.Poller.take_stats() counted (the Conns'); counts: accepted,
+        and bytes up and down of the Conns closed in C."""
+        self.accepted += counts[0]
+        self.bytes_up += counts[1]
+        self.bytes_down += counts[2]
         self.handshakes += handshakes
         self.resumed += resumed
         self.tls_version.update(versions)

@@ -84,6 +84,12 @@ class Worker:
             self.watch.configure(*backend, cfg.ssl_handshake_timeout,
                                  cfg.backend_connect_timeout, self.mode is not None, HS_BUCKETS,
                                  CONNECT_BUCKETS)
+        # Accepted and closed in C too, unless a client may be delayed (the limiter) or the
+        # connection log goes to syslog: then _accept() and closed() run for every one.
+        self.accept_in_c = bool(self.conn_type) and not self.limiter and not log.use_syslog
+        if self.accept_in_c:
+            self.watch.serve(self, self.conns, Sock, ssl_context._wrap_socket,
+                             self.max_conns or 0, log.stdout, log.level)
 
     def run(self) -> int:
         # What the master built is never garbage: keep the cycle collector off it (shorter
@@ -245,10 +251,21 @@ class Worker:
             return
         self.accepting = on
         for lsock in self.listeners:
-            if on:
+            if self.accept_in_c:
+                self.watch.listen(lsock.fileno(), self.families[lsock] if on else 0)
+            elif on:
                 self.loop.add_reader(lsock.fileno(), self._accept, lsock)
             else:
                 self.loop.remove_reader(lsock.fileno())
+        if self.accept_in_c:
+            self.watch.notify = not on  # closed() resumes accepting, or ends the drain
+
+    def _accept_stop(self, err: int) -> None:
+        """The C accept loop stopped: out of file descriptors (errno err), or full (0)."""
+        if err:
+            self._out_of_fds(OSError(err, os.strerror(err)))
+        else:
+            self._accepting(False)
 
     def _accept(self, lsock: socket.socket) -> None:
         limiter = self.limiter

@@ -190,7 +190,9 @@ def test_connections_relay_and_leave_no_references_behind(pem):
          ("TLSv1.2", "stud.test", "None", "False")] * (count // 2)
     assert {c for _, c, _, _, _ in infos} == {"TLS_AES_256_GCM_SHA384",
                                               "ECDHE-ECDSA-AES256-GCM-SHA384"}
-    handshakes, resumed, versions, ciphers, (buckets, seconds), (cbuckets, cseconds) = taken
+    handshakes, resumed, versions, ciphers, (buckets, seconds), (cbuckets, cseconds), \
+        counts = taken
+    assert counts == (0, 0, 0)  # Conns started by hand, closed by the worker's closed()
     assert (handshakes, resumed, versions) == (count, 0, {"TLSv1.3": count // 2,
                                                           "TLSv1.2": count // 2})
     assert sum(ciphers.values()) == sum(buckets) == sum(cbuckets) == count

@@ -733,6 +733,43 @@ def test_connection_log_cannot_be_forged_through_sni(stud, backend, pem):
         assert unescape(raw) == name, (line, raw)
 
 
+def test_connection_lines_are_the_same_from_c_and_from_python(stud, backend, pem):
+    """The default path accepts and logs closes in C (stud._flow); with the empty-connection
+    limiter on, the worker's Python does both. The same connections give the same lines."""
+    bport = backend("echo")
+    names = [None, "plain.test", 'q"uo te\\', "ctl\x01\x7f"]
+    runs = []
+    for extra in ([], ["--empty-conn-limit=1000"]):
+        mport = free_port()
+        s = stud(pem, "--log-level=debug", "--alpn-protos=h2,http/1.1",
+                 f"--metrics=127.0.0.1:{mport}", *extra, backend_port=bport)
+        for name in names:
+            with tls_connect(s.port, sni=name, ctx=client_ctx()) as c:
+                echo(c, b"abc")
+        ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
+        ctx.set_alpn_protocols(["http/1.1"])
+        with tls_connect(s.port, ctx=ctx) as c:
+            echo(c, b"hello")
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")  # a failed handshake (debug)
+            assert closed_by_peer(c, 3)
+        n = len(names) + 2
+        wait_for(lambda s=s, n=n: len(conn_lines(s.output())) == n, 10)
+        lines = conn_lines(s.output())
+        for line in lines:  # (the client port and the duration differ)
+            assert re.fullmatch(r"127\.0\.0\.1:\d+", line.pop("client")), line
+            assert re.fullmatch(r"\d+\.\d{3}", line.pop("duration")), line
+        runs.append(lines)
+        m = wait_for(lambda mport=mport, n=n: (x := scrape(mport))["stud_accepted_total"] == n
+                     and x["stud_connections_open"] == 0 and x, 5)
+        runs[-1].append({k: v for k, v in m.items() if k.startswith("stud_bytes")})
+    print(*runs, sep="\n")
+    assert runs[0] == runs[1]
+    assert runs[0][-1] and all(runs[0][-1].values())
+    assert [line["sni"] for line in runs[0][:len(names)]] == \
+        ["-", "plain.test", 'q"uo te\\', "ctl\\x01\\x7f"]  # (as shlex unquotes them)
+
+
 def unescape(v: str) -> str:
     """Undo the log's escaping: \\xNN, \\uNNNN, \\UNNNNNNNN, \\" and \\\\."""
     return re.sub(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)",
