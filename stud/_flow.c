@@ -586,6 +586,8 @@ typedef struct Poller {
     struct sockaddr_storage backend;
     socklen_t backend_len;
     int want_header; /* Conns ask the worker for a client-address header */
+    int proxy;       /* --proxy-proxy: Conns read a PROXY header first, peeking this much */
+    PyObject *client_wrap; /* --client: wraps the backend socket (TLS towards the backend) */
     ConnStats stats; /* the Conns' counts since the last take_stats() */
     /* serve(): accept Conns and account for their close in C. */
     PyObject *worker, *conns, *sock_type, *wrap, *kwnames;
@@ -810,6 +812,7 @@ static int Poller_clear(Poller *self) {
     Py_CLEAR(self->sock_type);
     Py_CLEAR(self->wrap);
     Py_CLEAR(self->kwnames);
+    Py_CLEAR(self->client_wrap);
     for (int i = 0; i < MAX_NAMES; i++) {
         Py_CLEAR(self->stats.version[i].str);
         Py_CLEAR(self->stats.cipher[i].str);
@@ -844,6 +847,7 @@ static int Poller_traverse(Poller *self, visitproc visit, void *arg) {
     Py_VISIT(self->conns);
     Py_VISIT(self->sock_type);
     Py_VISIT(self->wrap);
+    Py_VISIT(self->client_wrap);
     return 0;
 }
 
@@ -856,21 +860,22 @@ static void Poller_dealloc(Poller *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *Poller_configure(Poller *self, PyObject *args);
+static PyObject *Poller_configure(Poller *self, PyObject *args, PyObject *kwds);
 static PyObject *Poller_expired(Poller *self, PyObject *arg);
 static PyObject *Poller_take_stats(Poller *self, PyObject *unused);
 static PyObject *Poller_serve(Poller *self, PyObject *args);
 static PyObject *Poller_listen(Poller *self, PyObject *args);
 
 static PyMethodDef Poller_methods[] = {
-    {"configure", (PyCFunction)Poller_configure, METH_VARARGS,
-     "configure(backend family, sockaddr, handshake timeout, connect timeout, header?) for Conns"},
+    {"configure", (PyCFunction)(void (*)(void))Poller_configure, METH_VARARGS | METH_KEYWORDS,
+     "configure(backend family, sockaddr, handshake timeout, connect timeout, header?, "
+     "handshake buckets, connect buckets, *, proxy=0, sock_type=None, client_wrap=None)"},
     {"expired", (PyCFunction)Poller_expired, METH_O,
      "expired(now): [(conn, kind)] past their deadline, disarmed"},
     {"take_stats", (PyCFunction)Poller_take_stats, METH_NOARGS,
      "the Conns' counts since the last call"},
     {"serve", (PyCFunction)Poller_serve, METH_VARARGS,
-     "serve(worker, conns, sock_type, wrap, max_conns, log_fd, log_level): accept in C"},
+     "serve(worker, conns, wrap, max_conns, log_fd, log_level): accept in C"},
     {"listen", (PyCFunction)Poller_listen, METH_VARARGS,
      "listen(fd, family): accept on fd in C; family 0: stop"},
     {"set_reader", (PyCFunction)(void (*)(void))Poller_set_reader, METH_FASTCALL,
@@ -1051,7 +1056,9 @@ static PyObject *flow_servername(PyObject *mod, PyObject *arg) {
  * --proxy-proxy, --client and the pure-Python path. */
 
 enum { FRONT, BACK };
-enum { ST_HANDSHAKE, ST_RELAY, ST_CLOSED };
+/* ST_PROXY: reading the client's PROXY header (--proxy-proxy); ST_CONNECT: connecting before
+   the handshake towards the backend (--client). */
+enum { ST_HANDSHAKE, ST_PROXY, ST_CONNECT, ST_RELAY, ST_CLOSED }; /* (a new Conn: 0) */
 enum { L_ERROR, L_INFO, L_DEBUG }; /* stud.log's levels */
 static const char *const kind_names[NKINDS] = {"handshake", "backend connect"};
 static const char *const side_names[2] = {"client", "backend"};
@@ -1067,7 +1074,10 @@ struct Conn {
     PyObject_HEAD
     Poller *poller;
     PyObject *worker, *sock, *tls, *peer, *local, *tls_info, *weakrefs;
+    PyObject *back_sock; /* --client: the backend's socket object (tls wraps it) */
+    PyObject *pbuf;      /* --proxy-proxy: the client's PROXY header, as read so far */
     SSL *ssl;
+    int tls_side;      /* FRONT, or BACK with --client */
     int fd[2];         /* FRONT: the client (TLS), BACK: the backend (TCP); -1: none */
     uint32_t mask[2];  /* epoll interest */
     char state, connecting, read_wants_write;
@@ -1078,7 +1088,7 @@ struct Conn {
 };
 
 static PyObject *s_handshake_failed, *s_backend_failed, *s_client_header,
-    *s_close, *s_fileno;
+    *s_close, *s_fileno, *s_proxy_header;
 
 static double now(void) {
     struct timespec ts;
@@ -1121,6 +1131,8 @@ static int conn_want(Conn *c, int side, uint32_t bit, int on) {
 }
 
 static int conn_close(Conn *c, const char *why, int level);
+static int conn_handshake(Conn *c);
+static int conn_relay(Conn *c);
 
 static int hook(Conn *c, PyObject *name, const char *arg) {
     PyObject *a = PyUnicode_DecodeUTF8(arg, strlen(arg), "replace");
@@ -1175,16 +1187,16 @@ static Py_ssize_t dir_send(Conn *c, int s, const char *data, Py_ssize_t len) {
     int dst = 1 - s;
     Py_ssize_t sent;
     char why[WHY];
-    if (dst == BACK) {
-        ssize_t r = send(c->fd[BACK], data, (size_t)len, MSG_NOSIGNAL);
+    if (dst != c->tls_side) {
+        ssize_t r = send(c->fd[dst], data, (size_t)len, MSG_NOSIGNAL);
         if (r < 0) {
             if (would_block(errno))
                 return 0;
             snprintf(why, WHY, "%s", strerror(errno));
-            return end_failed(c, BACK, why) < 0 ? -2 : -1;
+            return end_failed(c, dst, why) < 0 ? -2 : -1;
         }
         sent = r;
-        if (c->connecting)
+        if (dst == BACK && c->connecting)
             established(c);
     } else {
         errno = 0;
@@ -1194,7 +1206,7 @@ static Py_ssize_t dir_send(Conn *c, int s, const char *data, Py_ssize_t len) {
             if (err == E_WANT_READ || err == E_WANT_WRITE)
                 return 0;
             tls_failure(err, saved, why);
-            return end_failed(c, FRONT, why) < 0 ? -2 : -1;
+            return end_failed(c, dst, why) < 0 ? -2 : -1;
         }
         sent = r;
     }
@@ -1238,7 +1250,7 @@ static int dir_finish(Conn *c, int s) {
         if (ready <= 0) /* a FIN now would abort the connect: pass it on once connected */
             return ready < 0 ? -1 : conn_want(c, BACK, EPOLLOUT, 1);
     }
-    if (dst == FRONT) {
+    if (dst == c->tls_side) {
         /* Our close_notify, once; the peer's is still read (a TLS half-close). */
         ERR_clear_error_();
         errno = 0;
@@ -1247,17 +1259,17 @@ static int dir_finish(Conn *c, int s) {
             int saved = errno, err = SSL_get_error_(c->ssl, r);
             if (err == E_WANT_WRITE || err == E_WANT_READ) {
                 ERR_clear_error_();
-                return conn_want(c, FRONT, EPOLLOUT, 1);
+                return conn_want(c, dst, EPOLLOUT, 1);
             }
             tls_failure(err, saved, why);
-            return end_failed(c, FRONT, why);
+            return end_failed(c, dst, why);
         }
-    } else if (!c->dir[BACK].done && shutdown(c->fd[BACK], SHUT_WR) < 0) {
-        /* (Once the backend's side is done too, the close right after sends the FIN.) */
+    } else if (!c->dir[dst].done && shutdown(c->fd[dst], SHUT_WR) < 0) {
+        /* (Once that side is done too, the close right after sends the FIN.) */
         if (would_block(errno))
-            return conn_want(c, BACK, EPOLLOUT, 1);
+            return conn_want(c, dst, EPOLLOUT, 1);
         snprintf(why, WHY, "%s", strerror(errno));
-        return end_failed(c, BACK, why);
+        return end_failed(c, dst, why);
     }
     d->done = 1;
     if (conn_want(c, dst, EPOLLOUT, 0) < 0)
@@ -1271,8 +1283,8 @@ static int dir_readable(Conn *c, int s) {
     Py_ssize_t n = 0;
     int fail = 0;
     char why[WHY];
-    if (s == BACK) {
-        ssize_t r = recv(c->fd[BACK], buf, BUFSIZE, 0);
+    if (s != c->tls_side) {
+        ssize_t r = recv(c->fd[s], buf, BUFSIZE, 0);
         if (r > 0)
             n = r;
         else if (r == 0)
@@ -1297,7 +1309,7 @@ static int dir_readable(Conn *c, int s) {
                 break;
             if (err == E_WANT_WRITE) {
                 c->read_wants_write = 1;
-                if (conn_want(c, FRONT, EPOLLOUT, 1) < 0)
+                if (conn_want(c, s, EPOLLOUT, 1) < 0)
                     return -1;
                 break;
             }
@@ -1353,14 +1365,38 @@ static int dir_writable(Conn *c, int s) {
     return conn_want(c, s, EPOLLIN, 1);
 }
 
-/* The handshake is done: the backend connect, and relaying at once. Until the connection is up
-   the kernel answers EAGAIN to our writes (so the first bytes wait, as with a slow backend),
-   and a failed connect shows as an error on the first read or write. */
+/* The backend connect (after the handshake; before it with --client). */
 static int conn_connect(Conn *c) {
     Poller *p = c->poller;
     char why[WHY];
+    int fd = socket(p->backend.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(why, WHY, "backend socket: %s", strerror(errno));
+        return conn_close(c, why, L_ERROR);
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->fd[BACK] = fd;
+    c->connecting = 1;
+    c->connect_started = now();
+    if (connect(fd, (struct sockaddr *)&p->backend, p->backend_len) < 0 && errno != EINPROGRESS)
+        return hook(c, s_backend_failed, strerror(errno));
+    if (p->client_wrap) { /* TLS towards the backend: its handshake once connected */
+        c->state = ST_CONNECT;
+        arm(c, K_CONNECT);
+        return conn_want(c, BACK, EPOLLOUT, 1);
+    }
+    return conn_relay(c);
+}
+
+/* Relay at once. Until the backend connection is up the kernel answers EAGAIN to our writes
+   (so the first bytes wait, as with a slow backend), and a failed connect shows as an error
+   on the first read or write. */
+static int conn_relay(Conn *c) {
     PyObject *header = NULL;
-    if (p->want_header) {
+    int r = -1;
+    c->state = ST_RELAY;
+    if (c->poller->want_header) {
         header = PyObject_CallMethodOneArg(c->worker, s_client_header, (PyObject *)c);
         if (!header)
             return -1;
@@ -1374,22 +1410,6 @@ static int conn_connect(Conn *c) {
             return 0;
         }
     }
-    int r = -1;
-    int fd = socket(p->backend.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(why, WHY, "backend socket: %s", strerror(errno));
-        r = conn_close(c, why, L_ERROR);
-        goto out;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->fd[BACK] = fd;
-    c->connecting = 1;
-    c->connect_started = now();
-    if (connect(fd, (struct sockaddr *)&p->backend, p->backend_len) < 0 && errno != EINPROGRESS) {
-        r = hook(c, s_backend_failed, strerror(errno));
-        goto out;
-    }
     if (conn_want(c, BACK, EPOLLIN, 1) < 0) /* a backend may speak first */
         goto out;
     if (header && PyBytes_GET_SIZE(header)) {
@@ -1402,12 +1422,95 @@ static int conn_connect(Conn *c) {
         goto out;
     if (c->state != ST_CLOSED && c->connecting)
         arm(c, K_CONNECT);
-    /* A client's first bytes usually came with its Finished (TLS 1.3, resumptions): read them
-       now rather than after another trip through the event loop. */
-    r = c->state != ST_CLOSED && (c->mask[FRONT] & EPOLLIN) ? dir_readable(c, FRONT) : 0;
+    /* A TLS client's first bytes usually came with its Finished (TLS 1.3, resumptions): read
+       them now rather than after another trip through the event loop. */
+    r = c->state != ST_CLOSED && c->tls_side == FRONT && (c->mask[FRONT] & EPOLLIN)
+            ? dir_readable(c, FRONT) : 0;
 out:
     Py_XDECREF(header);
     return r;
+}
+
+/* --client: the backend connect completed (or failed): TLS towards it. */
+static int conn_connected(Conn *c) {
+    Poller *p = c->poller;
+    if (c->connecting) {
+        int ready = backend_ready(c);
+        if (ready <= 0)
+            return ready;
+    }
+    if (conn_want(c, BACK, EPOLLOUT, 0) < 0)
+        return -1;
+    c->back_sock = PyObject_CallFunction(p->sock_type, "iiii", p->backend.ss_family,
+                                         SOCK_STREAM | SOCK_NONBLOCK, 0, c->fd[BACK]);
+    if (!c->back_sock)
+        return -1;
+    PyObject *args[] = {c->back_sock, Py_False, Py_None, (PyObject *)c};
+    PyObject *tls = PyObject_Vectorcall(p->client_wrap, args, 3, p->kwnames);
+    if (!tls) {
+        if (!PyErr_ExceptionMatches(PyExc_OSError))
+            return -1;
+        PyErr_Clear(); /* (SSL_new failed: out of memory) */
+        return conn_close(c, "backend TLS setup failed", L_ERROR);
+    }
+    SSL *ssl = ssl_of(tls);
+    if (ssl) {
+        c->ssl = ssl;
+        c->tls = Py_NewRef(tls);
+        c->tls_side = BACK;
+        c->state = ST_HANDSHAKE;
+        arm(c, K_HANDSHAKE);
+    }
+    Py_DECREF(tls);
+    return ssl ? conn_handshake(c) : -1;
+}
+
+/* --proxy-proxy: read the client's PROXY header (in clear), never a byte of the TLS after it.
+   The worker's proxy_header() parses it (see there). */
+static int conn_proxy(Conn *c) {
+    char why[WHY];
+    int fd = c->fd[FRONT];
+    ssize_t n = recv(fd, buf, (size_t)c->poller->proxy, MSG_PEEK);
+    if (n < 0 && would_block(errno))
+        return conn_want(c, FRONT, EPOLLIN, 1);
+    if (n <= 0) {
+        if (n == 0)
+            return conn_close(c, "client closed before sending a PROXY header", L_INFO);
+        snprintf(why, WHY, "client %s before PROXY header", strerror(errno));
+        return conn_close(c, why, L_INFO);
+    }
+    PyObject *peek = PyBytes_FromStringAndSize(buf, n);
+    PyObject *r = peek ? PyObject_CallMethodObjArgs(c->worker, s_proxy_header, (PyObject *)c,
+                                                    peek, NULL)
+                       : NULL;
+    Py_XDECREF(peek);
+    if (!r)
+        return -1;
+    Py_ssize_t take;
+    int complete;
+    int ok = r == Py_None || PyArg_ParseTuple(r, "np:proxy_header", &take, &complete);
+    Py_DECREF(r);
+    if (!ok || r == Py_None || c->state == ST_CLOSED) /* (None: the header was bad, closed) */
+        return ok ? 0 : -1;
+    if (take <= 0 || take > n) {
+        PyErr_SetString(PyExc_ValueError, "proxy_header(): bad length");
+        return -1;
+    }
+    if (recv(fd, buf, (size_t)take, 0) != take) /* what was peeked is there */
+        return conn_close(c, "client PROXY header read failed", L_INFO);
+    PyObject *part = PyBytes_FromStringAndSize(buf, take);
+    if (!part)
+        return -1;
+    if (c->pbuf)
+        PyBytes_ConcatAndDel(&c->pbuf, part);
+    else
+        c->pbuf = part;
+    if (!c->pbuf)
+        return -1;
+    if (!complete)
+        return conn_want(c, FRONT, EPOLLIN, 1);
+    c->state = ST_HANDSHAKE;
+    return conn_handshake(c);
 }
 
 /* The counter of name in table t (added, with its string, the first time). */
@@ -1472,8 +1575,9 @@ static int conn_handshake(Conn *c) {
     if (r != 1) {
         int saved = errno, err = SSL_get_error_(c->ssl, r);
         if (err == E_WANT_READ || err == E_WANT_WRITE)
-            return conn_want(c, FRONT, err == E_WANT_READ ? EPOLLOUT : EPOLLIN, 0) < 0 ? -1
-                   : conn_want(c, FRONT, err == E_WANT_READ ? EPOLLIN : EPOLLOUT, 1);
+            return conn_want(c, c->tls_side, err == E_WANT_READ ? EPOLLOUT : EPOLLIN, 0) < 0
+                       ? -1
+                       : conn_want(c, c->tls_side, err == E_WANT_READ ? EPOLLIN : EPOLLOUT, 1);
         /* As relay's handshake(): -errno, 4 for an EOF, 0 for a TLS error left queued. */
         int state = err != E_SYSCALL ? 0 : saved ? -saved : 4;
         if (err == E_SYSCALL)
@@ -1487,10 +1591,9 @@ static int conn_handshake(Conn *c) {
         return res ? 0 : -1;
     }
     disarm(c);
-    c->state = ST_RELAY;
-    if (conn_want(c, FRONT, EPOLLOUT, 0) < 0 || handshaken(c) < 0)
+    if (conn_want(c, c->tls_side, EPOLLOUT, 0) < 0 || handshaken(c) < 0)
         return -1;
-    return conn_connect(c);
+    return c->tls_side == FRONT ? conn_connect(c) : conn_relay(c);
 }
 
 /* A Python error (a bug) in a Conn's hooks: close it rather than leave it hanging, and keep
@@ -1511,16 +1614,22 @@ static int conn_event(Conn *c, int fd, uint32_t ev) {
     int side = fd == c->fd[FRONT] ? FRONT : BACK, r = 0;
     int in = (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) && (c->mask[side] & EPOLLIN);
     int out = (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && (c->mask[side] & EPOLLOUT);
-    if (c->state == ST_HANDSHAKE) {
+    if (c->state == ST_PROXY) {
+        if (in)
+            r = conn_proxy(c);
+    } else if (c->state == ST_CONNECT) {
+        if (in || out)
+            r = conn_connected(c);
+    } else if (c->state == ST_HANDSHAKE) {
         if (in || out)
             r = conn_handshake(c);
     } else {
         if (in)
             r = dir_readable(c, side);
         if (!r && out && c->state != ST_CLOSED) {
-            if (side == FRONT && c->read_wants_write) {
+            if (side == c->tls_side && c->read_wants_write) {
                 c->read_wants_write = 0;
-                r = dir_readable(c, FRONT);
+                r = dir_readable(c, side);
             }
             if (!r && c->state != ST_CLOSED)
                 r = dir_writable(c, 1 - side);
@@ -1636,10 +1745,14 @@ static int conn_close(Conn *c, const char *why, int level) {
             poller_forget(c->poller, c->fd[side]);
     if (c->ssl)
         SSL_set_shutdown_(c->ssl, 1 | 2); /* keep the session cached: see keep_session() */
-    if (c->fd[BACK] >= 0)
+    PyObject *r = Py_NewRef(Py_None);
+    if (c->back_sock) /* (it owns the fd) */
+        Py_SETREF(r, PyObject_CallMethodNoArgs(c->back_sock, s_close));
+    else if (c->fd[BACK] >= 0)
         close(c->fd[BACK]);
     c->fd[BACK] = -1;
-    PyObject *r = PyObject_CallMethodNoArgs(c->sock, s_close);
+    if (r)
+        Py_SETREF(r, PyObject_CallMethodNoArgs(c->sock, s_close));
     long long up = c->dir[FRONT].nbytes, down = c->dir[BACK].nbytes;
     for (int s = 0; s < 2; s++) {
         PyMem_Free(c->dir[s].pending);
@@ -1712,25 +1825,40 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     return (PyObject *)c;
 }
 
-/* The handshake begins on tls, the _SSLSocket wrapping c's socket (owner=c). As for fd
-   events, a Python error goes to on_error: -1 only if that raised. */
+/* The handshake begins on tls, the _SSLSocket wrapping c's socket (owner=c), after the PROXY
+   header with --proxy-proxy; tls is NULL with --client (the connect begins). As for fd events,
+   a Python error goes to on_error: -1 only if that raised. */
 static int conn_begin(Conn *c, PyObject *tls, SSL *ssl) {
-    c->ssl = ssl;
-    c->tls = Py_NewRef(tls);
-    arm(c, K_HANDSHAKE);
-    if (conn_handshake(c) < 0)
-        return conn_failed(c), report(c->poller);
-    return 0;
+    int r;
+    arm(c, K_HANDSHAKE); /* (the PROXY header's time included) */
+    if (!tls) /* --client: the backend first */
+        r = conn_connect(c);
+    else {
+        c->ssl = ssl;
+        c->tls = Py_NewRef(tls);
+        if (c->poller->proxy) {
+            c->state = ST_PROXY;
+            r = conn_proxy(c);
+        } else
+            r = conn_handshake(c);
+    }
+    return r < 0 ? (conn_failed(c), report(c->poller)) : 0;
 }
 
-/* start(tls): the _SSLSocket wrapping sock (owner=this Conn); the handshake begins. */
+/* start(tls): the _SSLSocket wrapping sock (owner=this Conn), or None with --client. */
 static PyObject *Conn_start(Conn *c, PyObject *tls) {
     if (!c->poller || c->tls || c->state != ST_HANDSHAKE) {
         PyErr_SetString(PyExc_RuntimeError, "Conn.start() once, after init");
         return NULL;
     }
-    SSL *ssl = ssl_of(tls);
-    return !ssl || conn_begin(c, tls, ssl) < 0 ? NULL : Py_NewRef(Py_None);
+    if ((tls == Py_None) != (c->poller->client_wrap != NULL)) {
+        PyErr_SetString(PyExc_ValueError, "start(None) for --client, else start(tls)");
+        return NULL;
+    }
+    SSL *ssl = tls == Py_None ? NULL : ssl_of(tls);
+    if (tls != Py_None && !ssl)
+        return NULL;
+    return conn_begin(c, tls == Py_None ? NULL : tls, ssl) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *Conn_close(Conn *c, PyObject *args) {
@@ -1744,8 +1872,8 @@ static PyObject *Conn_close(Conn *c, PyObject *args) {
 }
 
 static PyObject *Conn_backend_ready(Conn *c, PyObject *unused) {
-    if (c->state != ST_RELAY || !c->connecting)
-        return PyBool_FromLong(c->state == ST_RELAY);
+    if (c->state == ST_CLOSED || !c->connecting)
+        return PyBool_FromLong(c->state != ST_CLOSED && c->fd[BACK] >= 0);
     int r = backend_ready(c);
     return r < 0 ? NULL : PyBool_FromLong(r);
 }
@@ -1758,6 +1886,7 @@ static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
     Py_VISIT(c->peer);
     Py_VISIT(c->local);
     Py_VISIT(c->tls_info);
+    Py_VISIT(c->back_sock);
     return 0;
 }
 
@@ -1768,6 +1897,8 @@ static int Conn_clear(Conn *c) {
     Py_CLEAR(c->peer);
     Py_CLEAR(c->local);
     Py_CLEAR(c->tls_info);
+    Py_CLEAR(c->back_sock);
+    Py_CLEAR(c->pbuf);
     return 0;
 }
 
@@ -1777,7 +1908,7 @@ static void Conn_dealloc(Conn *c) {
         PyObject_ClearWeakRefs((PyObject *)c);
     if (c->poller)
         disarm(c);
-    if (c->fd[BACK] >= 0)
+    if (c->fd[BACK] >= 0 && !c->back_sock)
         close(c->fd[BACK]);
     for (int s = 0; s < 2; s++)
         PyMem_Free(c->dir[s].pending);
@@ -1818,7 +1949,12 @@ static int Conn_set_context(Conn *c, PyObject *v, void *unused) {
     return PyObject_SetAttr(c->tls, s_context, v);
 }
 
+static PyObject *Conn_get_pbuf(Conn *c, void *unused) {
+    return c->pbuf ? Py_NewRef(c->pbuf) : PyBytes_FromStringAndSize(NULL, 0);
+}
+
 static PyGetSetDef Conn_getset[] = {
+    {"pbuf", (getter)Conn_get_pbuf, NULL, "--proxy-proxy: the client's PROXY header so far", NULL},
     {"started", (getter)Conn_get_double, NULL, "monotonic time of the accept",
      (void *)offsetof(Conn, started)},
     {"active", (getter)Conn_get_double, NULL, "monotonic time data last moved",
@@ -1920,6 +2056,10 @@ static int serve_fd(Poller *p, int fd, int family, const struct sockaddr_storage
     conn_setup(c, p, p->worker, sock, peer, local, fd);
     if (PySet_Add(p->conns, (PyObject *)c) < 0)
         goto done;
+    if (p->client_wrap) { /* --client: in clear from the client */
+        r = conn_begin(c, NULL, NULL);
+        goto done;
+    }
     PyObject *args[] = {sock, Py_True, Py_None, (PyObject *)c};
     if (!(tls = PyObject_Vectorcall(p->wrap, args, 3, p->kwnames))) {
         if (!PyErr_ExceptionMatches(PyExc_OSError))
@@ -1971,29 +2111,29 @@ static int poller_accept(Poller *p, int lfd, int family) {
     return 0;
 }
 
-/* serve(worker, conns, sock_type, wrap, max_conns, log_fd, log_level): from now on the
-   listen()ed sockets are accepted in C, each connection a Conn of worker in the set conns,
-   made by sock_type(family, type, 0, fd) and wrap(sock, True, None, owner=conn); closes are
-   accounted here (closed_in_c()) unless notify is set. */
+/* serve(worker, conns, wrap, max_conns, log_fd, log_level): from now on the listen()ed
+   sockets are accepted in C, each connection a Conn of worker in the set conns, its socket
+   made by configure()'s sock_type(family, type, 0, fd) and its TLS by wrap(sock, True, None,
+   owner=conn) (None with --client); closes are accounted here (closed_in_c()) unless notify
+   is set. */
 static PyObject *Poller_serve(Poller *self, PyObject *args) {
-    PyObject *worker, *conns, *sock_type, *wrap;
+    PyObject *worker, *conns, *wrap;
     Py_ssize_t max_conns;
     int log_fd, log_level;
-    if (!PyArg_ParseTuple(args, "OO!OOnii:serve", &worker, &PySet_Type, &conns, &sock_type,
-                          &wrap, &max_conns, &log_fd, &log_level))
+    if (!PyArg_ParseTuple(args, "OO!Onii:serve", &worker, &PySet_Type, &conns, &wrap,
+                          &max_conns, &log_fd, &log_level))
         return NULL;
-    if (!self->backend_len) {
-        PyErr_SetString(PyExc_RuntimeError, "configure() comes first");
+    if (!self->backend_len || !self->sock_type) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() with a sock_type comes first");
         return NULL;
     }
-    PyObject *kwnames = Py_BuildValue("(s)", "owner");
-    if (!kwnames)
+    if ((wrap == Py_None) != (self->client_wrap != NULL)) {
+        PyErr_SetString(PyExc_ValueError, "wrap None for --client (only)");
         return NULL;
-    Py_XSETREF(self->kwnames, kwnames);
+    }
     Py_XSETREF(self->worker, Py_NewRef(worker));
     Py_XSETREF(self->conns, Py_NewRef(conns));
-    Py_XSETREF(self->sock_type, Py_NewRef(sock_type));
-    Py_XSETREF(self->wrap, Py_NewRef(wrap));
+    Py_XSETREF(self->wrap, wrap == Py_None ? NULL : Py_NewRef(wrap));
     self->max_conns = max_conns;
     self->log_fd = log_fd;
     self->log_level = log_level;
@@ -2006,7 +2146,7 @@ static PyObject *Poller_listen(Poller *self, PyObject *args) {
     int fd, family;
     if (!PyArg_ParseTuple(args, "ii:listen", &fd, &family))
         return NULL;
-    if (family && !self->wrap) {
+    if (family && !self->conns) {
         PyErr_SetString(PyExc_RuntimeError, "serve() comes first");
         return NULL;
     }
@@ -2039,15 +2179,28 @@ static int set_bounds(Hist *h, PyObject *bounds) {
 }
 
 /* configure(backend_family, backend_sockaddr, handshake_timeout, connect_timeout, header,
-   handshake_buckets, connect_buckets): what Conns need; sockaddr as getaddrinfo() gives it
-   for AF_INET or AF_INET6; the duration histograms' upper bounds (metrics.*_BUCKETS). */
-static PyObject *Poller_configure(Poller *self, PyObject *args) {
-    int family, header;
-    PyObject *sa, *hs_buckets, *ct_buckets;
+   handshake_buckets, connect_buckets, *, proxy=0, sock_type=None, client_wrap=None): what
+   Conns need; sockaddr as getaddrinfo() gives it for AF_INET or AF_INET6; the duration
+   histograms' upper bounds (metrics.*_BUCKETS); proxy: --proxy-proxy's peek size; sock_type
+   makes socket objects for serve() and --client, where client_wrap wraps the backend's. */
+static PyObject *Poller_configure(Poller *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"", "", "", "", "", "", "", "proxy", "sock_type", "client_wrap",
+                             NULL};
+    int family, header, proxy = 0;
+    PyObject *sa, *hs_buckets, *ct_buckets, *sock_type = Py_None, *client_wrap = Py_None;
     double hs, ct;
-    if (!PyArg_ParseTuple(args, "iOddpOO:configure", &family, &sa, &hs, &ct, &header,
-                          &hs_buckets, &ct_buckets))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOddpOO|$iOO:configure", kwlist, &family, &sa,
+                                     &hs, &ct, &header, &hs_buckets, &ct_buckets, &proxy,
+                                     &sock_type, &client_wrap))
         return NULL;
+    if (client_wrap != Py_None && sock_type == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "client_wrap needs sock_type");
+        return NULL;
+    }
+    if (proxy < 0 || proxy > BUFSIZE) {
+        PyErr_SetString(PyExc_ValueError, "proxy: a peek size up to BUFSIZE");
+        return NULL;
+    }
     if (set_bounds(&self->stats.handshake_seconds, hs_buckets) < 0 ||
         set_bounds(&self->stats.connect_seconds, ct_buckets) < 0)
         return NULL;
@@ -2083,7 +2236,12 @@ static PyObject *Poller_configure(Poller *self, PyObject *args) {
     self->backend_len = len;
     self->timeout[K_HANDSHAKE] = hs;
     self->timeout[K_CONNECT] = ct;
+    if (!self->kwnames && !(self->kwnames = Py_BuildValue("(s)", "owner")))
+        return NULL;
     self->want_header = header;
+    self->proxy = proxy;
+    Py_XSETREF(self->sock_type, sock_type == Py_None ? NULL : Py_NewRef(sock_type));
+    Py_XSETREF(self->client_wrap, client_wrap == Py_None ? NULL : Py_NewRef(client_wrap));
     Py_RETURN_NONE;
 bad:
     PyErr_SetString(PyExc_ValueError, "backend: a numeric IPv4 or IPv6 address is needed");
@@ -2195,6 +2353,7 @@ PyMODINIT_FUNC PyInit__flow(void) {
         {&s_handshake_failed, "handshake_failed"},
         {&s_backend_failed, "backend_failed"}, {&s_client_header, "client_header"},
         {&s_close, "close"},             {&s_fileno, "fileno"},
+        {&s_proxy_header, "proxy_header"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!(*names[i].slot = PyUnicode_InternFromString(names[i].name)))

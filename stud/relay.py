@@ -379,16 +379,12 @@ class Relay:
         if not peek:
             self.close("client closed before sending a PROXY header", INFO)
             return
-        data = self.pbuf + peek
-        try:
-            h = proxyproto.parse(data)
-        except proxyproto.ProxyError as e:
-            self.close(f"bad PROXY header: {e}", INFO)
+        step = self.worker.proxy_header(self, peek)
+        if step is None:
             return
-        # Consume only header bytes: all of them while incomplete, else exactly up to its end.
-        take = len(peek) if h is None else h.length - len(self.pbuf)
+        take, complete = step
         self.pbuf += sock.recv(take)
-        if h is not None:
+        if complete:
             self._start_tls(self.front, server=True, then=self._connect)
 
     def _start_tls(self, end: End, *, server: bool, then: Callable[[], None]) -> None:

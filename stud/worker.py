@@ -77,18 +77,19 @@ class Worker:
         self.fd_logged = 0.0
         self.loop = new_loop()
         self.watch = new_watch(self.loop, self._on_callback_error)
-        # The default path runs each connection as a Conn, all in C, where it is built;
-        # --proxy-proxy and --client (and the pure-Python path) as a relay.Relay.
-        self.conn_type = Conn if not cfg.client and self.mode != "proxy-proxy" else None
+        # Each connection is a Conn, all in C, where that is built; else a relay.Relay.
+        self.conn_type = Conn
         if self.conn_type:
-            self.watch.configure(*backend, cfg.ssl_handshake_timeout,
-                                 cfg.backend_connect_timeout, self.mode is not None, HS_BUCKETS,
-                                 CONNECT_BUCKETS)
+            self.watch.configure(
+                *backend, cfg.ssl_handshake_timeout, cfg.backend_connect_timeout,
+                self.mode is not None, HS_BUCKETS, CONNECT_BUCKETS, sock_type=Sock,
+                proxy=proxyproto.MAX_V2_LENGTH if self.mode == "proxy-proxy" else 0,
+                client_wrap=client_context._wrap_socket if client_context else None)
         # Accepted and closed in C too, unless a client may be delayed (the limiter) or the
         # connection log goes to syslog: then _accept() and closed() run for every one.
         self.accept_in_c = bool(self.conn_type) and not self.limiter and not log.use_syslog
         if self.accept_in_c:
-            self.watch.serve(self, self.conns, Sock, ssl_context._wrap_socket,
+            self.watch.serve(self, self.conns, None if cfg.client else ssl_context._wrap_socket,
                              self.max_conns or 0, log.stdout, log.level)
 
     def run(self) -> int:
@@ -226,6 +227,18 @@ class Worker:
         self.stats.backend_connect_failed += 1
         relay.close(f"backend connect failed: {why}", INFO)
 
+    def proxy_header(self, relay: Relay | Conn, peek: bytes) -> tuple[int, bool] | None:
+        """--proxy-proxy: how many bytes of peek (what the client sent next, still unread)
+        belong to its PROXY header, and whether they complete it; None if it is bad (closed)."""
+        have = relay.pbuf
+        try:
+            h = proxyproto.parse(have + peek)
+        except proxyproto.ProxyError as e:
+            relay.close(f"bad PROXY header: {e}", INFO)
+            return None
+        # Consume only header bytes: all of them while incomplete, else exactly up to its end.
+        return (len(peek), False) if h is None else (h.length - len(have), True)
+
     def client_header(self, relay: Relay | Conn) -> bytes:
         """What the backend reads first: the client's address, as the mode has it."""
         mode = self.mode
@@ -305,6 +318,9 @@ class Worker:
             return
         conn = self.conn_type(self.watch, self, sock, peer, local)
         self.conns.add(conn)
+        if self.client_mode:
+            conn.start(None)  # in clear from the client: the backend connect begins
+            return
         try:
             tls = self.ssl_context._wrap_socket(sock, True, None, owner=conn)
         except OSError as e:

@@ -17,8 +17,9 @@ import weakref
 import pytest
 from conftest import client_ctx
 
-from stud import relay
+from stud import proxyproto, relay
 from stud.metrics import CONNECT_BUCKETS, HS_BUCKETS
+from stud.worker import Worker
 
 if relay.Conn is None:
     pytest.skip("stud._flow is not built", allow_module_level=True)
@@ -35,7 +36,9 @@ class Hooks:
 
     def client_header(self, conn) -> bytes:
         self.events.append(("client_header", conn.tls_info))
-        return self.header
+        return self.header if self.header is not None else conn.pbuf
+
+    proxy_header = Worker.proxy_header
 
     def handshake_failed(self, conn, state) -> None:
         err = relay.handshake_error(conn.tls, state)
@@ -56,11 +59,15 @@ class Rig:
     """A listener whose connections become Conns, served by a Poller on this thread."""
 
     def __init__(self, pem: str, backend_port: int, hooks: Hooks, *, header: bool = False,
-                 handshake_timeout: float = 30.0) -> None:
+                 handshake_timeout: float = 30.0, proxy: bool = False,
+                 client: ssl.SSLContext | None = None) -> None:
         self.errors: list[BaseException] = []
         self.poller = relay._flow.Poller(self.errors.append)
         self.poller.configure(socket.AF_INET, ("127.0.0.1", backend_port), handshake_timeout,
-                              10.0, header, HS_BUCKETS, CONNECT_BUCKETS)
+                              10.0, header, HS_BUCKETS, CONNECT_BUCKETS, sock_type=relay.Sock,
+                              proxy=proxyproto.MAX_V2_LENGTH if proxy else 0,
+                              client_wrap=client._wrap_socket if client else None)
+        self.client = client
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(pem)
         self.ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF  # as stud's: a FIN ends the stream
@@ -81,7 +88,8 @@ class Rig:
                 conn = relay.Conn(self.poller, self.hooks, sock, peer, ())
                 self.hooks.open.add(conn)
                 self.conns.append(weakref.ref(conn))
-                conn.start(self.ctx._wrap_socket(sock, True, None, owner=conn))
+                conn.start(None if self.client else
+                           self.ctx._wrap_socket(sock, True, None, owner=conn))
             self.poller.dispatch()
         assert done.is_set(), "the client did not finish in time"
 
@@ -90,8 +98,8 @@ class Rig:
         self.poller.close()
 
 
-def echo_backend() -> tuple[socket.socket, threading.Thread]:
-    """A backend that echoes each connection until EOF, then closes it."""
+def echo_backend(tls: ssl.SSLContext | None = None) -> tuple[socket.socket, threading.Thread]:
+    """A backend that echoes each connection until EOF, then closes it (in TLS if given)."""
     lsock = socket.create_server(("127.0.0.1", 0))
 
     def run() -> None:
@@ -100,9 +108,12 @@ def echo_backend() -> tuple[socket.socket, threading.Thread]:
                 sock, _ = lsock.accept()
             except OSError:
                 return
-            with sock:
-                while data := sock.recv(65536):
-                    sock.sendall(data)
+            try:
+                with tls.wrap_socket(sock, server_side=True) if tls else sock as s:
+                    while data := s.recv(65536):
+                        s.sendall(data)
+            except OSError:
+                sock.close()
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
@@ -137,6 +148,46 @@ def run_one(rig: Rig, client) -> None:
         rig.poller.dispatch()
 
 
+def refs() -> tuple[int, int, int]:
+    return sys.getrefcount(None), sys.getrefcount(True), sys.getrefcount(False)
+
+
+class Counted:
+    """A run of count connections, after a warm-up (first-use caches), then the rig and the
+    backend closed: what the hooks saw (the events; tls_info as strings: kept tuples would
+    hold None and False) and the Poller's counts, checked for leaked references (the
+    refcounts of None, True and False) and Conns."""
+
+    def __init__(self, rig: Rig, backend: socket.socket, clients, count: int) -> None:
+        hooks = rig.hooks
+        try:
+            run_one(rig, lambda: clients(4))
+            hooks.events.clear()
+            hooks.tls_info.clear()
+            rig.conns.clear()
+            rig.poller.take_stats()
+            gc.collect()
+            before = refs()
+            run_one(rig, lambda: clients(count))
+            assert not hooks.open
+            self.taken = rig.poller.take_stats()
+            self.closed = [e for e in hooks.events if e[0] == "closed"]
+            self.infos = [(v, c, str(sni), str(alpn), str(resumed))
+                          for v, c, sni, alpn, resumed in hooks.tls_info]
+            hooks.events.clear()
+            hooks.tls_info.clear()
+            gc.collect()
+            after = refs()
+        finally:
+            rig.close()
+            backend.close()
+        assert not rig.errors
+        # A refcount error costs one reference (or more) per connection; allow a little slack
+        # for objects the interpreter caches meanwhile.
+        assert [abs(a - b) < count // 2 for a, b in zip(before, after, strict=True)] == [True] * 3
+        assert [r() for r in rig.conns] == [None] * count  # every Conn freed
+
+
 def test_connections_relay_and_leave_no_references_behind(pem):
     backend, _ = echo_backend()
     hooks = Hooks()
@@ -156,32 +207,8 @@ def test_connections_relay_and_leave_no_references_behind(pem):
                     got += s.recv(65536)
                 assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
 
-    def refs() -> tuple[int, int, int]:
-        return sys.getrefcount(None), sys.getrefcount(True), sys.getrefcount(False)
-
-    try:
-        # Warm up (first-use caches), then count references across many connections.
-        run_one(rig, lambda: clients(4))
-        hooks.events.clear()
-        hooks.tls_info.clear()
-        rig.conns.clear()
-        rig.poller.take_stats()
-        gc.collect()
-        before = refs()
-        run_one(rig, clients)
-        assert not hooks.open
-        taken = rig.poller.take_stats()
-        # (Kept tls_info tuples hold None and False: count without them.)
-        infos = [(v, c, sni, str(alpn), str(resumed)) for v, c, sni, alpn, resumed in
-                 hooks.tls_info]
-        hooks.tls_info.clear()
-        gc.collect()
-        after = refs()
-    finally:
-        rig.close()
-        backend.close()
-    assert not rig.errors
-    closed = [e for e in hooks.events if e[0] == "closed"]
+    run = Counted(rig, backend, clients, count)
+    closed, infos = run.closed, run.infos
     assert len(closed) == count
     assert {(why, up, down) for _, why, up, down in closed} == {
         ("closed", len(payload), len(payload))}
@@ -191,17 +218,54 @@ def test_connections_relay_and_leave_no_references_behind(pem):
     assert {c for _, c, _, _, _ in infos} == {"TLS_AES_256_GCM_SHA384",
                                               "ECDHE-ECDSA-AES256-GCM-SHA384"}
     handshakes, resumed, versions, ciphers, (buckets, seconds), (cbuckets, cseconds), \
-        counts = taken
+        counts = run.taken
     assert counts == (0, 0, 0)  # Conns started by hand, closed by the worker's closed()
     assert (handshakes, resumed, versions) == (count, 0, {"TLSv1.3": count // 2,
                                                           "TLSv1.2": count // 2})
     assert sum(ciphers.values()) == sum(buckets) == sum(cbuckets) == count
     assert 0 < cseconds and 0 < seconds < count
     assert (len(buckets), len(cbuckets)) == (len(HS_BUCKETS) + 1, len(CONNECT_BUCKETS) + 1)
-    # A refcount error costs one reference (or more) per connection; allow a little slack
-    # for objects the interpreter caches meanwhile.
-    assert [abs(a - b) < count // 2 for a, b in zip(before, after, strict=True)] == [True] * 3
-    assert [r() for r in rig.conns] == [None] * count  # every Conn freed
+
+
+@pytest.mark.parametrize("mode", ["proxy", "client"])
+def test_proxy_and_client_conns_relay_and_leave_no_references_behind(pem, mode):
+    """--proxy-proxy: a PROXY header in clear, then TLS; the header goes on to the backend
+    (which echoes it). --client: the client in clear, TLS towards the backend."""
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(pem)
+    backend, _ = echo_backend(tls if mode == "client" else None)
+    hooks = Hooks(header=None if mode == "proxy" else b"")
+    rig = Rig(pem, backend.getsockname()[1], hooks, header=mode == "proxy",
+              proxy=mode == "proxy", client=client_ctx(options=ssl.OP_IGNORE_UNEXPECTED_EOF)
+              if mode == "client" else None)  # (as stud's client context)
+    payload = bytes(range(256)) * 100
+    proxy = b"PROXY TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n"
+    count = 40
+
+    def clients(n: int = count) -> None:
+        expect = payload if mode == "client" else proxy + payload
+        for i in range(n):
+            s = socket.create_connection(("127.0.0.1", rig.port), timeout=10)
+            if mode == "proxy":
+                # The header in two parts on odd connections: it is reassembled.
+                s.sendall(proxy[:7])
+                if i % 2:
+                    time.sleep(0.01)
+                s.sendall(proxy[7:])
+                s = client_ctx().wrap_socket(s)
+            with s:
+                s.sendall(payload)
+                got = b""
+                while len(got) < len(expect):
+                    got += s.recv(65536)
+                assert got == expect
+                if mode == "client":
+                    s.shutdown(socket.SHUT_WR)
+                    assert s.recv(10) == b""
+
+    run = Counted(rig, backend, clients, count)
+    down = len(payload) + (len(proxy) if mode == "proxy" else 0)  # (the header is echoed)
+    assert run.closed == [("closed", "closed", len(payload), down)] * count
 
 
 def test_header_goes_first_and_is_not_counted(pem):

@@ -743,18 +743,23 @@ def test_connection_lines_are_the_same_from_c_and_from_python(stud, backend, pem
         mport = free_port()
         s = stud(pem, "--log-level=debug", "--alpn-protos=h2,http/1.1",
                  f"--metrics=127.0.0.1:{mport}", *extra, backend_port=bport)
-        for name in names:
+        def logged(n: int, s=s) -> None:  # one at a time: lines in connection order
+            wait_for(lambda: len(conn_lines(s.output())) == n, 10)
+
+        for i, name in enumerate(names):
             with tls_connect(s.port, sni=name, ctx=client_ctx()) as c:
                 echo(c, b"abc")
+            logged(i + 1)
         ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
         ctx.set_alpn_protocols(["http/1.1"])
         with tls_connect(s.port, ctx=ctx) as c:
             echo(c, b"hello")
+        logged(len(names) + 1)
         with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
             c.sendall(b"GET / HTTP/1.0\r\n\r\n")  # a failed handshake (debug)
             assert closed_by_peer(c, 3)
         n = len(names) + 2
-        wait_for(lambda s=s, n=n: len(conn_lines(s.output())) == n, 10)
+        logged(n)
         lines = conn_lines(s.output())
         for line in lines:  # (the client port and the duration differ)
             assert re.fullmatch(r"127\.0\.0\.1:\d+", line.pop("client")), line
