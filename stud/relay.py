@@ -1,5 +1,4 @@
-"""One connection: client TLS <-> backend TCP, driven by fd callbacks (a stud._flow.Poller
-served by the event loop, or the loop's own add_reader() in pure Python).
+"""One connection: client TLS <-> backend TCP, driven by the event loop's fd callbacks.
 
 Each side is a non-blocking socket, with an OpenSSL connection on its fd on the TLS side, so
 OpenSSL reads the kernel socket itself and releases its buffers while idle (about 16 KiB of RSS
@@ -7,10 +6,9 @@ per idle connection, all included, against 24 KiB for uvloop's memory-BIO transp
 for asyncio's). Data moves through one buffer shared by the whole process: what cannot be
 written at once is kept (at most one read's worth per direction) and reading from the source
 pauses until it is flushed, so a slow reader throttles the other side instead of growing memory.
-Where stud/_flow.c is built, a default-path connection is a _flow.Conn: this same life, all in
-C. Relay runs --proxy-proxy and --client there, with the compiled data pump (Flow) and handshake
-step; without the C module it runs every connection, with PyFlow and _py_handshake, the same
-logic in Python (the reference).
+Where stud/_flow.c is built, every connection is a _flow.Conn: this same life, all in C. Relay
+runs them where it is not (or with STUD_PURE_PYTHON=1): the same logic in Python, and the
+reference for the C.
 
 Half-close is passed on in both directions: a client's close_notify or FIN becomes
 shutdown(SHUT_WR) towards the backend and the backend's reply still flows back; a backend's FIN
@@ -91,12 +89,9 @@ class End:
         self.tls.context = ctx  # the SNI callback switches certificates through the owner
 
 
-class PyFlow:
-    """Bytes one way, src -> dst, with back-pressure and EOF propagation.
-
-    The reference implementation: stud/_flow.c is the same state machine in C, used when it
-    is built (see Flow below); this one runs otherwise, or with STUD_PURE_PYTHON=1.
-    """
+class Flow:
+    """Bytes one way, src -> dst, with back-pressure and EOF propagation (stud/_flow.c's Conn
+    runs the same state machine for both directions)."""
 
     __slots__ = ("relay", "src", "dst", "pending", "eof", "done", "nbytes")
 
@@ -220,8 +215,8 @@ class PyFlow:
 
 
 class LoopWatch:
-    """Fd interest through the event loop's add_reader()/add_writer(): the pure-Python
-    stand-in for stud._flow.Poller, which keeps connection fds in an epoll set of its own."""
+    """A relay's fd interest, through the event loop's add_reader()/add_writer() (Conns keep
+    theirs in the stud._flow.Poller's epoll set)."""
 
     __slots__ = ("loop",)
 
@@ -257,7 +252,7 @@ def _compiled() -> ModuleType | None:
     return _flow
 
 
-def _py_handshake(end: End) -> int:
+def handshake_step(end: End) -> int:
     """One handshake step: 1 done, 2 wants to read, 3 wants to write; failures raise."""
     try:
         end.tls.do_handshake()
@@ -268,16 +263,8 @@ def _py_handshake(end: End) -> int:
     return 1
 
 
-def _c_handshake(end: End) -> int:
-    """The same without an exception per would-block; failures raise what ssl would."""
-    state = _flow.handshake(end.ssl)
-    if 0 < state < 4:
-        return state
-    raise handshake_error(end.tls, state)
-
-
 def handshake_error(tls: _ssl._SSLSocket, state: int) -> Exception:
-    """What ssl would raise for a failed handshake step of stud._flow (-errno: a socket error,
+    """What ssl would raise for a Conn's failed handshake step (-errno: a socket error,
     4: EOF, 0: a TLS error still queued, which do_handshake() raises as ssl names it)."""
     if state < 0:
         return OSError(-state, os.strerror(-state))
@@ -292,19 +279,14 @@ def handshake_error(tls: _ssl._SSLSocket, state: int) -> Exception:
 
 WANT_READ, WANT_WRITE = 2, 3  # SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE
 _flow = _compiled()
-Flow = _flow.Flow if _flow else PyFlow
-handshake_step = _c_handshake if _flow else _py_handshake
-ssl_pointer = _flow.ssl_pointer if _flow else sslext.ssl_pointer
-servername = _flow.servername if _flow else sslext.servername
-keep_session = _flow.keep_session if _flow else sslext.keep_session
-# A whole connection in C (stud/_flow.c): the default path, where built.
+# A whole connection in C (stud/_flow.c), where built.
 Conn = _flow.Conn if _flow else None
 
 
 def new_watch(loop: asyncio.AbstractEventLoop,
               on_error: Callable[[BaseException], None]) -> LoopWatch | _flow.Poller:
-    """Where relays register their fds: a stud._flow.Poller served by the loop, or a
-    LoopWatch. on_error gets what a Poller callback raised."""
+    """Where connections register their fds: a stud._flow.Poller served by the loop, for
+    Conns, or a LoopWatch, for relays. on_error gets what a Conn's hook raised."""
     if _flow is None:
         return LoopWatch(loop)
     poller = _flow.Poller(on_error)
@@ -394,7 +376,7 @@ class Relay:
         except OSError as e:
             self.close(f"{end.name} {reason(e)}", DEBUG)
             return
-        end.ssl = ssl_pointer(end.tls)
+        end.ssl = sslext.ssl_pointer(end.tls)
         self.hs_end, self.hs_next = end, then
         self._handshake()
 
@@ -415,7 +397,7 @@ class Relay:
             return
         self.want_write(end, None)
         self.hs_end = None
-        self.worker.handshaken(self, end.tls, servername(end.ssl))
+        self.worker.handshaken(self, end.tls, sslext.servername(end.ssl))
         self.hs_next()
         if not self.flows and not self.closed:
             # Still connecting: not a byte is read until the backend is there. (When the
@@ -517,7 +499,7 @@ class Relay:
             if end.reader is not None or end.writer is not None:
                 self.watch.forget(end.fd)
             if end.ssl is not None:
-                keep_session(end.ssl)
+                sslext.keep_session(end.ssl)
             end.sock.close()
             # Relay, ends and flows refer to each other: undo that, so that reference
             # counting frees them now instead of the cycle collector later.

@@ -302,6 +302,37 @@ def test_header_goes_first_and_is_not_counted(pem):
     assert [e for e in hooks.events if e[0] == "closed"] == [("closed", "closed", 5, 0)]
 
 
+def test_a_raising_hook_closes_its_conn_only_and_is_reported(pem):
+    """A bug in a worker hook (here client_header, on the first connection) goes to the
+    Poller's on_error; that connection closes as an internal error, the next ones relay."""
+    backend, _ = echo_backend()
+
+    class Raising(Hooks):
+        def client_header(self, conn) -> bytes:
+            if not self.events:
+                raise ZeroDivisionError("a bug")
+            return super().client_header(conn)
+
+    hooks = Raising()
+    rig = Rig(pem, backend.getsockname()[1], hooks, header=True)
+
+    def clients() -> None:
+        for i in range(3):
+            with socket.create_connection(("127.0.0.1", rig.port), timeout=10) as raw, \
+                    client_ctx().wrap_socket(raw) as s:
+                s.sendall(b"ping")
+                assert s.recv(10) == (b"" if i == 0 else b"ping")
+
+    try:
+        run_one(rig, clients)
+    finally:
+        rig.close()
+        backend.close()
+    assert [type(e) for e in rig.errors] == [ZeroDivisionError]
+    closed = [e for e in hooks.events if e[0] == "closed"]
+    assert closed == [("closed", "internal error", 0, 0)] + [("closed", "closed", 4, 4)] * 2
+
+
 def test_a_down_backend_is_reported_once(pem):
     with socket.create_server(("127.0.0.1", 0)) as gone:
         port = gone.getsockname()[1]  # closed at once: connections are refused

@@ -23,7 +23,7 @@ PATTERN = bytes(range(256)) * 4096  # what backend.py's "reply" mode sends: 1 Mi
 
 @pytest.fixture(autouse=True, params=["compiled", "pure"])
 def data_path(request, monkeypatch) -> str:
-    """Every test here runs on both data paths: stud/_flow.c, and relay.PyFlow, the
+    """Every test here runs on both data paths: stud/_flow.c's Conn, and relay.Relay, the
     pure-Python reference that runs where the extension is not built."""
     if request.param == "pure":
         monkeypatch.setenv("STUD_PURE_PYTHON", "1")
@@ -32,10 +32,10 @@ def data_path(request, monkeypatch) -> str:
 
 def test_data_path_is_the_one_asked_for(data_path):
     """The extension is built by the normal install, and used unless STUD_PURE_PYTHON=1."""
-    code = "from stud import relay; print(relay.Flow.__module__)"
+    code = "from stud import relay; print(relay.Conn)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout.strip()
-    assert out == {"compiled": "stud._flow", "pure": "stud.relay"}[data_path]
+    assert out == {"compiled": "<class 'stud._flow.Conn'>", "pure": "None"}[data_path]
 
 
 def records(tmp_path: Path, n: int = 1) -> bytes:
@@ -337,3 +337,15 @@ def test_failed_handshakes_are_named_alike_on_both_paths(stud, backend, pem):
                           '"handshake failed: TLS error: UNEXPECTED_MESSAGE"',
                           '"handshake failed: closed the connection"',
                           '"handshake failed: Connection reset by peer"']
+
+
+def test_client_mode(stud, backend, pem):
+    """Plain client -> stud --client -> stud (TLS) -> echo backend."""
+    server = stud(pem, backend_port=backend("echo"))
+    client = stud("--client", backend_port=server.port)
+    with socket.create_connection(("127.0.0.1", client.port), timeout=10) as c:
+        c.sendall(b"through two studs")
+        assert c.recv(100) == b"through two studs"
+        c.shutdown(socket.SHUT_WR)
+        assert read_all(c) == b""
+    wait_for(lambda: "connection closed" in server.output())

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import client_ctx, peer_cn, read_all, tls_connect, wait_for
+from conftest import client_ctx, peer_cn, tls_connect, wait_for
 
 
 def s_client(port: int, *args: str, stdin: bytes = b"", timeout: float = 15) -> str:
@@ -195,18 +195,6 @@ def test_session_resumption_across_workers_tls13_and_tls12(stud, backend, pem):
                 c.sendall(b"y")
                 assert c.recv(10) == b"y"
         assert reused == 6, version
-
-
-def test_client_mode(stud, backend, pem):
-    """Plain client -> stud --client -> stud (TLS) -> echo backend."""
-    server = stud(pem, backend_port=backend("echo"))
-    client = stud("--client", backend_port=server.port)
-    with socket.create_connection(("127.0.0.1", client.port), timeout=10) as c:
-        c.sendall(b"through two studs")
-        assert c.recv(100) == b"through two studs"
-        c.shutdown(socket.SHUT_WR)
-        assert read_all(c) == b""
-    wait_for(lambda: "connection closed" in server.output())
 
 
 def test_keepalive_idle_is_applied(stud, backend, pem):
