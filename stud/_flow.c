@@ -391,7 +391,7 @@ static PyMemberDef Poller_members[] = {
 static PyTypeObject PollerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "stud._flow.Poller",
-    .tp_doc = "Poller(on_error): fd callbacks in an epoll set of their own.",
+    .tp_doc = "Poller(on_error): Conns and listening sockets in an epoll set of their own.",
     .tp_basicsize = sizeof(Poller),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = Poller_new,
@@ -1415,7 +1415,8 @@ static PyMemberDef Conn_members[] = {
 };
 
 static PyMethodDef Conn_methods[] = {
-    {"start", (PyCFunction)Conn_start, METH_O, "start(tls): begin the handshake"},
+    {"start", (PyCFunction)Conn_start, METH_O,
+     "start(tls): begin (the PROXY header, then) the handshake; start(None): --client"},
     {"close", (PyCFunction)Conn_close, METH_VARARGS, "close(why, level=INFO)"},
     {"backend_ready", (PyCFunction)Conn_backend_ready, METH_NOARGS,
      "is the backend connected? (a failed connect closes the Conn)"},
