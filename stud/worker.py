@@ -78,8 +78,7 @@ class Worker:
         self.loop = new_loop()
         self.watch = new_watch(self.loop, self._on_callback_error)
         # Each connection is a Conn, all in C, where that is built; else a relay.Relay.
-        self.conn_type = Conn
-        if self.conn_type:
+        if Conn:
             self.watch.configure(
                 *backend, cfg.ssl_handshake_timeout, cfg.backend_connect_timeout,
                 self.mode is not None, HS_BUCKETS, CONNECT_BUCKETS, sock_type=Sock,
@@ -87,7 +86,7 @@ class Worker:
                 client_wrap=client_context._wrap_socket if client_context else None)
         # Accepted and closed in C too, unless a client may be delayed (the limiter) or the
         # connection log goes to syslog: then _accept() and closed() run for every one.
-        self.accept_in_c = bool(self.conn_type) and not self.limiter and not log.use_syslog
+        self.accept_in_c = bool(Conn) and not self.limiter and not log.use_syslog
         if self.accept_in_c:
             self.watch.serve(self, self.conns, None if cfg.client else ssl_context._wrap_socket,
                              self.max_conns or 0, log.stdout, log.level)
@@ -133,7 +132,7 @@ class Worker:
             pass  # the master is gone or busy; EOF handling drains us
 
     def stats_snapshot(self) -> bytes:
-        if self.conn_type:
+        if Conn:
             self.stats.add_conn_stats(*self.watch.take_stats())
         self.stats.open = len(self.conns)
         return self.stats.snapshot()
@@ -187,7 +186,7 @@ class Worker:
                     break
                 self.disarm(relay)
                 self.timed_out(relay, kind)
-        if self.conn_type:
+        if Conn:
             for conn, kind in self.watch.expired(now):
                 self.timed_out(conn, kind)
         self.loop.call_later(SWEEP, self._sweep)
@@ -311,12 +310,12 @@ class Worker:
         except OSError:
             sock.close()
             return
-        if self.conn_type is None:
+        if Conn is None:
             relay = Relay(self, sock, peer, local)
             self.conns.add(relay)
             relay.start()
             return
-        conn = self.conn_type(self.watch, self, sock, peer, local)
+        conn = Conn(self.watch, self, sock, peer, local)
         self.conns.add(conn)
         if self.client_mode:
             conn.start(None)  # in clear from the client: the backend connect begins
