@@ -1,11 +1,15 @@
-"""The compiled relay data path (stud/_flow.c). Everything else is in pyproject.toml.
+"""The compiled parts: the relay data path (stud/_flow.c) and the shared session cache
+(stud/_sesscache.c). Everything else is in pyproject.toml.
 
 optional=True: without a C compiler or Python headers the install still succeeds and stud
-runs the pure-Python relay (stud.relay.PyFlow), which CI tests too.
+runs the pure-Python relay (stud.relay.Relay), which CI tests too, without a shared session
+cache (-C warns).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("stud._flow", ["stud/_flow.c"], optional=True,
-                             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                                                 "-Wno-missing-field-initializers"])])
+FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+
+setup(ext_modules=[Extension(f"stud.{name}", [f"stud/{name}.c"], optional=True,
+                             depends=["stud/_addresses.h"], extra_compile_args=FLAGS)
+                   for name in ("_flow", "_sesscache")])

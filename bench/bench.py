@@ -59,6 +59,7 @@ UNITS: dict[str, tuple[str, bool]] = {
     "p99_ms": ("ms", False),
     "bulk": ("MiB/s", True),
 }
+SHARED_CACHE = "stud -C 20000"  # the resume test also runs stud with its shared session cache
 PINNED_SCENARIOS = ("hs_new", "hs_new_rsa", "conn_resumed", "rps_keepalive", "bulk")
 ALL_SCENARIOS = (*PINNED_SCENARIOS, "idle_mem", "scaling", "resume")
 # Targets on the stud/hitch ratio per proxy CPU-second.
@@ -536,6 +537,7 @@ class Instance:
     cpus: set[int]
     proc: Started | None = None
     argv: list[str] = field(default_factory=list)
+    extra: tuple[str, ...] = ()  # more stud options
     error: str = ""
 
     def pids(self) -> list[int]:
@@ -626,7 +628,8 @@ class Bench:
         front, back = f"[{HOST}]:{inst.port}", f"[{HOST}]:{self.backend_port}"
         if inst.kind == "stud":
             assert self.stud_cmd
-            return [*self.stud_cmd, "-f", front, "-b", back, "-n", str(inst.workers), str(inst.pem)]
+            return [*self.stud_cmd, "-f", front, "-b", back, "-n", str(inst.workers), *inst.extra,
+                    str(inst.pem)]
         if inst.kind == "hitch":
             ocsp = self.work / "hitch-ocsp"
             ocsp.mkdir(exist_ok=True)
@@ -662,12 +665,14 @@ backend be
         return [_which("haproxy") or "haproxy", "-db", "-f", str(conf)]
 
     def start_proxy(
-        self, kind: str, label: str, pem: Path, workers: int, cpus: set[int]
+        self, kind: str, label: str, pem: Path, workers: int, cpus: set[int],
+        extra: tuple[str, ...] = (),
     ) -> Instance:
-        inst = Instance(kind, label, free_port(self.ports), pem, workers, cpus)
+        inst = Instance(kind, label, free_port(self.ports), pem, workers, cpus, extra=extra)
         inst.argv = self.proxy_argv(inst)
         self.commands.setdefault(
-            f"{kind} ({workers} worker{'s' * (workers > 1)})", shlex.join(inst.argv)
+            f"{kind} ({workers} worker{'s' * (workers > 1)}{', ' * bool(extra)}"
+            f"{' '.join(extra)})", shlex.join(inst.argv)
         )
         env = dict(os.environ)
         if kind == "stud" and self.stud_path:
@@ -1088,6 +1093,10 @@ backend be
                         workers,
                         ALL_CPUS,
                     )
+            if "resume" in self.a.scenarios and "stud" in self.kinds:
+                insts[SHARED_CACHE, 2] = self.start_proxy(
+                    "stud", "ecdsa-2w-shared-cache", self.work / "ecdsa.pem", 2, ALL_CPUS,
+                    extra=("-C", "20000"))
             if "scaling" in self.a.scenarios:
                 for inst in insts.values():
                     if inst.proc:
@@ -1113,7 +1122,7 @@ backend be
                                     f"  generator+backend CPU {res['generator_util']:.0%}"
                                 )
             if "resume" in self.a.scenarios:
-                for kind in self.kinds:
+                for kind in [*self.kinds, SHARED_CACHE] if "stud" in self.kinds else self.kinds:
                     inst = insts[kind, 2]
                     if inst.proc:
                         self.resume[kind] = resume_test(inst.port, self.a.resume_reconnects)
@@ -1353,6 +1362,11 @@ def targets_and_table(b: Bench, summary: dict) -> tuple[list[dict], list[list[st
             r = b.resume.get(kind, {}).get(mode)
             cells.append(f"{r['resumed']}/{r['reconnects']}" if r else "-")
         rows.append([f"resume {mode} (2w)", "resumed", *cells, "-", "-", "(info)", ""])
+        r = b.resume.get(SHARED_CACHE, {}).get(mode)
+        if r:
+            cells = [f"{r['resumed']}/{r['reconnects']}" if k == "stud" else "" for k in kinds]
+            rows.append([f"resume {mode} (2w, {SHARED_CACHE})", "resumed", *cells, "-", "-",
+                         "(info)", ""])
     return targets, rows
 
 

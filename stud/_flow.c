@@ -16,6 +16,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include "_addresses.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -415,10 +416,7 @@ static PyObject *flow_init(PyObject *mod, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bad _ssl layout");
         return NULL;
     }
-    static const struct {
-        const char *name;
-        void **slot;
-    } want_fns[] = {
+    static const Wanted want_fns[] = {
         {"SSL_read", (void **)&SSL_read_},
         {"SSL_write", (void **)&SSL_write_},
         {"SSL_get_error", (void **)&SSL_get_error_},
@@ -436,21 +434,8 @@ static PyObject *flow_init(PyObject *mod, PyObject *args) {
         {"SSL_get0_alpn_selected", (void **)&SSL_get0_alpn_selected_},
         {"SSL_session_reused", (void **)&SSL_session_reused_},
     };
-    void *got[sizeof want_fns / sizeof want_fns[0]];
-    for (size_t i = 0; i < sizeof want_fns / sizeof want_fns[0]; i++) {
-        PyObject *v = PyMapping_GetItemString(fns, want_fns[i].name);
-        if (!v)
-            return NULL;
-        got[i] = PyLong_AsVoidPtr(v);
-        Py_DECREF(v);
-        if (!got[i]) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_ValueError, "no address for %s", want_fns[i].name);
-            return NULL;
-        }
-    }
-    for (size_t i = 0; i < sizeof want_fns / sizeof want_fns[0]; i++)
-        *want_fns[i].slot = got[i];
+    if (load_addresses(fns, want_fns, sizeof want_fns / sizeof want_fns[0]) < 0)
+        return NULL;
     Py_INCREF(st);
     Py_XSETREF(ssl_type, st);
     Py_INCREF(ct);

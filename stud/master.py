@@ -23,7 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from stud import addr, metrics, tls
+from stud import addr, metrics, sesscache, tls
 from stud.config import Config, ConfigError, Exit, parse_args
 from stud.log import log
 from stud.worker import Worker
@@ -146,6 +146,7 @@ class Master:
         self.pipe_r, self.pipe_w = os.pipe()
         self.board = metrics.Board()
         self.metrics_sock = self._metrics_socket(cfg)
+        self.updates = sesscache.open_updates(cfg)  # -U: session cache updates (workers send)
         self.pem_stamps = pem_stamps(cfg)
 
     def _metrics_socket(self, cfg: Config) -> socket.socket | None:
@@ -239,7 +240,7 @@ class Master:
         if self.respawn_at:
             timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
         ctls = {c.ctl: c for c in self.children.values()}
-        extra = [self.metrics_sock] if self.metrics_sock else []
+        extra = [s for s in (self.metrics_sock, self.updates) if s]
         try:
             readable, _, _ = select.select([self.pipe_r, *ctls, *extra], [], [], timeout)
         except InterruptedError:
@@ -252,6 +253,8 @@ class Master:
                             break
                     except BlockingIOError:
                         break
+            elif r is self.updates:
+                sesscache.receive()
             elif r is self.metrics_sock:
                 self.board.gauges.update(workers=len(self.children), generation=self.gen)
                 metrics.serve_one(r, self.board)
@@ -319,6 +322,11 @@ class Master:
                 os.chdir(here)
             setup = prepare(cfg, self.setup)
             listeners = self._listeners(cfg, setup)
+            if cfg.shared_cache_listen != self.cfg.shared_cache_listen:
+                log.error("{core} reload: a new shared-cache-listen needs a restart; "
+                          "session cache updates are unchanged")
+            elif self.updates:
+                sesscache.configure_updates(cfg, self.updates)
         except (ConfigError, Exit) as e:
             self.board.master_counters["reloads_failed"] += 1
             log.error(f"{{core}} reload failed, still serving the previous configuration: {e}")

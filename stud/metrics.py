@@ -23,6 +23,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from stud import sesscache
+
 HS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONNECT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
 
@@ -154,6 +156,7 @@ class Board:
         reloads.add_metric(["ok"], self.master_counters["reloads_ok"])
         reloads.add_metric(["failed"], self.master_counters["reloads_failed"])
         yield reloads
+        yield from session_cache_metrics()
         for name, (text, label) in COUNTERS.items():
             value = total.get(name, {} if label else 0)
             if label:
@@ -177,6 +180,23 @@ class Board:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)
         return generate_latest(registry)
+
+
+def session_cache_metrics() -> Iterator:
+    """The shared session cache (-C), as the master sees it (its memory is shared)."""
+    st = sesscache.stats()
+    if st is None:
+        return
+    yield GaugeMetricFamily("stud_session_cache_sessions", "Sessions in the shared cache",
+                            value=st["sessions"])
+    yield GaugeMetricFamily("stud_session_cache_size", "Slots of the shared cache (-C)",
+                            value=st["size"])
+    fam = CounterMetricFamily("stud_session_cache_events", "Shared session cache events",
+                              labels=["event"])
+    for event in ("stored", "hits", "misses", "evicted", "too_big", "resets", "received",
+                  "rejected"):
+        fam.add_metric([event], st[event])
+    yield fam
 
 
 def serve_one(listener: socket.socket, board: Board) -> None:

@@ -17,8 +17,9 @@ import sys
 import sysconfig
 
 __all__ = [
-    "flow_functions", "flow_layout", "get_ticket_keys", "has_pending", "keep_session",
-    "load_engine", "openssl_version", "selfcheck", "send_close_notify", "servername",
+    "cache_functions", "ctx_pointer", "flow_functions", "flow_layout", "get_ticket_keys",
+    "has_pending", "keep_session", "load_engine", "openssl_version", "selfcheck",
+    "send_close_notify", "servername",
     "set_ciphersuites", "set_groups", "set_read_ahead", "set_ticket_keys", "shutdown_once",
     "ssl_pointer",
 ]
@@ -247,15 +248,33 @@ def ssl_pointer(obj: _ssl._SSLSocket) -> int:
     return p
 
 
+def _addresses(ssl_names: tuple[str, ...], crypto_names: tuple[str, ...]) -> dict[str, int]:
+    return {name: ctypes.cast(getattr(lib, name), _P).value
+            for lib, names in ((_ssl_lib, ssl_names), (_crypto, crypto_names)) for name in names}
+
+
 def flow_functions() -> dict[str, int]:
     """Addresses of the OpenSSL functions stud._flow calls, in the libraries _ssl uses."""
-    return {name: ctypes.cast(getattr(lib, name), _P).value for lib, names in (
-        (_ssl_lib, ("SSL_read", "SSL_write", "SSL_get_error", "SSL_shutdown",
-                    "SSL_do_handshake", "SSL_get_SSL_CTX", "SSL_get_servername",
-                    "SSL_set_shutdown", "SSL_get_version", "SSL_get_current_cipher",
-                    "SSL_CIPHER_get_name", "SSL_get0_alpn_selected", "SSL_session_reused")),
-        (_crypto, ("ERR_get_error", "ERR_clear_error", "ERR_error_string_n")))
-        for name in names}
+    return _addresses(("SSL_read", "SSL_write", "SSL_get_error", "SSL_shutdown",
+                       "SSL_do_handshake", "SSL_get_SSL_CTX", "SSL_get_servername",
+                       "SSL_set_shutdown", "SSL_get_version", "SSL_get_current_cipher",
+                       "SSL_CIPHER_get_name", "SSL_get0_alpn_selected", "SSL_session_reused"),
+                      ("ERR_get_error", "ERR_clear_error", "ERR_error_string_n"))
+
+
+def cache_functions() -> dict[str, int]:
+    """Addresses of the OpenSSL functions stud._sesscache calls."""
+    return _addresses(("SSL_CTX_sess_set_new_cb", "SSL_CTX_sess_set_get_cb",
+                       "SSL_CTX_sess_set_remove_cb", "SSL_CTX_ctrl", "i2d_SSL_SESSION",
+                       "d2i_SSL_SESSION", "SSL_SESSION_get_id", "SSL_SESSION_get_time",
+                       "SSL_SESSION_get_timeout", "SSL_SESSION_free", "SSL_version",
+                       "SSL_get_options"),
+                      ("HMAC", "EVP_sha1", "CRYPTO_memcmp"))
+
+
+def ctx_pointer(ctx: ssl.SSLContext) -> int:
+    """The checked SSL_CTX* of a context."""
+    return _checked_ctx_ptr(ctx)
 
 
 def flow_layout() -> tuple[type, int, type, int]:

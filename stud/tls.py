@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from stud import sslext
+from stud import sesscache, sslext
 from stud.config import Config, ConfigError
 from stud.log import log
 
@@ -100,6 +100,8 @@ def server_context(cfg: Config, pem: str | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     apply_common(ctx, cfg)
     ctx.options |= ssl.OP_SINGLE_ECDH_USE | ssl.OP_SINGLE_DH_USE
+    if cfg.shared_cache_listen:  # as stud: other hosts cannot read this host's tickets
+        ctx.options |= ssl.OP_NO_TICKET
     if cfg.prefer_server_ciphers:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:  # CPython turns it on by default; stud's default (and -O's meaning) is off
@@ -200,6 +202,7 @@ def build(cfg: Config) -> SniTable:
     # With one certificate there is nothing to choose: a callback that only accepts the name
     # (so that OpenSSL keeps it in TLS 1.2 sessions; the relay reads it after the handshake).
     table.default.sni_callback = on_sni if len(certs) > 1 or abort else _accept_name
+    sesscache.attach(cfg, [c.context for c in certs])
     if cfg.ssl_engine:
         try:
             sslext.load_engine(cfg.ssl_engine)

@@ -1,0 +1,221 @@
+"""The shared session cache (-C) and its UDP replication (-U/-P): in-process on real TLS
+connections and real UDP sockets, then the real stud with 2 workers, and two studs as peers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import socket
+import ssl
+import struct
+import time
+
+import pytest
+from conftest import client_ctx, tls_connect, wait_for
+from test_sslext import T, tls_pair
+
+from stud import sesscache, sslext
+
+pytestmark = pytest.mark.skipif(not sesscache.available(), reason="stud._sesscache not built")
+
+KEY = hashlib.sha1(b"test key").digest()
+
+
+@pytest.fixture
+def cache():
+    """A fresh 4-slot cache; replication off again afterwards."""
+    from stud import _sesscache
+    _sesscache.create(4)
+    yield _sesscache
+    _sesscache.replicate(-1, b"", [])
+
+
+def server_ctx(pem: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem)
+    return ctx
+
+
+def attached(pem: str) -> ssl.SSLContext:
+    ctx = server_ctx(pem)
+    sesscache._sesscache.attach(sslext.ctx_pointer(ctx))
+    return ctx
+
+
+def only(version: ssl.TLSVersion) -> ssl.SSLContext:
+    return client_ctx(minimum_version=version, maximum_version=version)
+
+
+# A TLS 1.2 client that asks for no ticket: only the session ID can resume it. (A session
+# resumes only from the client context that made it.)
+IDS_ONLY = only(ssl.TLSVersion.TLSv1_2)
+IDS_ONLY.options |= ssl.OP_NO_TICKET
+
+
+def connect(sctx: ssl.SSLContext, cctx: ssl.SSLContext,
+            session: ssl.SSLSession | None = None) -> tuple[ssl.SSLSession, bool]:
+    s, c = tls_pair(sctx, cctx, session=session)
+    with s, c:
+        sslext.keep_session(sslext.ssl_pointer(s._sslobj))  # as stud does before closing
+        return c.session, c.session_reused
+
+
+def test_session_ids_resume_on_another_context_and_the_oldest_go_first(cache, pem):
+    a, b = attached(pem), attached(pem)  # two workers' contexts, as after the fork
+    cctx = IDS_ONLY
+    first, reused = connect(a, cctx)
+    assert not reused and not first.has_ticket and len(first.id) == 32
+    assert connect(b, cctx, first)[1] is True
+    assert connect(server_ctx(pem), cctx, first)[1] is False  # a context without the cache
+    later = [connect(a, cctx)[0] for _ in range(4)]  # 4 slots: the first session goes
+    st = cache.stats()
+    assert (st["size"], st["sessions"], st["stored"], st["evicted"], st["hits"]) == (4, 4, 5, 1, 1)
+    assert all(connect(b, cctx, s)[1] for s in later)
+    assert connect(b, cctx, first)[1] is False  # (its full handshake evicts one more)
+    st = cache.stats()
+    assert (st["sessions"], st["evicted"], st["hits"], st["misses"]) == (4, 2, 5, 1)
+
+
+def test_tls13_tickets_stay_out_of_the_cache(cache, pem):
+    """TLS 1.3 tickets carry the session: storing them would only evict TLS 1.2 sessions."""
+    a = attached(pem)
+    cctx = only(ssl.TLSVersion.TLSv1_3)
+    s, c = tls_pair(a, cctx)
+    with s, c:
+        s.sendall(b"x")  # the tickets come after the handshake
+        assert c.recv(1) == b"x"
+        sslext.keep_session(sslext.ssl_pointer(s._sslobj))
+        session = c.session
+    assert connect(a, cctx, session)[1] is True
+    assert cache.stats()["stored"] == 0
+
+
+def packet_for(cache, pem) -> tuple[bytes, ssl.SSLSession, ssl.SSLContext]:
+    """A real update packet: replication to a local socket during one full handshake."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(T)
+        cache.replicate(rx.fileno(), KEY, [rx.getsockname()])
+        a = attached(pem)
+        session, _ = connect(a, IDS_ONLY)
+        pkt = rx.recv(4096)
+    cache.replicate(-1, b"", [])
+    return pkt, session, a
+
+
+def signed(body: bytes, key: bytes = KEY) -> bytes:
+    return body + hmac.new(key, body, "sha1").digest()
+
+
+def test_update_packets_are_studs_format(cache, pem):
+    pkt, session, _ = packet_for(cache, pem)
+    body, mac = pkt[:-20], pkt[-20:]
+    assert hmac.new(KEY, body, "sha1").digest() == mac
+    assert body[:32] == session.id.ljust(32, b"\0")
+    assert body[32] == 0x30  # the DER SEQUENCE of the session
+    (created,) = struct.unpack("!I", body[-4:])
+    assert abs(created - time.time()) < 60 and created == session.time
+
+
+def test_peer_updates_are_checked_then_resume(cache, pem):
+    pkt, session, _ = packet_for(cache, pem)
+    cache.create(4)  # this host has never seen the session
+    body = pkt[:-20]
+    der, created = body[32:-4], struct.unpack("!I", body[-4:])[0]
+    bad = [
+        b"short",
+        pkt[:-1] + bytes([pkt[-1] ^ 1]),                              # HMAC
+        signed(body, hashlib.sha1(b"other key").digest()),           # another fleet's key
+        signed(body[:32] + der[:-1] + body[-4:]),                    # truncated DER
+        signed(body[:-4] + struct.pack("!I", created - 3 * 86400)),  # stale
+        signed(b"\x01" * 32 + der + body[-4:]),                      # ID is not the session's
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        cache.replicate(rx.fileno(), KEY, [])
+        b = attached(pem)
+        cctx = IDS_ONLY
+        for p in bad:
+            tx.sendto(p, rx.getsockname())
+        got = [0, 0]
+        deadline = time.monotonic() + T
+        while got[1] < len(bad) and time.monotonic() < deadline:
+            taken, rejected = cache.receive()
+            got = [got[0] + taken, got[1] + rejected]
+            time.sleep(0.01)
+        assert got == [0, len(bad)]
+        assert connect(b, cctx, session)[1] is False
+        tx.sendto(pkt, rx.getsockname())
+        wait_for(lambda: cache.receive()[0] == 1, T)
+        assert connect(b, cctx, session)[1] is True
+    st = cache.stats()
+    assert (st["received"], st["rejected"]) == (1, len(bad))
+
+
+# -- the real stud ----------------------------------------------------------------------------
+
+LINE = re.compile(r"\[(\d+)\] op=\"connection closed\".* resumed=(\d)")
+
+
+def closed_lines(s) -> list[tuple[int, int]]:
+    return [(int(pid), int(r)) for pid, r in LINE.findall(s.output())]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_session_ids_resume_on_every_worker(stud, backend, pem, shared):
+    """Reconnect with one TLS 1.2 session ID until both workers have served: with -C every
+    reconnect resumes; without, a worker that did not issue the ID makes a full handshake."""
+    s = stud(*(["-C", "100"] if shared else []), pem, backend_port=backend("echo"), workers=2)
+    ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
+    ctx.options |= ssl.OP_NO_TICKET
+    session = None
+    for i in range(60):
+        raw = socket.create_connection(("127.0.0.1", s.port), timeout=T)
+        with ctx.wrap_socket(raw, session=session) as c:
+            c.sendall(b"ping")
+            assert c.recv(4) == b"ping"
+            session = session or c.session
+        wait_for(lambda i=i: len(closed_lines(s)) == i + 1, T)
+        again = closed_lines(s)[1:]
+        if len({pid for pid, _ in again}) == 2 and len(again) >= 4:
+            break
+    assert len({pid for pid, _ in again}) == 2, "one worker took every connection"
+    resumed = [r for _, r in again]
+    if shared:
+        assert resumed == [1] * len(again)
+    else:
+        assert 0 in resumed and 1 in resumed
+
+
+def udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind(("127.0.0.1", 0))
+        return u.getsockname()[1]
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_sessions_resume_on_a_peer_stud(stud, backend, pem, version):
+    """Two studs with -U/-P pointing at each other (tickets off, as stud: the peer has other
+    ticket keys): a session made on A resumes on B, in TLS 1.2 and in TLS 1.3."""
+    ua, ub, port = udp_port(), udp_port(), backend("echo")
+    a = stud("-C", "100", "-U", f"127.0.0.1,{ua}", "-P", f"127.0.0.1,{ub}", pem,
+             backend_port=port)
+    b = stud("-C", "100", "-U", f"127.0.0.1,{ub}", "-P", f"127.0.0.1,{ua}", pem,
+             backend_port=port)
+    ctx = only(version)
+    with tls_connect(a.port, ctx=ctx) as c:
+        c.sendall(b"ping")
+        assert c.recv(4) == b"ping"  # (TLS 1.3: the ticket has arrived)
+        session = c.session
+
+    def resumes_on_b() -> bool:
+        raw = socket.create_connection(("127.0.0.1", b.port), timeout=T)
+        with ctx.wrap_socket(raw, session=session) as c:
+            c.sendall(b"ping")
+            assert c.recv(4) == b"ping"
+            return c.session_reused
+
+    assert wait_for(resumes_on_b, T, 0.2)
+    assert "Session cache updates on udp" in b.output()
