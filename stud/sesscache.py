@@ -84,15 +84,21 @@ def _multicast(sock: socket.socket, group: str, family: int, cfg: Config) -> Non
         if ttl:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, int(ttl))
     else:
-        index = 0
-        if iface and iface != "*":
-            index = socket.if_nametoindex(iface) if iface[0].isalpha() else int(iface)
+        index = _if_index(cfg)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
                         socket.inet_pton(socket.AF_INET6, group) + index.to_bytes(4, "little"))
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
         if ttl:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, int(ttl))
+
+
+def _if_index(cfg: Config) -> int:
+    """-M's interface as an index (0: any)."""
+    iface = cfg.shared_cache_if.partition(",")[0]
+    if not iface or iface == "*":
+        return 0
+    return socket.if_nametoindex(iface) if iface[0].isalpha() else int(iface)
 
 
 def _if_address(name: str) -> str:
@@ -117,8 +123,11 @@ def open_updates(cfg: Config) -> socket.socket | None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        multicast = ipaddress.ip_address(sockaddr[0]).is_multicast
+        if multicast and family == socket.AF_INET6:  # (a link-local group needs its scope)
+            sockaddr = (*sockaddr[:3], _if_index(cfg))
         sock.bind(sockaddr)
-        if ipaddress.ip_address(sockaddr[0]).is_multicast:
+        if multicast:
             _multicast(sock, sockaddr[0], family, cfg)
     except OSError as e:
         sock.close()

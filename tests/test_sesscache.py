@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import socket
 import ssl
 import struct
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from conftest import client_ctx, tls_connect, wait_for
+from conftest import HERE, STUD, Proc, client_ctx, free_port, tls_connect, wait_for
+from test_ops import scrape
 from test_sslext import T, tls_pair
 
 from stud import sesscache, sslext
@@ -163,11 +168,15 @@ def closed_lines(s) -> list[tuple[int, int]]:
     return [(int(pid), int(r)) for pid, r in LINE.findall(s.output())]
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_session_ids_resume_on_every_worker(stud, backend, pem, shared):
+@pytest.mark.parametrize("mode", ["shared", "shared, pure Python relay", "off"])
+def test_session_ids_resume_on_every_worker(stud, backend, pem, mode):
     """Reconnect with one TLS 1.2 session ID until both workers have served: with -C every
     reconnect resumes; without, a worker that did not issue the ID makes a full handshake."""
-    s = stud(*(["-C", "100"] if shared else []), pem, backend_port=backend("echo"), workers=2)
+    shared = mode != "off"
+    mport = free_port()
+    env = dict(os.environ, STUD_PURE_PYTHON="1") if "pure" in mode else None
+    s = stud(*(["-C", "100"] if shared else []), "--metrics", f"127.0.0.1,{mport}", pem,
+             backend_port=backend("echo"), workers=2, env=env)
     ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
     ctx.options |= ssl.OP_NO_TICKET
     session = None
@@ -183,10 +192,16 @@ def test_session_ids_resume_on_every_worker(stud, backend, pem, shared):
             break
     assert len({pid for pid, _ in again}) == 2, "one worker took every connection"
     resumed = [r for _, r in again]
+    m = scrape(mport)
     if shared:
         assert resumed == [1] * len(again)
+        assert m["stud_session_cache_sessions"] == 1 and m["stud_session_cache_size"] == 100
+        events = {e: m[f"stud_session_cache_events_total{{event={e}}}"]
+                  for e in ("stored", "hits", "misses")}
+        assert events == {"stored": 1, "hits": len(again), "misses": 0}
     else:
         assert 0 in resumed and 1 in resumed
+        assert "stud_session_cache_sessions" not in m
 
 
 def udp_port() -> int:
@@ -219,3 +234,62 @@ def test_sessions_resume_on_a_peer_stud(stud, backend, pem, version):
 
     assert wait_for(resumes_on_b, T, 0.2)
     assert "Session cache updates on udp" in b.output()
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[list[tuple[str, str, str]]]:
+    """Two network namespaces joined by a veth pair: [(netns, interface, address)] x 2."""
+    if os.getuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    tag = f"st{os.getpid() % 100000}"
+    hosts = [(f"{tag}a", f"{tag}va", "10.213.7.1"), (f"{tag}b", f"{tag}vb", "10.213.7.2")]
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=T)
+
+    try:
+        for ns, _, _ in hosts:
+            ip("netns", "add", ns)
+        (na, va, _), (nb, vb, _) = hosts
+        ip("link", "add", va, "netns", na, "type", "veth", "peer", "name", vb, "netns", nb)
+        for ns, dev, address in hosts:
+            ip("-n", ns, "addr", "add", f"{address}/24", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+    except (OSError, subprocess.SubprocessError) as e:
+        for ns, _, _ in hosts:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=T)
+        pytest.skip(f"cannot make network namespaces: {e}")
+    yield hosts
+    for ns, _, _ in hosts:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=T)
+
+
+def s_client(ns: str, address: str, port: int, session: Path, first: bool) -> str:
+    """openssl s_client in netns ns: TLS 1.2 without tickets, the session saved or offered."""
+    args = ["ip", "netns", "exec", ns, "openssl", "s_client", "-connect", f"{address}:{port}",
+            "-tls1_2", "-no_ticket", "-sess_out" if first else "-sess_in", str(session)]
+    out = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=T).stdout
+    return "Reused" if "\nReused," in out else "New" if "\nNew," in out else out
+
+
+def test_sessions_replicate_over_multicast_between_hosts(two_hosts, procs, pem, tmp_path):
+    """-U on a multicast group, joined on -M's interface, as peer too: a session made on one
+    host resumes on the other (a host does not hear its own updates: loop is off, as stud)."""
+    group, port = "239.213.7.7", 7707
+    for ns, dev, address in two_hosts:
+        back = Proc(["ip", "netns", "exec", ns, STUD[0], str(HERE / "backend.py"), "echo", "0",
+                     str(tmp_path / f"rec-{ns}")], tmp_path / f"backend-{ns}.out")
+        procs.append(back)
+        bport = int(str(wait_for(lambda b=back: b.output().strip(), T)).split()[1])
+        s = Proc(["ip", "netns", "exec", ns, *STUD, "-n", "1", "-f", f"{address},8443",
+                  "-b", f"127.0.0.1,{bport}", "-C", "100", "-U", f"{group},{port}",
+                  "-M", f"{dev},1", "-P", f"{group},{port}", pem], tmp_path / f"stud-{ns}.out")
+        procs.append(s)
+        wait_for(lambda s=s: "online" in s.output() or s.proc.poll() is not None, T)
+        assert s.proc.poll() is None, s.output()
+    (na, _, a), (nb, _, b) = two_hosts
+    session = tmp_path / "session.pem"
+    assert s_client(na, a, 8443, session, first=True) == "New"
+    assert wait_for(lambda: s_client(nb, b, 8443, session, first=False) == "Reused", T, 0.2)
