@@ -3,6 +3,7 @@ connections and real UDP sockets, then the real stud with 2 workers, and two stu
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
 import os
@@ -293,3 +294,24 @@ def test_sessions_replicate_over_multicast_between_hosts(two_hosts, procs, pem, 
     session = tmp_path / "session.pem"
     assert s_client(na, a, 8443, session, first=True) == "New"
     assert wait_for(lambda: s_client(nb, b, 8443, session, first=False) == "Reused", T, 0.2)
+
+
+def test_a_process_dying_with_the_lock_held_does_not_block_the_others(cache, pem):
+    """stud's futex deadlocked every worker; here the next locker empties the cache instead.
+    (The lock is the mapping's first field; a forked child takes it and exits.)"""
+    a = attached(pem)
+    first, _ = connect(a, IDS_ONLY)
+    assert cache.stats()["sessions"] == 1
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    shared = [ln for ln in maps if ln.rstrip().endswith("/dev/zero (deleted)")]
+    assert shared, "the cache's MAP_SHARED mapping is not in /proc/self/maps"
+    start = int(shared[-1].split("-")[0], 16)  # (create() made the newest one)
+    pid = os.fork()
+    if pid == 0:
+        ctypes.CDLL(None).pthread_mutex_lock(ctypes.c_void_p(start))
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    st = cache.stats()  # would hang forever with a plain process-shared mutex
+    assert (st["resets"], st["sessions"]) == (1, 0)
+    assert connect(a, IDS_ONLY, first)[1] is False  # emptied, and working
+    assert connect(a, IDS_ONLY, connect(a, IDS_ONLY)[0])[1] is True
