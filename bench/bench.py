@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ UNITS: dict[str, tuple[str, bool]] = {
 }
 SHARED_CACHE = "stud -C 20000"  # the resume test also runs stud with its shared session cache
 PINNED_SCENARIOS = ("hs_new", "hs_new_rsa", "conn_resumed", "rps_keepalive", "bulk")
-ALL_SCENARIOS = (*PINNED_SCENARIOS, "idle_mem", "scaling", "resume")
+ALL_SCENARIOS = (*PINNED_SCENARIOS, "idle_mem", "scaling", "resume", "paired")
+PAIRED = ("hs_new", "hs_new_rsa", "conn_resumed")  # the close calls, measured side by side
 # Targets on the stud/hitch ratio per proxy CPU-second.
 RATIO_TARGETS = {
     "hs_new": 1.0,
@@ -554,6 +556,7 @@ class Bench:
         self.runs: dict[str, dict[str, list[dict]]] = {}
         self.idle: dict[str, dict[str, dict]] = {}
         self.resume: dict[str, dict[str, dict]] = {}
+        self.paired: dict[str, list[float]] = {}  # scenario -> hitch/stud CPU per event, per rep
         self.problems: list[str] = []
         self.idle_capped: dict[int, int] = {}  # wanted -> measured connection count
         self.close_reasons: dict[str, int] = {}  # from stud's per-connection log lines
@@ -965,6 +968,54 @@ backend be
                 f"  generator+backend CPU {res['generator_util']:.0%}"
             )
 
+    def paired_phase(self) -> None:
+        """stud and hitch at the same time on the proxy CPU, each with its own client on the
+        other CPU: the ratio of their CPU per event, with the machine's drift (which moves
+        sequential runs by several percent here) hitting both alike."""
+        on = "paired" in self.a.scenarios
+        wanted = [s for s in PAIRED if s in self.a.scenarios] if on else []
+        if not wanted or not {"stud", "hitch"} <= set(self.kinds):
+            return
+        for scenario in wanted:
+            rsa = scenario == "hs_new_rsa"
+            pem = self.work / ("rsa.pem" if rsa else "ecdsa.pem")
+            insts = {k: self.start_proxy(k, f"{scenario}-paired", pem, 1, PROXY_CPUS)
+                     for k in ("stud", "hitch")}
+            try:
+                if all(i.proc for i in insts.values()):
+                    for rep in range(self.a.reps):
+                        self.paired_one(scenario, insts, 12 if rsa else 13, rep)
+            finally:
+                for inst in insts.values():
+                    self.stop_proxy(inst)
+
+    def paired_one(self, scenario: str, insts: dict[str, Instance], tls: int, rep: int) -> None:
+        results: dict[str, dict] = {}
+
+        def load(kind: str) -> None:
+            inst = insts[kind]
+            try:
+                results[kind] = (self.run_http(inst, "/", 32, True, False)
+                                 if scenario == "conn_resumed" else self.run_hs(inst, tls))
+            except CLIENT_ERRORS as e:
+                self.problem(kind, f"{scenario} (paired): client failed: {e}")
+
+        self.current = f"{scenario} (paired)"
+        before = {k: sum(cpu_ticks(i.pids()).values()) for k, i in insts.items()}
+        threads = [threading.Thread(target=load, args=(k,)) for k in insts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.a.duration + 120)
+        cpu = {k: (sum(cpu_ticks(i.pids()).values()) - before[k]) / CLK_TCK
+               for k, i in insts.items()}
+        if len(results) < 2 or not all(results[k]["events"] and cpu[k] for k in insts):
+            return
+        per = {k: cpu[k] / results[k]["events"] * 1e6 for k in insts}  # CPU us per event
+        self.paired.setdefault(scenario, []).append(per["hitch"] / per["stud"])
+        log(f"rep {rep + 1} {scenario:<14} paired: stud {per['stud']:.1f} us, hitch "
+            f"{per['hitch']:.1f} us of CPU per event: stud/hitch {per['hitch'] / per['stud']:.3f}")
+
     def idle_phase(self) -> None:
         if "idle_mem" not in self.a.scenarios:
             return
@@ -1356,6 +1407,11 @@ def targets_and_table(b: Bench, summary: dict) -> tuple[list[dict], list[list[st
         v = target("hs_new_2w_vs_1w", sr, goal, ok, basis)
         rows.append(["hs_new 1w -> 2w", "hs/s", *cells, fmt(ratio(sr, hr), 2), "-", goal, v])
 
+    for scenario, ratios in b.paired.items():
+        cells = [f"{statistics.median(ratios):.3f} ({', '.join(f'{r:.3f}' for r in ratios)})"
+                 if k == "stud" else "" for k in kinds]
+        rows.append([f"{scenario} (paired)", "ratio", *cells, "-",
+                     fmt(statistics.median(ratios), 2), "(info)", ""])
     for mode in ("tls13_ticket", "tls12_ticket", "tls12_session_id") if b.resume else ():
         cells = []
         for kind in kinds:
@@ -1734,6 +1790,7 @@ def run_all(b: Bench) -> dict[str, Any]:
             },
         }
         b.pinned_phase()
+        b.paired_phase()
         b.idle_phase()
         b.unpinned_phase()
     except KeyboardInterrupt:
@@ -1773,6 +1830,7 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
         "targets": targets,
         "idle_mem": b.idle,
         "resume": b.resume,
+        "paired": b.paired,
         "idle_capped": b.idle_capped,
         "stud_close_reasons": b.close_reasons,
         "stud_warnings": b.notes,
