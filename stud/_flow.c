@@ -483,7 +483,7 @@ enum { FRONT, BACK };
 /* ST_PROXY: reading the client's PROXY header (--proxy-proxy); ST_CONNECT: connecting before
    the handshake towards the backend (--client). */
 enum { ST_HANDSHAKE, ST_PROXY, ST_CONNECT, ST_RELAY, ST_CLOSED }; /* (a new Conn: 0) */
-enum { L_ERROR, L_INFO, L_DEBUG }; /* stud.log's levels */
+enum { L_ERROR, L_INFO, L_CONN, L_DEBUG }; /* stud.log's levels (a close is never L_INFO) */
 static const char *const kind_names[NKINDS] = {"handshake", "backend connect"};
 static const char *const side_names[2] = {"client", "backend"};
 
@@ -572,7 +572,7 @@ static int end_failed(Conn *c, int side, const char *why) {
         return hook(c, s_backend_failed, why);
     char line[WHY + 16];
     snprintf(line, sizeof line, "%s %s", side_names[side], why);
-    return conn_close(c, line, L_INFO);
+    return conn_close(c, line, L_CONN);
 }
 
 static void observe(Hist *h, double value) {
@@ -698,7 +698,7 @@ static int dir_finish(Conn *c, int s) {
     d->done = 1;
     if (conn_want(c, dst, EPOLLOUT, 0) < 0)
         return -1;
-    return c->dir[1 - s].done ? conn_close(c, "closed", L_INFO) : 0;
+    return c->dir[1 - s].done ? conn_close(c, "closed", L_CONN) : 0;
 }
 
 /* Side s is readable: move what is there to the other side. */
@@ -899,9 +899,9 @@ static int conn_proxy(Conn *c) {
         return conn_want(c, FRONT, EPOLLIN, 1);
     if (n <= 0) {
         if (n == 0)
-            return conn_close(c, "client closed before sending a PROXY header", L_INFO);
+            return conn_close(c, "client closed before sending a PROXY header", L_CONN);
         snprintf(why, WHY, "client %s before PROXY header", strerror(errno));
-        return conn_close(c, why, L_INFO);
+        return conn_close(c, why, L_CONN);
     }
     PyObject *peek = PyBytes_FromStringAndSize(buf, n);
     PyObject *r = peek ? PyObject_CallMethodObjArgs(c->worker, s_proxy_header, (PyObject *)c,
@@ -921,7 +921,7 @@ static int conn_proxy(Conn *c) {
         return -1;
     }
     if (recv(fd, buf, (size_t)take, 0) != take) /* what was peeked is there */
-        return conn_close(c, "client PROXY header read failed", L_INFO);
+        return conn_close(c, "client PROXY header read failed", L_CONN);
     PyObject *part = PyBytes_FromStringAndSize(buf, take);
     if (!part)
         return -1;
@@ -1287,7 +1287,7 @@ static PyObject *Conn_start(Conn *c, PyObject *tls) {
 
 static PyObject *Conn_close(Conn *c, PyObject *args) {
     const char *why;
-    int level = L_INFO;
+    int level = L_CONN;
     if (!PyArg_ParseTuple(args, "s|i:close", &why, &level))
         return NULL;
     if (conn_close(c, why, level) < 0)
@@ -1402,7 +1402,7 @@ static PyMemberDef Conn_members[] = {
 static PyMethodDef Conn_methods[] = {
     {"start", (PyCFunction)Conn_start, METH_O,
      "start(tls): begin (the PROXY header, then) the handshake; start(None): --client"},
-    {"close", (PyCFunction)Conn_close, METH_VARARGS, "close(why, level=INFO)"},
+    {"close", (PyCFunction)Conn_close, METH_VARARGS, "close(why, level=CONN)"},
     {"backend_ready", (PyCFunction)Conn_backend_ready, METH_NOARGS,
      "is the backend connected? (a failed connect closes the Conn)"},
     {NULL},

@@ -28,7 +28,7 @@ FACILITIES = ("auth", "authpriv", "cron", "daemon", "ftp", "local0", "local1", "
               "uucp")
 PROTOS = ("TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 MODERN = "TLSv1.2 TLSv1.3"
-LOG_LEVELS = ("error", "info", "debug")
+LOG_LEVELS = ("error", "info", "conn", "debug")
 MAX_PEERS = 15
 MAX_KEEPIDLE = 32767   # Linux refuses a longer TCP_KEEPIDLE (every client would be dropped)
 MAX_INT = 2**31 - 1    # listen() takes a C int
@@ -226,7 +226,8 @@ OPTIONS: tuple[Option, ...] = (
       short="s", section=LOG),
     Op("syslog-facility", "str", "daemon", "Syslog facility to use", metavar="FACILITY",
       section=LOG, check=_facility),
-    Op("log-level", "str", "info", "error, info or debug (debug: failed handshakes too)",
+    Op("log-level", "str", "info",
+       "error, info, conn (one line per connection) or debug (failed handshakes too)",
        short="L", metavar="LEVEL", section=LOG, check=_log_level),
     Op("log-file", "outfile", "", "Append log lines to FILE (reopened on SIGUSR1)",
        short="l", metavar="FILE", section=LOG),

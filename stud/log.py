@@ -9,8 +9,10 @@ import os
 import syslog
 import time
 
-DEBUG, INFO, ERROR = 2, 1, 0
-LEVELS = {"error": ERROR, "info": INFO, "debug": DEBUG}
+# info: what stud logged (start-up, reloads, workers); conn: also one line per connection;
+# debug: also the failed handshakes. A connection line carries ERROR, CONN or DEBUG.
+DEBUG, CONN, INFO, ERROR = 3, 2, 1, 0
+LEVELS = {"error": ERROR, "info": INFO, "conn": CONN, "debug": DEBUG}
 
 
 class Log:
@@ -81,10 +83,10 @@ class Log:
             self._emit(self.stdout, syslog.LOG_DEBUG, msg)
 
     def line(self, level: int, msg: str) -> None:
-        """One key=value line (Voxer's Splunk-friendly format) at level (INFO or DEBUG);
+        """One key=value line (Voxer's Splunk-friendly format) at level (ERROR, CONN or DEBUG);
         values with spaces or from clients must be passed through quoted()."""
         if self.level >= level:
-            self._emit(self.stdout, syslog.LOG_INFO if level <= INFO else syslog.LOG_DEBUG, msg)
+            self._emit(self.stdout, syslog.LOG_INFO if level <= CONN else syslog.LOG_DEBUG, msg)
 
 
 log = Log()

@@ -30,7 +30,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from stud import proxyproto, sslext
-from stud.log import DEBUG, ERROR, INFO
+from stud.log import CONN, DEBUG, ERROR
 
 if TYPE_CHECKING:
     from stud.worker import Worker
@@ -356,10 +356,10 @@ class Relay:
         except WOULD_BLOCK:
             return
         except OSError as e:
-            self.close(f"client {reason(e)} before PROXY header", INFO)
+            self.close(f"client {reason(e)} before PROXY header", CONN)
             return
         if not peek:
-            self.close("client closed before sending a PROXY header", INFO)
+            self.close("client closed before sending a PROXY header", CONN)
             return
         step = self.worker.proxy_header(self, peek)
         if step is None:
@@ -441,7 +441,7 @@ class Relay:
         if end is self.back and self.connecting:
             self.worker.backend_failed(self, why)
         else:
-            self.close(f"{end.name} {why}", INFO)
+            self.close(f"{end.name} {why}", CONN)
 
     def backend_ready(self) -> bool:
         """While connecting: is the backend there yet? (A failed connect closes the relay.)"""
@@ -490,7 +490,7 @@ class Relay:
         if up.done and down.done:
             self.close("closed")
 
-    def close(self, why: str, level: int = INFO) -> None:
+    def close(self, why: str, level: int = CONN) -> None:
         if self.closed:
             return
         for end in (self.front, self.back):

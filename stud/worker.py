@@ -21,7 +21,7 @@ import traceback
 
 from stud import proxyproto
 from stud.config import Config
-from stud.log import DEBUG, INFO, log, quoted
+from stud.log import CONN, DEBUG, log, quoted
 from stud.metrics import CONNECT_BUCKETS, HS_BUCKETS, Stats
 from stud.ratelimit import EmptyConnLimiter
 from stud.relay import Conn, Relay, Sock, fmt_addr, handshake_error, new_watch, reason, short_reason
@@ -198,7 +198,7 @@ class Worker:
                 return  # connected meanwhile, or backend_ready() found the connect failed
             self.stats.backend_connect_failed += 1
         self.stats.timeouts[kind] += 1
-        relay.close(f"{kind} timeout", INFO)
+        relay.close(f"{kind} timeout", CONN)
 
     # -- what relays and Conns report ---------------------------------------------------------
     def handshaken(self, relay: Relay, tls: object, name: bytes | None) -> None:
@@ -224,7 +224,7 @@ class Worker:
 
     def backend_failed(self, relay: Relay | Conn, why: str) -> None:
         self.stats.backend_connect_failed += 1
-        relay.close(f"backend connect failed: {why}", INFO)
+        relay.close(f"backend connect failed: {why}", CONN)
 
     def proxy_header(self, relay: Relay | Conn, peek: bytes) -> tuple[int, bool] | None:
         """--proxy-proxy: how many bytes of peek (what the client sent next, still unread)
@@ -233,7 +233,7 @@ class Worker:
         try:
             h = proxyproto.parse(have + peek)
         except proxyproto.ProxyError as e:
-            relay.close(f"bad PROXY header: {e}", INFO)
+            relay.close(f"bad PROXY header: {e}", CONN)
             return None
         # Consume only header bytes: all of them while incomplete, else exactly up to its end.
         return (len(peek), False) if h is None else (h.length - len(have), True)

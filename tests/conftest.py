@@ -157,6 +157,9 @@ def stud(procs: list[Proc], tmp_path: Path) -> Callable[..., Stud]:
               frontend: str | None = None, wait: bool = True, **kw: object) -> Stud:
         port = free_port()
         pre = ["-f", frontend or f"127.0.0.1,{port}", "-n", str(workers)]
+        # Tests read the connection lines: -L conn, unless the test sets the level itself.
+        if not any(a in ("-q", "--quiet") or a.startswith(("-L", "--log-level")) for a in args):
+            pre += ["-L", "conn"]
         if backend_port is not None:
             pre += ["-b", f"127.0.0.1,{backend_port}"]
         s = Stud(pre + list(args), tmp_path / f"stud-{len(procs)}.out", port, **kw)

@@ -517,18 +517,19 @@ def test_connection_log_line_fields(stud, backend, pem):
 
 
 def test_log_levels(stud, backend, pem):
-    """debug shows failed handshakes; info hides them; error hides connection lines (and
-    every info line) but keeps errors, such as the root warning."""
+    """debug shows failed handshakes; conn hides them; info (the default, as stud: no access
+    log) hides connection lines but keeps start-up lines; error hides those too but keeps
+    errors, such as the root warning."""
     bport = backend("echo")
     runs = {}
-    for level in ("debug", "info", "error"):
+    for level in ("debug", "conn", "info", "error"):
         s = stud(pem, f"--log-level={level}", backend_port=bport, wait=level != "error")
         wait_for(lambda s=s: try_echo(s.port))
         with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
             c.sendall(b"GET / HTTP/1.0\r\n\r\n")
             assert closed_by_peer(c, 3)
         echo_once_plain(s.port)
-        if level != "error":
+        if level in ("debug", "conn"):
             wait_for(lambda s=s, level=level: s.output().count("connection closed") ==
                      (3 if level == "debug" else 2), 5)
         time.sleep(0.3)  # (for what must not appear)
@@ -537,8 +538,9 @@ def test_log_levels(stud, backend, pem):
         print(f"--- {level}\n{out}")
     assert "handshake failed: TLS error: HTTP_REQUEST" in runs["debug"]
     assert runs["debug"].count("connection closed") == 3
-    assert "handshake failed" not in runs["info"]
-    assert runs["info"].count("connection closed") == 2
+    assert "handshake failed" not in runs["conn"]
+    assert runs["conn"].count("connection closed") == 2
+    assert "connection closed" not in runs["info"] and "online" in runs["info"]
     assert "connection closed" not in runs["error"] and "online" not in runs["error"]
     if os.getuid() == 0:
         assert "WARNING: workers will run as root" in runs["error"]
