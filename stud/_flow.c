@@ -44,6 +44,15 @@ static const void *(*SSL_get_current_cipher_)(const SSL *);
 static const char *(*SSL_CIPHER_get_name_)(const void *);
 static void (*SSL_get0_alpn_selected_)(const SSL *, const unsigned char **, unsigned int *);
 static int (*SSL_session_reused_)(const SSL *);
+static SSL *(*SSL_new_)(void *);
+static void (*SSL_free_)(SSL *);
+static int (*SSL_set_fd_)(SSL *, int);
+static void (*SSL_set_accept_state_)(SSL *);
+static long (*SSL_ctrl_)(SSL *, int, long, void *);
+static void *(*SSL_set_SSL_CTX_)(SSL *, void *);
+static long (*SSL_CTX_callback_ctrl_)(void *, int, void (*)(void));
+static int (*SSL_set_ex_data_)(SSL *, int, void *);
+static void *(*SSL_get_ex_data_)(const SSL *, int);
 static unsigned long (*ERR_get_error_)(void);
 static void (*ERR_clear_error_)(void);
 static void (*ERR_error_string_n_)(unsigned long, char *, size_t);
@@ -157,7 +166,9 @@ typedef struct Poller {
     PyObject *client_wrap; /* --client: wraps the backend socket (TLS towards the backend) */
     ConnStats stats; /* the Conns' counts since the last take_stats() */
     /* serve(): accept Conns and account for their close in C. */
-    PyObject *worker, *conns, *sock_type, *wrap, *kwnames;
+    PyObject *worker, *conns, *sock_type, *kwnames;
+    PyObject *context, *sni; /* the server SSLContext (NULL with --client); its SNI callback */
+    void *ctx;               /* context's SSL_CTX*, each connection's SSL* made from it */
     Py_ssize_t max_conns;
     int log_fd, log_level, notify; /* notify: the worker's closed() sees every close */
     long pid;
@@ -313,7 +324,8 @@ static int Poller_clear(Poller *self) {
     Py_CLEAR(self->worker);
     Py_CLEAR(self->conns);
     Py_CLEAR(self->sock_type);
-    Py_CLEAR(self->wrap);
+    Py_CLEAR(self->context);
+    Py_CLEAR(self->sni);
     Py_CLEAR(self->kwnames);
     Py_CLEAR(self->client_wrap);
     for (int i = 0; i < MAX_NAMES; i++) {
@@ -345,7 +357,8 @@ static int Poller_traverse(Poller *self, visitproc visit, void *arg) {
     Py_VISIT(self->worker);
     Py_VISIT(self->conns);
     Py_VISIT(self->sock_type);
-    Py_VISIT(self->wrap);
+    Py_VISIT(self->context);
+    Py_VISIT(self->sni);
     Py_VISIT(self->client_wrap);
     return 0;
 }
@@ -374,7 +387,7 @@ static PyMethodDef Poller_methods[] = {
     {"take_stats", (PyCFunction)Poller_take_stats, METH_NOARGS,
      "the Conns' counts since the last call"},
     {"serve", (PyCFunction)Poller_serve, METH_VARARGS,
-     "serve(worker, conns, wrap, max_conns, log_fd, log_level): accept in C"},
+     "serve(worker, conns, context, max_conns, log_fd, log_level, sni=None): accept in C"},
     {"listen", (PyCFunction)Poller_listen, METH_VARARGS,
      "listen(fd, family): accept on fd in C; family 0: stop"},
     {"dispatch", (PyCFunction)Poller_dispatch, METH_NOARGS, "run the callbacks of ready fds"},
@@ -433,6 +446,15 @@ static PyObject *flow_init(PyObject *mod, PyObject *args) {
         {"SSL_CIPHER_get_name", (void **)&SSL_CIPHER_get_name_},
         {"SSL_get0_alpn_selected", (void **)&SSL_get0_alpn_selected_},
         {"SSL_session_reused", (void **)&SSL_session_reused_},
+        {"SSL_new", (void **)&SSL_new_},
+        {"SSL_free", (void **)&SSL_free_},
+        {"SSL_set_fd", (void **)&SSL_set_fd_},
+        {"SSL_set_accept_state", (void **)&SSL_set_accept_state_},
+        {"SSL_ctrl", (void **)&SSL_ctrl_},
+        {"SSL_set_SSL_CTX", (void **)&SSL_set_SSL_CTX_},
+        {"SSL_CTX_callback_ctrl", (void **)&SSL_CTX_callback_ctrl_},
+        {"SSL_set_ex_data", (void **)&SSL_set_ex_data_},
+        {"SSL_get_ex_data", (void **)&SSL_get_ex_data_},
     };
     if (load_addresses(fns, want_fns, sizeof want_fns / sizeof want_fns[0]) < 0)
         return NULL;
@@ -465,6 +487,18 @@ static SSL *ssl_of(PyObject *obj) {
         return NULL;
     }
     return p;
+}
+
+/* The SSL_CTX* of an ssl.SSLContext; NULL: error set. */
+static void *ctx_of(PyObject *context) {
+    if (!ctx_type || !PyObject_TypeCheck(context, (PyTypeObject *)ctx_type)) {
+        PyErr_SetString(PyExc_TypeError, "expected ssl.SSLContext (after init())");
+        return NULL;
+    }
+    void *ctx = *(void **)((char *)context + ctx_offset);
+    if (!ctx)
+        PyErr_SetString(PyExc_RuntimeError, "SSLContext without an SSL_CTX");
+    return ctx;
 }
 
 /* ---- Conn: one whole connection in C ---------------------------------------------------------
@@ -501,6 +535,8 @@ struct Conn {
     PyObject *back_sock; /* --client: the backend's socket object (tls wraps it) */
     PyObject *pbuf;      /* --proxy-proxy: the client's PROXY header, as read so far */
     SSL *ssl;
+    PyObject *context; /* own_ssl: the SSLContext whose SSL_CTX ssl uses */
+    char own_ssl;      /* ssl made here (no _SSLSocket, no socket object): freed at the close */
     int tls_side;      /* FRONT, or BACK with --client */
     int fd[2];         /* FRONT: the client (TLS), BACK: the backend (TCP); -1: none */
     uint32_t mask[2];  /* epoll interest */
@@ -1002,8 +1038,9 @@ static int conn_handshake(Conn *c) {
             return conn_want(c, c->tls_side, err == E_WANT_READ ? EPOLLOUT : EPOLLIN, 0) < 0
                        ? -1
                        : conn_want(c, c->tls_side, err == E_WANT_READ ? EPOLLIN : EPOLLOUT, 1);
-        /* As relay's handshake(): -errno, 4 for an EOF, 0 for a TLS error left queued. */
-        int state = err != E_SYSCALL ? 0 : saved ? -saved : 4;
+        /* As relay's handshake(): -errno, 4 for an EOF, 5 for a close_notify or (with
+           OP_IGNORE_UNEXPECTED_EOF) a FIN, 0 for a TLS error left queued. */
+        int state = err == E_ZERO_RETURN ? 5 : err != E_SYSCALL ? 0 : saved ? -saved : 4;
         if (err == E_SYSCALL)
             ERR_clear_error_();
         PyObject *st = PyLong_FromLong(state);
@@ -1175,8 +1212,11 @@ static int conn_close(Conn *c, const char *why, int level) {
     else if (c->fd[BACK] >= 0)
         close(c->fd[BACK]);
     c->fd[BACK] = -1;
-    if (r)
+    if (r && c->sock)
         Py_SETREF(r, PyObject_CallMethodNoArgs(c->sock, s_close));
+    else if (c->fd[FRONT] >= 0 && !c->sock)
+        close(c->fd[FRONT]);
+    c->fd[FRONT] = -1;
     long long up = c->dir[FRONT].nbytes, down = c->dir[BACK].nbytes;
     for (int s = 0; s < 2; s++) {
         PyMem_Free(c->dir[s].pending);
@@ -1195,6 +1235,8 @@ static int conn_close(Conn *c, const char *why, int level) {
         Py_XDECREF(args);
         Py_XDECREF(r);
     }
+    if (c->own_ssl)
+        SSL_free_(c->ssl);
     c->ssl = NULL;
     Py_CLEAR(c->tls); /* frees the SSL* now */
     Py_DECREF(c);
@@ -1206,7 +1248,7 @@ static void conn_setup(Conn *c, Poller *poller, PyObject *worker, PyObject *sock
     c->fd[FRONT] = fd;
     c->poller = (Poller *)Py_NewRef(poller);
     c->worker = Py_NewRef(worker);
-    c->sock = Py_NewRef(sock);
+    c->sock = Py_XNewRef(sock); /* NULL: c owns fd */
     c->peer = Py_NewRef(peer);
     c->local = Py_NewRef(local);
     c->started = c->active = now();
@@ -1249,17 +1291,18 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     return (PyObject *)c;
 }
 
-/* The handshake begins on tls, the _SSLSocket wrapping c's socket (owner=c), after the PROXY
-   header with --proxy-proxy; tls is NULL with --client (the connect begins). As for fd events,
-   a Python error goes to on_error: -1 only if that raised. */
+/* The handshake begins on ssl (of tls, the _SSLSocket wrapping c's socket with owner=c, or
+   made by serve_fd() with tls NULL), after the PROXY header with --proxy-proxy; ssl is NULL
+   with --client (the connect begins). As for fd events, a Python error goes to on_error: -1
+   only if that raised. */
 static int conn_begin(Conn *c, PyObject *tls, SSL *ssl) {
     int r;
     arm(c, K_HANDSHAKE); /* (the PROXY header's time included) */
-    if (!tls) /* --client: the backend first */
+    if (!ssl) /* --client: the backend first */
         r = conn_connect(c);
     else {
         c->ssl = ssl;
-        c->tls = Py_NewRef(tls);
+        c->tls = Py_XNewRef(tls);
         if (c->poller->proxy) {
             c->state = ST_PROXY;
             r = conn_proxy(c);
@@ -1307,6 +1350,7 @@ static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
     Py_VISIT(c->worker);
     Py_VISIT(c->sock);
     Py_VISIT(c->tls);
+    Py_VISIT(c->context);
     Py_VISIT(c->peer);
     Py_VISIT(c->local);
     Py_VISIT(c->tls_info);
@@ -1317,6 +1361,7 @@ static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
 static int Conn_clear(Conn *c) {
     Py_CLEAR(c->worker);
     Py_CLEAR(c->tls);
+    Py_CLEAR(c->context);
     Py_CLEAR(c->sock);
     Py_CLEAR(c->peer);
     Py_CLEAR(c->local);
@@ -1334,6 +1379,10 @@ static void Conn_dealloc(Conn *c) {
         disarm(c);
     if (c->fd[BACK] >= 0 && !c->back_sock)
         close(c->fd[BACK]);
+    if (c->fd[FRONT] >= 0 && !c->sock)
+        close(c->fd[FRONT]);
+    if (c->own_ssl && c->ssl)
+        SSL_free_(c->ssl);
     for (int s = 0; s < 2; s++)
         PyMem_Free(c->dir[s].pending);
     Conn_clear(c);
@@ -1357,6 +1406,8 @@ static PyObject *Conn_get_flag(Conn *c, void *which) {
 }
 
 static PyObject *Conn_get_context(Conn *c, void *unused) {
+    if (c->own_ssl && c->context)
+        return Py_NewRef(c->context);
     if (!c->tls) {
         PyErr_SetString(PyExc_AttributeError, "no TLS yet");
         return NULL;
@@ -1364,8 +1415,19 @@ static PyObject *Conn_get_context(Conn *c, void *unused) {
     return PyObject_GetAttr(c->tls, s_context);
 }
 
-/* The SNI callback switches certificates through the _SSLSocket's owner, this Conn. */
+static void *ctx_of(PyObject *context);
+
+/* The SNI callback switches certificates through the _SSLSocket's owner, this Conn (or, for
+   an SSL* of its own, here: as _ssl's context setter does). */
 static int Conn_set_context(Conn *c, PyObject *v, void *unused) {
+    if (c->own_ssl && c->ssl && v) {
+        void *ctx = ctx_of(v);
+        if (!ctx)
+            return -1;
+        SSL_set_SSL_CTX_(c->ssl, ctx);
+        Py_XSETREF(c->context, Py_NewRef(v));
+        return 0;
+    }
     if (!c->tls || !v) {
         PyErr_SetString(PyExc_AttributeError, "no TLS yet");
         return -1;
@@ -1453,7 +1515,7 @@ static PyObject *sockaddr_tuple(const struct sockaddr_storage *ss) {
 /* Worker._serve() for an accepted fd: a Conn (in the worker's open set) begins its handshake.
    -1: a Python error, for on_error. */
 static int serve_fd(Poller *p, int fd, int family, const struct sockaddr_storage *ss) {
-    PyObject *peer = sockaddr_tuple(ss), *local = NULL, *sock = NULL, *tls = NULL;
+    PyObject *peer = sockaddr_tuple(ss), *local = NULL;
     Conn *c = NULL;
     int r = -1, owned = 1;
     if (!peer)
@@ -1470,31 +1532,33 @@ static int serve_fd(Poller *p, int fd, int family, const struct sockaddr_storage
         local = PyTuple_New(0);
     if (!local)
         goto done;
-    /* SOCK_NONBLOCK: the socket knows it is non-blocking without a system call. */
-    sock = PyObject_CallFunction(p->sock_type, "iiii", family, SOCK_STREAM | SOCK_NONBLOCK, 0,
-                                 fd);
-    if (!sock)
-        goto done;
-    owned = 0; /* the socket closes it */
     if (!(c = (Conn *)Conn_new(&ConnType, NULL, NULL)))
         goto done;
-    conn_setup(c, p, p->worker, sock, peer, local, fd);
+    conn_setup(c, p, p->worker, NULL, peer, local, fd);
+    owned = 0; /* c closes it (no socket object: c has the fd) */
     if (PySet_Add(p->conns, (PyObject *)c) < 0)
         goto done;
     if (p->client_wrap) { /* --client: in clear from the client */
         r = conn_begin(c, NULL, NULL);
         goto done;
     }
-    PyObject *args[] = {sock, Py_True, Py_None, (PyObject *)c};
-    if (!(tls = PyObject_Vectorcall(p->wrap, args, 3, p->kwnames))) {
-        if (!PyErr_ExceptionMatches(PyExc_OSError))
-            goto done;
-        PyErr_Clear(); /* (SSL_new failed: out of memory) */
+    /* The SSL* straight from the context, as _ssl's _wrap_socket() would make it but without
+       its socket and _SSLSocket objects (side by side with hitch: 1.5% of a connection's CPU). */
+    SSL *ssl = SSL_new_(p->ctx);
+    if (!ssl || !SSL_set_fd_(ssl, fd)) {
+        if (ssl)
+            SSL_free_(ssl);
+        ERR_clear_error_();
         r = conn_close(c, "client TLS setup failed", L_DEBUG);
         goto done;
     }
-    SSL *ssl = ssl_of(tls);
-    r = ssl ? conn_begin(c, tls, ssl) : (conn_failed(c), report(p));
+    SSL_set_ex_data_(ssl, 0, c); /* (for servername_cb) */
+    SSL_ctrl_(ssl, 33 /* SSL_CTRL_MODE */,
+              0x2 | 0x4 /* ACCEPT_MOVING_WRITE_BUFFER | AUTO_RETRY, as _ssl's */, NULL);
+    SSL_set_accept_state_(ssl);
+    c->own_ssl = 1;
+    c->context = Py_NewRef(p->context);
+    r = conn_begin(c, NULL, ssl);
 done:
     if (r < 0 && c && c->state != ST_CLOSED)
         conn_failed(c);
@@ -1502,10 +1566,37 @@ done:
         close(fd);
     Py_XDECREF(peer);
     Py_XDECREF(local);
-    Py_XDECREF(sock);
-    Py_XDECREF(tls);
     Py_XDECREF(c);
     return r;
+}
+
+/* The SNI callback of serve()'s context, for the SSL*s made above (_ssl's own would look for
+   an _SSLSocket): the Python sni(conn, name, context) as _ssl calls it, where one is given
+   (several certificates, or --sni-nomatch-abort; it may set conn.context), else accept the
+   name (so that TLS 1.2 sessions keep it). */
+static int servername_cb(SSL *ssl, int *alert, void *unused) {
+    Conn *c = SSL_get_ex_data_(ssl, 0);
+    const char *name = SSL_get_servername_(ssl, 0 /* TLSEXT_NAMETYPE_host_name */);
+    if (!c || Py_TYPE(c) != &ConnType || !c->poller->sni || !name)
+        return 0; /* SSL_TLSEXT_ERR_OK */
+    PyObject *str = PyUnicode_DecodeASCII(name, (Py_ssize_t)strlen(name), NULL);
+    PyObject *r = str ? PyObject_CallFunctionObjArgs(c->poller->sni, (PyObject *)c, str,
+                                                     c->poller->context, NULL)
+                      : NULL;
+    Py_XDECREF(str);
+    int ret = 0;
+    if (!r || (r != Py_None && !PyLong_Check(r))) { /* as _ssl: a name that is not ASCII too */
+        if (r || !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            report(c->poller);
+        PyErr_Clear();
+        *alert = 80; /* internal_error */
+        ret = 2;     /* SSL_TLSEXT_ERR_ALERT_FATAL */
+    } else if (r != Py_None) {
+        *alert = (int)PyLong_AsLong(r);
+        ret = 2;
+    }
+    Py_XDECREF(r);
+    return ret;
 }
 
 /* The worker stops accepting: out of file descriptors (err), or at max-connections (0). */
@@ -1536,29 +1627,36 @@ static int poller_accept(Poller *p, int lfd, int family) {
     return 0;
 }
 
-/* serve(worker, conns, wrap, max_conns, log_fd, log_level): from now on the listen()ed
-   sockets are accepted in C, each connection a Conn of worker in the set conns, its socket
-   made by configure()'s sock_type(family, type, 0, fd) and its TLS by wrap(sock, True, None,
-   owner=conn) (None with --client); closes are accounted here (closed_in_c()) unless notify
-   is set. */
+/* serve(worker, conns, context, max_conns, log_fd, log_level, sni=None): from now on the
+   listen()ed sockets are accepted in C, each connection a Conn of worker in the set conns,
+   its SSL* made from context's SSL_CTX (None with --client), whose SNI callback becomes
+   servername_cb(), calling sni; closes are accounted here (closed_in_c()) unless notify is
+   set. */
 static PyObject *Poller_serve(Poller *self, PyObject *args) {
-    PyObject *worker, *conns, *wrap;
+    PyObject *worker, *conns, *context, *sni = Py_None;
     Py_ssize_t max_conns;
     int log_fd, log_level;
-    if (!PyArg_ParseTuple(args, "OO!Onii:serve", &worker, &PySet_Type, &conns, &wrap,
-                          &max_conns, &log_fd, &log_level))
+    if (!PyArg_ParseTuple(args, "OO!Onii|O:serve", &worker, &PySet_Type, &conns, &context,
+                          &max_conns, &log_fd, &log_level, &sni))
         return NULL;
-    if (!self->backend_len || !self->sock_type) {
-        PyErr_SetString(PyExc_RuntimeError, "configure() with a sock_type comes first");
-        return NULL;
-    }
-    if ((wrap == Py_None) != (self->client_wrap != NULL)) {
-        PyErr_SetString(PyExc_ValueError, "wrap None for --client (only)");
+    if (!self->backend_len) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() comes first");
         return NULL;
     }
+    if ((context == Py_None) != (self->client_wrap != NULL)) {
+        PyErr_SetString(PyExc_ValueError, "context None for --client (only)");
+        return NULL;
+    }
+    void *ctx = context == Py_None ? NULL : ctx_of(context);
+    if (context != Py_None && !ctx)
+        return NULL;
+    if (ctx) /* SSL_CTX_set_tlsext_servername_callback() */
+        SSL_CTX_callback_ctrl_(ctx, 53, (void (*)(void))servername_cb);
     Py_XSETREF(self->worker, Py_NewRef(worker));
     Py_XSETREF(self->conns, Py_NewRef(conns));
-    Py_XSETREF(self->wrap, wrap == Py_None ? NULL : Py_NewRef(wrap));
+    Py_XSETREF(self->context, context == Py_None ? NULL : Py_NewRef(context));
+    Py_XSETREF(self->sni, sni == Py_None ? NULL : Py_NewRef(sni));
+    self->ctx = ctx;
     self->max_conns = max_conns;
     self->log_fd = log_fd;
     self->log_level = log_level;

@@ -263,13 +263,21 @@ def handshake_step(end: End) -> int:
     return 1
 
 
-def handshake_error(tls: _ssl._SSLSocket, state: int) -> Exception:
+def handshake_error(tls: _ssl._SSLSocket | None, state: int) -> Exception:
     """What ssl would raise for a Conn's failed handshake step (-errno: a socket error,
-    4: EOF, 0: a TLS error still queued, which do_handshake() raises as ssl names it)."""
+    4: EOF, 5: closed (close_notify, or a FIN), 0: a TLS error still queued, which
+    do_handshake() raises as ssl names it; tls None: a Conn's own SSL*, whose queued error
+    sslext reads)."""
     if state < 0:
         return OSError(-state, os.strerror(-state))
-    if state == 4:
-        return ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol")
+    if state in (4, 5):  # (with the attributes that ssl's own errors have)
+        e = (ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol")
+             if state == 4 else ssl.SSLZeroReturnError(ssl.SSL_ERROR_ZERO_RETURN,
+                                                       "TLS/SSL connection has been closed (EOF)"))
+        e.library = e.reason = None
+        return e
+    if tls is None:
+        return sslext.queued_error("handshake failed")
     try:
         tls.do_handshake()
     except HS_ERRORS as e:

@@ -18,7 +18,7 @@ import sysconfig
 
 __all__ = [
     "cache_functions", "ctx_pointer", "flow_functions", "flow_layout", "get_ticket_keys",
-    "has_pending", "keep_session", "load_engine", "openssl_version", "selfcheck",
+    "has_pending", "keep_session", "load_engine", "openssl_version", "queued_error", "selfcheck",
     "send_close_notify", "servername",
     "set_ciphersuites", "set_groups", "set_read_ahead", "set_ticket_keys", "shutdown_once",
     "ssl_pointer",
@@ -124,6 +124,12 @@ def _pop_error() -> tuple[str, str | None, str | None]:
 
 def _reason() -> str:
     return _pop_error()[0]
+
+
+def queued_error(what: str) -> ssl.SSLError:
+    """The SSLError for the TLS error OpenSSL queued on this thread (its .reason as the stdlib
+    names it), for an SSL* that has no _SSLSocket to raise it."""
+    return _ssl_error(ssl.SSLError, _SSL_ERROR_SSL, what)
 
 
 def _ssl_error(cls: type[ssl.SSLError], err: int, what: str, queue: bool = True) -> ssl.SSLError:
@@ -258,7 +264,10 @@ def flow_functions() -> dict[str, int]:
     return _addresses(("SSL_read", "SSL_write", "SSL_get_error", "SSL_shutdown",
                        "SSL_do_handshake", "SSL_get_SSL_CTX", "SSL_get_servername",
                        "SSL_set_shutdown", "SSL_get_version", "SSL_get_current_cipher",
-                       "SSL_CIPHER_get_name", "SSL_get0_alpn_selected", "SSL_session_reused"),
+                       "SSL_CIPHER_get_name", "SSL_get0_alpn_selected", "SSL_session_reused",
+                       "SSL_new", "SSL_free", "SSL_set_fd", "SSL_set_accept_state", "SSL_ctrl",
+                       "SSL_set_SSL_CTX", "SSL_CTX_callback_ctrl", "SSL_set_ex_data",
+                       "SSL_get_ex_data"),
                       ("ERR_get_error", "ERR_clear_error", "ERR_error_string_n"))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -180,6 +181,13 @@ class SniTable:
 
 def _accept_name(_sslsock: ssl.SSLSocket, _name: str | None, _ctx: ssl.SSLContext) -> None:
     return None
+
+
+def sni_hook(ctx: ssl.SSLContext) -> Callable | None:
+    """What a connection's SNI name must be given to: ctx's callback, unless it only accepts
+    the name (one certificate), which stud._flow does by itself."""
+    cb = ctx.sni_callback
+    return None if cb is _accept_name else cb
 
 
 def build(cfg: Config) -> SniTable:

@@ -25,6 +25,7 @@ from stud.log import CONN, DEBUG, log, quoted
 from stud.metrics import CONNECT_BUCKETS, HS_BUCKETS, Stats
 from stud.ratelimit import EmptyConnLimiter
 from stud.relay import Conn, Relay, Sock, fmt_addr, handshake_error, new_watch, reason, short_reason
+from stud.tls import sni_hook
 
 try:  # imported by the master: after chroot the worker could not import it any more
     import uvloop
@@ -88,8 +89,9 @@ class Worker:
         # connection log goes to syslog: then _accept() and closed() run for every one.
         self.accept_in_c = bool(Conn) and not self.limiter and not log.use_syslog
         if self.accept_in_c:
-            self.watch.serve(self, self.conns, None if cfg.client else ssl_context._wrap_socket,
-                             self.max_conns or 0, log.stdout, log.level)
+            self.watch.serve(self, self.conns, None if cfg.client else ssl_context,
+                             self.max_conns or 0, log.stdout, log.level,
+                             None if cfg.client else sni_hook(ssl_context))
 
     def run(self) -> int:
         # What the master built is never garbage: keep the cycle collector off it (shorter
