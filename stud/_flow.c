@@ -1704,8 +1704,8 @@ static int set_bounds(Hist *h, PyObject *bounds) {
 /* configure(backend_family, backend_sockaddr, handshake_timeout, connect_timeout, header,
    handshake_buckets, connect_buckets, *, proxy=0, sock_type=None, client_wrap=None): what
    Conns need; sockaddr as getaddrinfo() gives it for AF_INET or AF_INET6; the duration
-   histograms' upper bounds (metrics.*_BUCKETS); proxy: --proxy-proxy's peek size; sock_type
-   makes socket objects for serve() and --client, where client_wrap wraps the backend's. */
+   histograms' upper bounds (metrics.*_BUCKETS); proxy: --proxy-proxy's peek size; with
+   --client, sock_type makes the backend's socket object and client_wrap wraps it. */
 static PyObject *Poller_configure(Poller *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"", "", "", "", "", "", "", "proxy", "sock_type", "client_wrap",
                              NULL};
