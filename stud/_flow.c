@@ -1455,7 +1455,8 @@ static PyGetSetDef Conn_getset[] = {
 static PyMemberDef Conn_members[] = {
     {"peer", T_OBJECT, offsetof(Conn, peer), READONLY, NULL},
     {"local", T_OBJECT, offsetof(Conn, local), READONLY, NULL},
-    {"tls", T_OBJECT, offsetof(Conn, tls), READONLY, "the _ssl._SSLSocket"},
+    {"tls", T_OBJECT, offsetof(Conn, tls), READONLY,
+     "the _ssl._SSLSocket (None where the Conn made its SSL* itself)"},
     {"tls_info", T_OBJECT, offsetof(Conn, tls_info), READONLY,
      "(version, cipher, SNI name, ALPN protocol, resumed) once the handshake is done"},
     {NULL},
