@@ -32,6 +32,7 @@
 
 typedef struct ssl_st SSL;
 static int (*SSL_read_)(SSL *, void *, int);
+static int (*SSL_has_pending_)(const SSL *);
 static int (*SSL_write_)(SSL *, const void *, int);
 static int (*SSL_get_error_)(const SSL *, int);
 static int (*SSL_shutdown_)(SSL *);
@@ -431,6 +432,7 @@ static PyObject *flow_init(PyObject *mod, PyObject *args) {
     }
     static const Wanted want_fns[] = {
         {"SSL_read", (void **)&SSL_read_},
+        {"SSL_has_pending", (void **)&SSL_has_pending_},
         {"SSL_write", (void **)&SSL_write_},
         {"SSL_get_error", (void **)&SSL_get_error_},
         {"SSL_shutdown", (void **)&SSL_shutdown_},
@@ -540,7 +542,7 @@ struct Conn {
     int tls_side;      /* FRONT, or BACK with --client */
     int fd[2];         /* FRONT: the client (TLS), BACK: the backend (TCP); -1: none */
     uint32_t mask[2];  /* epoll interest */
-    char state, connecting, read_wants_write;
+    char state, connecting, reread;
     int kind;          /* armed deadline, or -1 */
     double started, active, connect_started, deadline;
     Conn *prev, *next; /* in poller->head[kind] */
@@ -737,11 +739,29 @@ static int dir_finish(Conn *c, int s) {
     return c->dir[1 - s].done ? conn_close(c, "closed", L_CONN) : 0;
 }
 
+/* The Conn's TLS, reading ahead: OpenSSL reads all it can per read() (a TLS 1.2 RSA handshake,
+   request and close take 5 socket reads instead of 12); dir_readable() then looks for the
+   records it buffered. */
+static void conn_set_ssl(Conn *c, SSL *ssl, int side) {
+    c->ssl = ssl;
+    c->tls_side = side;
+    SSL_ctrl_(ssl, 41 /* SSL_CTRL_SET_READ_AHEAD */, 1, NULL);
+}
+
+/* SSL_read again at the TLS side's next EPOLLOUT (at once, unless the peer does not read):
+   it wanted to write, or read-ahead left records in OpenSSL's buffer that epoll cannot see. */
+static int reread_on_out(Conn *c) {
+    c->reread = 1;
+    return conn_want(c, c->tls_side, EPOLLOUT, 1);
+}
+
 /* Side s is readable: move what is there to the other side. */
 static int dir_readable(Conn *c, int s) {
     Dir *d = &c->dir[s];
+    int rounds = 0;
+again:;
     Py_ssize_t n = 0;
-    int fail = 0;
+    int fail = 0, full = 0;
     char why[WHY];
     if (s != c->tls_side) {
         ssize_t r = recv(c->fd[s], buf, BUFSIZE, 0);
@@ -754,13 +774,14 @@ static int dir_readable(Conn *c, int s) {
             snprintf(why, WHY, "%s", strerror(errno));
         }
     } else {
-        /* As relay.Flow: whole records, and at least a record's room per read. */
-        while (n <= BUFSIZE - RECORD) {
+        /* As relay.Flow: whole records, and at least a record's room per read. A short record
+           usually means the socket is drained, unless read-ahead brought more. */
+        while (!(full = n > BUFSIZE - RECORD)) {
             errno = 0;
             int k = SSL_read_(c->ssl, buf + n, (int)(BUFSIZE - n));
             if (k > 0) {
                 n += k;
-                if (k < RECORD)
+                if (k < RECORD && !SSL_has_pending_(c->ssl))
                     break;
                 continue;
             }
@@ -768,8 +789,7 @@ static int dir_readable(Conn *c, int s) {
             if (err == E_WANT_READ)
                 break;
             if (err == E_WANT_WRITE) {
-                c->read_wants_write = 1;
-                if (conn_want(c, s, EPOLLOUT, 1) < 0)
+                if (reread_on_out(c) < 0)
                     return -1;
                 break;
             }
@@ -800,6 +820,13 @@ static int dir_readable(Conn *c, int s) {
        takes them out of the epoll set: no system call). */
     if (d->eof && (dir_finish(c, s) < 0 || conn_want(c, s, EPOLLIN, 0) < 0))
         return -1;
+    /* Read-ahead records left in OpenSSL's buffer by a full pass: epoll cannot see them. Read
+       them now, or after a few passes (other connections wait meanwhile) on the next event. */
+    if (full && c->state != ST_CLOSED && s == c->tls_side && SSL_has_pending_(c->ssl)) {
+        if (++rounds < 4)
+            goto again;
+        return reread_on_out(c);
+    }
     return 0;
 }
 
@@ -818,11 +845,16 @@ static int dir_writable(Conn *c, int s) {
         PyMem_Free(d->pending);
         d->pending = NULL;
     }
-    if (d->eof)
+    if (d->eof && !d->done)
         return dir_finish(c, s);
-    if (conn_want(c, 1 - s, EPOLLOUT, 0) < 0)
+    if (conn_want(c, 1 - s, EPOLLOUT, 1 - s == c->tls_side && c->reread) < 0)
         return -1;
-    return conn_want(c, s, EPOLLIN, 1);
+    if (d->eof)
+        return 0;
+    if (conn_want(c, s, EPOLLIN, 1) < 0)
+        return -1;
+    /* Reading paused after a pass that read ahead: what it left is read now (see above). */
+    return s == c->tls_side && SSL_has_pending_(c->ssl) ? dir_readable(c, s) : 0;
 }
 
 /* The backend connect (after the handshake; before it with --client). */
@@ -915,9 +947,8 @@ static int conn_connected(Conn *c) {
     }
     SSL *ssl = ssl_of(tls);
     if (ssl) {
-        c->ssl = ssl;
+        conn_set_ssl(c, ssl, BACK);
         c->tls = Py_NewRef(tls);
-        c->tls_side = BACK;
         c->state = ST_HANDSHAKE;
         arm(c, K_HANDSHAKE);
     }
@@ -1088,8 +1119,8 @@ static int conn_event(Conn *c, int fd, uint32_t ev) {
         if (in)
             r = dir_readable(c, side);
         if (!r && out && c->state != ST_CLOSED) {
-            if (side == c->tls_side && c->read_wants_write) {
-                c->read_wants_write = 0;
+            if (side == c->tls_side && c->reread) {
+                c->reread = 0;
                 r = dir_readable(c, side);
             }
             if (!r && c->state != ST_CLOSED)
@@ -1301,7 +1332,7 @@ static int conn_begin(Conn *c, PyObject *tls, SSL *ssl) {
     if (!ssl) /* --client: the backend first */
         r = conn_connect(c);
     else {
-        c->ssl = ssl;
+        conn_set_ssl(c, ssl, FRONT);
         c->tls = Py_XNewRef(tls);
         if (c->poller->proxy) {
             c->state = ST_PROXY;

@@ -261,7 +261,7 @@ def _addresses(ssl_names: tuple[str, ...], crypto_names: tuple[str, ...]) -> dic
 
 def flow_functions() -> dict[str, int]:
     """Addresses of the OpenSSL functions stud._flow calls, in the libraries _ssl uses."""
-    return _addresses(("SSL_read", "SSL_write", "SSL_get_error", "SSL_shutdown",
+    return _addresses(("SSL_read", "SSL_has_pending", "SSL_write", "SSL_get_error", "SSL_shutdown",
                        "SSL_do_handshake", "SSL_get_SSL_CTX", "SSL_get_servername",
                        "SSL_set_shutdown", "SSL_get_version", "SSL_get_current_cipher",
                        "SSL_CIPHER_get_name", "SSL_get0_alpn_selected", "SSL_session_reused",
