@@ -62,7 +62,7 @@ UNITS: dict[str, tuple[str, bool]] = {
 }
 SHARED_CACHE = "stud -C 20000"  # the resume test also runs stud with its shared session cache
 PINNED_SCENARIOS = ("hs_new", "hs_new_rsa", "conn_resumed", "rps_keepalive", "bulk")
-ALL_SCENARIOS = (*PINNED_SCENARIOS, "idle_mem", "scaling", "resume", "paired")
+ALL_SCENARIOS = (*PINNED_SCENARIOS, "idle_mem", "scaling", "resume", "paired", "aa")
 PAIRED = ("hs_new", "hs_new_rsa", "conn_resumed")  # the close calls, measured side by side
 # Targets on the stud/hitch ratio per proxy CPU-second.
 RATIO_TARGETS = {
@@ -557,6 +557,7 @@ class Bench:
         self.idle: dict[str, dict[str, dict]] = {}
         self.resume: dict[str, dict[str, dict]] = {}
         self.paired: dict[str, list[float]] = {}  # scenario -> hitch/stud CPU per event, per rep
+        self.aa: dict[str, list[float]] = {}  # method -> hitch/hitch per CPU-second, per rep
         self.problems: list[str] = []
         self.idle_capped: dict[int, int] = {}  # wanted -> measured connection count
         self.close_reasons: dict[str, int] = {}  # from stud's per-connection log lines
@@ -985,42 +986,81 @@ backend be
         for scenario in wanted:
             rsa = scenario == "hs_new_rsa"
             pem = self.work / ("rsa.pem" if rsa else "ecdsa.pem")
-            insts = {k: self.start_proxy(k, f"{scenario}-paired", pem, 1, PROXY_CPUS)
-                     for k in ("stud", "hitch")}
+            insts = [self.start_proxy(k, f"{scenario}-paired", pem, 1, PROXY_CPUS)
+                     for k in ("stud", "hitch")]
             try:
-                if all(i.proc for i in insts.values()):
+                if all(i.proc for i in insts):
                     for rep in range(self.a.reps):
-                        self.paired_one(scenario, insts, 12 if rsa else 13, rep)
+                        r = self.paired_one(scenario, insts, 12 if rsa else 13, rep)
+                        if r:
+                            self.paired.setdefault(scenario, []).append(r)
             finally:
-                for inst in insts.values():
+                for inst in insts:
                     self.stop_proxy(inst)
 
-    def paired_one(self, scenario: str, insts: dict[str, Instance], tls: int, rep: int) -> None:
-        results: dict[str, dict] = {}
+    def paired_one(self, scenario: str, insts: list[Instance], tls: int, rep: int
+                   ) -> float | None:
+        """Both instances loaded at once: the second's CPU per event over the first's (the
+        first's speed relative to the second)."""
+        results: dict[int, dict] = {}
 
-        def load(kind: str) -> None:
-            inst = insts[kind]
+        def load(i: int) -> None:
+            inst = insts[i]
             try:
-                results[kind] = (self.run_http(inst, "/", 32, True, False)
-                                 if scenario == "conn_resumed" else self.run_hs(inst, tls))
+                results[i] = (self.run_http(inst, "/", 32, True, False)
+                              if scenario == "conn_resumed" else self.run_hs(inst, tls))
             except CLIENT_ERRORS as e:
-                self.problem(kind, f"{scenario} (paired): client failed: {e}")
+                self.problem(inst.kind, f"{scenario} (paired): client failed: {e}")
 
         self.current = f"{scenario} (paired)"
-        before = {k: sum(cpu_ticks(i.pids()).values()) for k, i in insts.items()}
-        threads = [threading.Thread(target=load, args=(k,)) for k in insts]
+        before = [sum(cpu_ticks(i.pids()).values()) for i in insts]
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(len(insts))]
         for t in threads:
             t.start()
         for t in threads:
             t.join(self.a.duration + 120)
-        cpu = {k: (sum(cpu_ticks(i.pids()).values()) - before[k]) / CLK_TCK
-               for k, i in insts.items()}
-        if len(results) < 2 or not all(results[k]["events"] and cpu[k] for k in insts):
+        cpu = [(sum(cpu_ticks(inst.pids()).values()) - before[i]) / CLK_TCK
+               for i, inst in enumerate(insts)]
+        if len(results) < 2 or not all(results[i]["events"] and cpu[i] for i in range(2)):
+            return None
+        per = [cpu[i] / results[i]["events"] * 1e6 for i in range(2)]  # CPU us per event
+        same = insts[0].kind == insts[1].kind
+        a, b = (inst.label if same else inst.kind for inst in insts)
+        log(f"rep {rep + 1} {scenario:<14} paired: {a} {per[0]:.1f} us, {b} {per[1]:.1f} us "
+            f"of CPU per event: ratio {per[1] / per[0]:.3f}")
+        return per[1] / per[0]
+
+    def aa_phase(self) -> None:
+        """The two methods' precision, hitch against itself on hs_new_rsa (the true ratio is
+        1): in turn (as the pinned rows) and side by side (as the paired rows)."""
+        if "aa" not in self.a.scenarios or "hitch" not in self.kinds:
             return
-        per = {k: cpu[k] / results[k]["events"] * 1e6 for k in insts}  # CPU us per event
-        self.paired.setdefault(scenario, []).append(per["hitch"] / per["stud"])
-        log(f"rep {rep + 1} {scenario:<14} paired: stud {per['stud']:.1f} us, hitch "
-            f"{per['hitch']:.1f} us of CPU per event: stud/hitch {per['hitch'] / per['stud']:.3f}")
+        pem = self.work / "rsa.pem"
+        insts = [self.start_proxy("hitch", f"hitch-{n}", pem, 1, PROXY_CPUS) for n in "AB"]
+        try:
+            if not all(i.proc for i in insts):
+                return
+            for inst in insts:  # warm-up, not measured
+                try:
+                    self.run_hs(inst, 12, dur=min(1.0, self.a.duration))
+                except CLIENT_ERRORS:
+                    pass
+            for rep in range(self.a.reps):
+                per = {}
+                for inst in insts if rep % 2 == 0 else insts[::-1]:
+                    res = self.measure(inst, "hs_new_rsa (A/A)", lambda i=inst: self.run_hs(i, 12))
+                    res = self.with_per_cpu(res, res["events"] if res else 0)
+                    if res and res.get("per_cpu"):
+                        per[inst.label] = res["per_cpu"]
+                if len(per) == 2:
+                    r = per["hitch-A"] / per["hitch-B"]
+                    self.aa.setdefault("sequential", []).append(r)
+                    log(f"rep {rep + 1} hs_new_rsa     A/A in turn: hitch-A/hitch-B {r:.3f}")
+                if r := self.paired_one("hs_new_rsa", insts, 12, rep):
+                    self.aa.setdefault("paired", []).append(r)
+        finally:
+            for inst in insts:
+                self.stop_proxy(inst)
 
     def idle_phase(self) -> None:
         if "idle_mem" not in self.a.scenarios:
@@ -1367,6 +1407,11 @@ def targets_and_table(b: Bench, summary: dict) -> tuple[list[dict], list[list[st
         pairs = s.get("rep_ratios" if scenario == "p99_ms" else "rep_ratios_per_cpu", [])
         of_reps = f"median of {len(pairs)} back-to-back pairs: " + ", ".join(
             f"{r:.2f}" for r in pairs) if pairs else "ratio of medians"
+        side = b.paired.get(scenario)
+        if side:  # the handshake figures: side by side, where the host's drift cancels (aa_phase)
+            of_reps = (f"side by side, median of {len(side)}: " + ", ".join(
+                f"{r:.3f}" for r in side) + f"; in turn: {fmt(per, 2)}, {of_reps}")
+            per = statistics.median(side)
         if scenario == "p99_ms":
             goal = "<= hitch's"
             ok = None if raw is None else raw <= 1.0
@@ -1379,7 +1424,8 @@ def targets_and_table(b: Bench, summary: dict) -> tuple[list[dict], list[list[st
             basis = (f"stud/hitch per proxy CPU-second, {of_reps}; ratio of medians "
                      f"{fmt(per_of_medians, 2)}")
             v = target(scenario, per, goal, ok, basis)
-        per_s = "-" if scenario == "p99_ms" else fmt(per, 2)
+        per_s = ("-" if scenario == "p99_ms" else
+                 f"{per:.3f} side by side" if side else fmt(per, 2))
         rows.append([scenario, UNITS[scenario][0], *cells, fmt(raw, 2), per_s, goal, v])
 
     wanted_of = {got: wanted for wanted, got in b.idle_capped.items()}
@@ -1436,6 +1482,11 @@ def targets_and_table(b: Bench, summary: dict) -> tuple[list[dict], list[list[st
                  if k == "stud" else "" for k in kinds]
         rows.append([f"{scenario} (paired)", "ratio", *cells, "-",
                      fmt(statistics.median(ratios), 2), "(info)", ""])
+    for method, ratios in b.aa.items():  # hitch against itself: each method's spread
+        cells = [f"{statistics.median(ratios):.3f} ({min(ratios):.3f} .. {max(ratios):.3f})"
+                 if k == "hitch" else "" for k in kinds]
+        rows.append([f"A/A hs_new_rsa hitch/hitch ({method})", "ratio", *cells, "-", "-",
+                     "(info)", ""])
     for mode in ("tls13_ticket", "tls12_ticket", "tls12_session_id") if b.resume else ():
         cells = []
         for kind in kinds:
@@ -1817,6 +1868,7 @@ def run_all(b: Bench) -> dict[str, Any]:
         }
         b.pinned_phase()
         b.paired_phase()
+        b.aa_phase()
         b.idle_phase()
         b.unpinned_phase()
     except KeyboardInterrupt:
@@ -1857,6 +1909,7 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
         "idle_mem": b.idle,
         "resume": b.resume,
         "paired": b.paired,
+        "aa": b.aa,
         "idle_capped": b.idle_capped,
         "stud_close_reasons": b.close_reasons,
         "stud_warnings": b.notes,
