@@ -1031,8 +1031,9 @@ backend be
         return per[1] / per[0]
 
     def aa_phase(self) -> None:
-        """The two methods' precision, hitch against itself on hs_new_rsa (the true ratio is
-        1): in turn (as the pinned rows) and side by side (as the paired rows)."""
+        """The two methods' precision, hitch against itself (the true ratio is 1): hs_new_rsa
+        in turn (as the pinned rows) and side by side (as the paired rows), and p99_ms in turn
+        (as the pinned rows)."""
         if "aa" not in self.a.scenarios or "hitch" not in self.kinds:
             return
         pem = self.work / "rsa.pem"
@@ -1046,16 +1047,22 @@ backend be
                 except CLIENT_ERRORS:
                     pass
             for rep in range(self.a.reps):
-                per = {}
+                per: dict[str, dict[str, float]] = {"sequential": {}, "p99 sequential": {}}
                 for inst in insts if rep % 2 == 0 else insts[::-1]:
                     res = self.measure(inst, "hs_new_rsa (A/A)", lambda i=inst: self.run_hs(i, 12))
                     res = self.with_per_cpu(res, res["events"] if res else 0)
                     if res and res.get("per_cpu"):
-                        per[inst.label] = res["per_cpu"]
-                if len(per) == 2:
-                    r = per["hitch-A"] / per["hitch-B"]
-                    self.aa.setdefault("sequential", []).append(r)
-                    log(f"rep {rep + 1} hs_new_rsa     A/A in turn: hitch-A/hitch-B {r:.3f}")
+                        per["sequential"][inst.label] = res["per_cpu"]
+                for inst in insts if rep % 2 else insts[::-1]:
+                    res = self.measure(inst, "p99_ms (A/A)",
+                                       lambda i=inst: self.run_http(i, "/", 64, False, True))
+                    if res and res.get("p99_ms"):
+                        per["p99 sequential"][inst.label] = res["p99_ms"]
+                for method, values in per.items():
+                    if len(values) == 2:
+                        r = values["hitch-A"] / values["hitch-B"]
+                        self.aa.setdefault(method, []).append(r)
+                        log(f"rep {rep + 1} A/A {method}: hitch-A/hitch-B {r:.3f}")
                 if r := self.paired_one("hs_new_rsa", insts, 12, rep):
                     self.aa.setdefault("paired", []).append(r)
         finally:
@@ -1485,8 +1492,8 @@ def targets_and_table(b: Bench, summary: dict) -> tuple[list[dict], list[list[st
     for method, ratios in b.aa.items():  # hitch against itself: each method's spread
         cells = [f"{statistics.median(ratios):.3f} ({min(ratios):.3f} .. {max(ratios):.3f})"
                  if k == "hitch" else "" for k in kinds]
-        rows.append([f"A/A hs_new_rsa hitch/hitch ({method})", "ratio", *cells, "-", "-",
-                     "(info)", ""])
+        name = "p99_ms (sequential)" if method.startswith("p99") else f"hs_new_rsa ({method})"
+        rows.append([f"A/A {name} hitch/hitch", "ratio", *cells, "-", "-", "(info)", ""])
     for mode in ("tls13_ticket", "tls12_ticket", "tls12_session_id") if b.resume else ():
         cells = []
         for kind in kinds:
