@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import os
 import re
+import signal
 import socket
 import ssl
 import struct
@@ -171,8 +172,9 @@ def closed_lines(s) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("mode", ["shared", "shared, pure Python relay", "off"])
 def test_session_ids_resume_on_every_worker(stud, backend, pem, mode):
-    """Reconnect with one TLS 1.2 session ID until both workers have served: with -C every
-    reconnect resumes; without, a worker that did not issue the ID makes a full handshake."""
+    """Reconnect with one TLS 1.2 session ID on each worker in turn (the other one stopped,
+    so that this one accepts): with -C every reconnect resumes; without, the worker that did
+    not issue the ID makes a full handshake."""
     shared = mode != "off"
     mport = free_port()
     env = dict(os.environ, STUD_PURE_PYTHON="1") if "pure" in mode else None
@@ -180,18 +182,21 @@ def test_session_ids_resume_on_every_worker(stud, backend, pem, mode):
              backend_port=backend("echo"), workers=2, env=env)
     ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
     ctx.options |= ssl.OP_NO_TICKET
+    workers = wait_for(lambda: len(s.workers()) == 2 and s.workers(), T)
     session = None
-    for i in range(60):
-        raw = socket.create_connection(("127.0.0.1", s.port), timeout=T)
-        with ctx.wrap_socket(raw, session=session) as c:
-            c.sendall(b"ping")
-            assert c.recv(4) == b"ping"
-            session = session or c.session
-        wait_for(lambda i=i: len(closed_lines(s)) == i + 1, T)
-        again = closed_lines(s)[1:]
-        if len({pid for pid, _ in again}) == 2 and len(again) >= 4:
-            break
-    assert len({pid for pid, _ in again}) == 2, "one worker took every connection"
+    for i, (serving, stopped) in enumerate([workers, workers, workers[::-1]] * 2):
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            raw = socket.create_connection(("127.0.0.1", s.port), timeout=T)
+            with ctx.wrap_socket(raw, session=session) as c:
+                c.sendall(b"ping")
+                assert c.recv(4) == b"ping"
+                session = session or c.session
+            wait_for(lambda i=i: len(closed_lines(s)) == i + 1, T)
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        assert closed_lines(s)[-1][0] == serving
+    again = closed_lines(s)[1:]  # (after the first: the issuer's, then the other's, ...)
     resumed = [r for _, r in again]
     m = scrape(mport)
     if shared:
@@ -200,8 +205,8 @@ def test_session_ids_resume_on_every_worker(stud, backend, pem, mode):
         events = {e: m[f"stud_session_cache_events_total{{event={e}}}"]
                   for e in ("stored", "hits", "misses")}
         assert events == {"stored": 1, "hits": len(again), "misses": 0}
-    else:
-        assert 0 in resumed and 1 in resumed
+    else:  # only the issuer (workers[0]) knows the ID
+        assert resumed == [1, 0, 1, 1, 0]
         assert "stud_session_cache_sessions" not in m
 
 
