@@ -287,6 +287,55 @@ def test_records_read_ahead_are_relayed_at_once(pem):
     assert not rig.errors
 
 
+def test_records_read_ahead_are_relayed_once_the_backend_connects(pem):
+    """A full pass whose records cannot be written yet (the backend connect is still
+    pending: its SYN was dropped, the backend's accept queue being full) pauses reading;
+    once connected, what read-ahead left in OpenSSL's buffer must go on without more input."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    filler = socket.create_connection(lsock.getsockname())  # the queue is full after this one
+    go = threading.Event()
+
+    def backend() -> None:
+        go.wait(10)
+        lsock.accept()[0].close()  # the filler's: the SYN retried next gets in
+        sock, _ = lsock.accept()
+        with sock:
+            while data := sock.recv(65536):
+                sock.sendall(data)
+
+    threading.Thread(target=backend, daemon=True).start()
+    rig = Rig(pem, lsock.getsockname()[1], Hooks())
+    hold = Hold()
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", rig.port), timeout=8) as raw, \
+                client_ctx().wrap_socket(raw) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # The small ones fit in what OpenSSL's last read brings beyond the third full record
+            # (its buffer holds a record and its overhead: 239 bytes more, with OpenSSL 3.0).
+            records = [bytes([k]) * 16384 for k in range(3)] + [bytes([k]) * 10 for k in range(4)]
+            with hold:
+                for record in records:
+                    s.sendall(record)
+                time.sleep(0.02)
+            time.sleep(0.2)  # (the Conn's pass, to a backend still connecting)
+            go.set()
+            want, got = b"".join(records), b""
+            while len(got) < len(want):
+                got += s.recv(65536)
+            assert got == want
+
+    try:
+        run_one(rig, client, hold)
+    finally:
+        rig.close()
+        lsock.close()
+        filler.close()
+    assert not rig.errors
+
+
 @pytest.mark.parametrize("mode", ["proxy", "client"])
 def test_proxy_and_client_conns_relay_and_leave_no_references_behind(pem, mode):
     """--proxy-proxy: a PROXY header in clear, then TLS; the header goes on to the backend
