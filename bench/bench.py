@@ -557,7 +557,7 @@ class Bench:
         self.idle: dict[str, dict[str, dict]] = {}
         self.resume: dict[str, dict[str, dict]] = {}
         self.paired: dict[str, list[float]] = {}  # scenario -> hitch/stud CPU per event, per rep
-        self.aa: dict[str, list[float]] = {}  # method -> hitch/hitch per CPU-second, per rep
+        self.aa: dict[str, list[float]] = {}  # method -> hitch-A/hitch-B, per rep
         self.problems: list[str] = []
         self.idle_capped: dict[int, int] = {}  # wanted -> measured connection count
         self.close_reasons: dict[str, int] = {}  # from stud's per-connection log lines
@@ -913,13 +913,9 @@ backend be
                     insts[kind, "rsa"] = self.start_proxy(
                         kind, "rsa-1w-pinned", self.work / "rsa.pem", 1, PROXY_CPUS
                     )
-            for inst in insts.values():  # warm-up, not measured
+            for inst in insts.values():
                 if inst.proc:
-                    tls = 12 if inst.label.startswith("rsa") else 13
-                    try:
-                        self.run_hs(inst, tls, dur=min(1.0, self.a.duration))
-                    except CLIENT_ERRORS:
-                        pass
+                    self.warm_up(inst, 12 if inst.label.startswith("rsa") else 13)
             for rep in range(self.a.reps):
                 if rep and self.over_budget():
                     log(f"time budget ({self.a.budget} min) used up after {rep} repetitions")
@@ -934,6 +930,13 @@ backend be
         finally:
             for inst in insts.values():
                 self.stop_proxy(inst)
+
+    def warm_up(self, inst: Instance, tls: int) -> None:
+        """A second of handshakes, not measured (first-use caches, allocator pools)."""
+        try:
+            self.run_hs(inst, tls, dur=min(1.0, self.a.duration))
+        except CLIENT_ERRORS:
+            pass
 
     def pinned_one(self, scenario: str, kind: str, inst: Instance, rep: int) -> None:
         if scenario in ("hs_new", "hs_new_rsa"):
@@ -1041,11 +1044,8 @@ backend be
         try:
             if not all(i.proc for i in insts):
                 return
-            for inst in insts:  # warm-up, not measured
-                try:
-                    self.run_hs(inst, 12, dur=min(1.0, self.a.duration))
-                except CLIENT_ERRORS:
-                    pass
+            for inst in insts:
+                self.warm_up(inst, 12)
             for rep in range(self.a.reps):
                 per: dict[str, dict[str, float]] = {"sequential": {}, "p99 sequential": {}}
                 for inst in insts if rep % 2 == 0 else insts[::-1]:
