@@ -18,14 +18,12 @@ import sysconfig
 
 __all__ = [
     "cache_functions", "ctx_pointer", "flow_functions", "flow_layout", "get_ticket_keys",
-    "has_pending", "keep_session", "load_engine", "openssl_version", "queued_error", "selfcheck",
-    "send_close_notify", "servername",
-    "set_ciphersuites", "set_groups", "set_read_ahead", "set_ticket_keys", "shutdown_once",
-    "ssl_pointer",
+    "keep_session", "load_engine", "openssl_version", "queued_error", "selfcheck",
+    "send_close_notify", "servername", "set_ciphersuites", "set_groups", "set_ticket_keys",
+    "shutdown_once", "ssl_pointer",
 ]
 
 _P, _INT, _LONG, _ULONG = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_ulong
-_SSL_CTRL_SET_READ_AHEAD = 41
 _SSL_CTRL_GET_TLSEXT_TICKET_KEYS = 58
 _SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
 _SSL_CTRL_SET_GROUPS_LIST = 92
@@ -89,7 +87,6 @@ _SSL_get_SSL_CTX = _fn(_ssl_lib, "SSL_get_SSL_CTX", _P, _P)
 _SSL_shutdown = _fn(_ssl_lib, "SSL_shutdown", _INT, _P)
 _SSL_get_shutdown = _fn(_ssl_lib, "SSL_get_shutdown", _INT, _P)
 _SSL_set_shutdown = _fn(_ssl_lib, "SSL_set_shutdown", None, _P, _INT)
-_SSL_has_pending = _fn(_ssl_lib, "SSL_has_pending", _INT, _P)
 _SSL_get_error = _fn(_ssl_lib, "SSL_get_error", _INT, _P, _INT)
 _SSL_set_ex_data = _fn(_ssl_lib, "SSL_set_ex_data", _INT, _P, _INT, _P)
 _SSL_get_ex_data = _fn(_ssl_lib, "SSL_get_ex_data", _P, _P, _INT)
@@ -224,20 +221,6 @@ def get_ticket_keys(ctx: ssl.SSLContext) -> bytes:
     if _SSL_CTX_ctrl(p, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, _TICKET_KEYS_LEN, buf) != 1:
         raise _ssl_error(ssl.SSLError, _SSL_ERROR_SSL, "cannot get ticket keys")
     return bytes(buf)
-
-
-def set_read_ahead(ctx: ssl.SSLContext, on: bool) -> None:
-    """Let OpenSSL read several records per read() syscall. Beware: records buffered this way
-    are invisible to select()/epoll and to SSLSocket.pending(): check has_pending() (or recv()
-    until SSLWantReadError) before waiting for readability again."""
-    _SSL_CTX_ctrl(_ctx_ptr(ctx), _SSL_CTRL_SET_READ_AHEAD, int(bool(on)), None)
-
-
-def has_pending(sock: ssl.SSLSocket | ssl.SSLObject) -> bool:
-    """True if OpenSSL holds unread input, including raw read-ahead records that
-    SSLSocket.pending() (SSL_pending) does not count."""
-    p, _owner = _ssl_ptr(sock)
-    return bool(_SSL_has_pending(p))
 
 
 def ssl_pointer(obj: _ssl._SSLSocket) -> int:

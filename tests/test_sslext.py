@@ -364,29 +364,6 @@ def test_ticket_keys_length(certs: tuple[Path, Path]) -> None:
             sslext.set_ticket_keys(ctx, bad)
 
 
-# read-ahead (+ the has_pending() caveat it brings)
-@pytest.mark.parametrize("on", [True, False])
-def test_read_ahead(certs: tuple[Path, Path], on: bool) -> None:
-    sctx = server_ctx(certs)
-    sslext.set_read_ahead(sctx, on)
-    s, c = tls_pair(sctx, client_ctx(certs))
-    with s, c:
-        for part in (b"aaaaa", b"bbbbb", b"ccccc"):  # three records
-            c.sendall(part)
-        deadline = time.monotonic() + T
-        while struct.unpack("i", fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0" * 4))[0] < 60:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        assert s.recv(5) == b"aaaaa"
-        readable = bool(select.select([s], [], [], 0.2)[0])
-        # With read-ahead the other records sit in OpenSSL's buffer: the fd is not readable
-        # and pending() says 0, but has_pending() knows.
-        assert readable is not on
-        assert s.pending() == 0
-        assert sslext.has_pending(s) is on
-        assert s.recv(5) + s.recv(5) == b"bbbbbccccc"
-
-
 # (5) engines
 def test_load_engine_missing() -> None:
     with pytest.raises(ValueError, match="OpenSSL engine 'nonexistent' not available: "):
@@ -406,7 +383,7 @@ def test_load_engine_auto() -> None:
 def test_wrong_types(certs: tuple[Path, Path]) -> None:
     with socket.socket() as plain:
         for fn, arg in ((sslext.set_groups, "P-256"), (sslext.set_ciphersuites, "x"),
-                        (sslext.set_ticket_keys, bytes(80)), (sslext.set_read_ahead, True)):
+                        (sslext.set_ticket_keys, bytes(80))):
             for wrong in (object(), plain, None):
                 with pytest.raises(TypeError):
                     fn(wrong, arg)  # type: ignore[arg-type]
@@ -415,8 +392,6 @@ def test_wrong_types(certs: tuple[Path, Path]) -> None:
         for wrong in (object(), plain, server_ctx(certs)):
             with pytest.raises(TypeError):
                 sslext.send_close_notify(wrong)  # type: ignore[arg-type]
-            with pytest.raises(TypeError):
-                sslext.has_pending(wrong)  # type: ignore[arg-type]
     # Right type but no TLS connection yet: a clear error, not a crash.
     with client_ctx(certs).wrap_socket(socket.socket(), server_hostname="localhost") as s:
         with pytest.raises(ValueError, match="not established"):
