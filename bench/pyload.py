@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Pure-Python stand-ins for the benchmark's external tools.
 
-bench.py uses these only when the real tool is missing (smoke runs on a bare machine):
+The benchmark (bench/studbench) uses these only when the real tool is missing (smoke runs
+on a bare machine):
 
 * ``backend``: an HTTP/1.1 keep-alive server (instead of nginx): ``/`` answers a tiny
   body, ``/big`` a file.
@@ -12,7 +13,7 @@ bench.py uses these only when the real tool is missing (smoke runs on a bare mac
 * ``idle``: opens N connections, one request each, then holds them until stdin closes.
 
 Every client mode prints one JSON object per line, with the same keys as tlsload/wrk
-results in bench.py.  Slow (threads + the GIL), but dependency-free.
+results in studbench/clients.py.  Slow (threads + the GIL), but dependency-free.
 """
 
 from __future__ import annotations

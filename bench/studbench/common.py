@@ -1,0 +1,59 @@
+"""What every module shares: where things are, the CPU placement, the scenarios with their
+units and targets, and the log."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench"
+HOST = "127.0.0.1"
+KINDS = ("stud", "hitch", "haproxy")
+MIB = 1 << 20
+BIG_SIZE = 64 * MIB
+PROXY_CPUS = {0}
+CLIENT_CPUS = {1}
+ALL_CPUS = {0, 1}
+RSA_CIPHER = "ECDHE-RSA-AES128-GCM-SHA256"
+
+# Scenario -> (unit, higher is better)
+UNITS: dict[str, tuple[str, bool]] = {
+    "hs_new": ("hs/s", True),
+    "hs_new_rsa": ("hs/s", True),
+    "conn_resumed": ("conn/s", True),
+    "rps_keepalive": ("req/s", True),
+    "p99_ms": ("ms", False),
+    "bulk": ("MiB/s", True),
+}
+SHARED_CACHE = "stud -C 20000"  # the resume test also runs stud with its shared session cache
+PINNED_SCENARIOS = ("hs_new", "hs_new_rsa", "conn_resumed", "rps_keepalive", "bulk")
+ALL_SCENARIOS = (*PINNED_SCENARIOS, "idle_mem", "scaling", "resume", "paired", "aa")
+PAIRED = ("hs_new", "hs_new_rsa", "conn_resumed")  # the close calls, measured side by side
+RESUME_MODES = ("tls13_ticket", "tls12_ticket", "tls12_session_id")
+# Targets on the stud/hitch ratio per proxy CPU-second.
+RATIO_TARGETS = {
+    "hs_new": 1.0,
+    "hs_new_rsa": 1.0,
+    "conn_resumed": 1.0,
+    "rps_keepalive": 0.9,
+    "bulk": 1.0,
+}
+IDLE_KIB_TARGET = 18.0
+SCALING_TARGET = 1.8
+IDLE_BIG = 20_000
+
+# A failed load generator costs one figure, not the run.
+CLIENT_ERRORS = (
+    RuntimeError,
+    subprocess.TimeoutExpired,
+    ValueError,
+    StopIteration,
+    IndexError,
+    KeyError,
+)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)

@@ -1,0 +1,248 @@
+"""The proxies and the backend: their command lines and configs, starting them pinned and
+ready, stopping them, and what stud wrote to its logs."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shlex
+import socket
+import ssl
+import time
+from pathlib import Path
+
+from .clients import pyload_argv
+from .common import CLIENT_CPUS, HOST, log
+from .context import Bench, Instance
+from .prepare import which
+from .procs import cpus_allowed, max_conns, set_affinity
+
+
+def free_port(used: set[int]) -> int:
+    """A free TCP port below the ephemeral range, not handed out before."""
+    for _ in range(2000):
+        port = random.randint(20000, 30000)
+        if port in used:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+        used.add(port)
+        return port
+    raise RuntimeError("no free port")
+
+
+def tcp_ready(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def tls_ready(port: int) -> bool:
+    """One TLS handshake + tiny request through the proxy."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((HOST, port), timeout=2) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                return s.recv(64).startswith(b"HTTP/1.")
+    except (OSError, ValueError):
+        return False
+
+
+def nginx_conf(work: Path, port: int, nofile: int) -> Path:
+    www = work / "www"
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"""
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections {nofile}; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/nginx-tmp/body;
+    proxy_temp_path {work}/nginx-tmp/proxy;
+    fastcgi_temp_path {work}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {work}/nginx-tmp/uwsgi;
+    scgi_temp_path {work}/nginx-tmp/scgi;
+    keepalive_timeout 3600s;
+    keepalive_requests 1000000000;
+    sendfile on;
+    tcp_nopush on;
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        root {www};
+        location = / {{ default_type text/plain; return 200 "hello world\\n"; }}
+        location = /big {{ default_type application/octet-stream; }}
+    }}
+}}
+"""
+    )
+    (work / "nginx-tmp").mkdir(exist_ok=True)
+    return conf
+
+
+def start_backend(b: Bench) -> None:
+    """nginx on the client CPU (pyload's backend without nginx or with --pure-python)."""
+    b.backend_port = free_port(b.ports)
+    nginx = None if b.args.pure_python else which("nginx")
+    if nginx:
+        conf = nginx_conf(b.work, b.backend_port, b.args.nofile)
+        argv = [nginx, "-p", str(b.work), "-c", str(conf)]
+        b.backend_kind = "nginx"
+    else:
+        argv = pyload_argv("backend", b.backend_port, "--big", str(b.work / "www/big"))
+        b.backend_kind = "pyload backend"
+    b.commands["backend"] = shlex.join(argv)
+    b.backend = b.procs.spawn("backend", argv, cpus=CLIENT_CPUS, log=b.work / "backend.log")
+    if not tcp_ready(b.backend_port, 15):
+        raise RuntimeError(f"backend did not start:\n{b.backend.log_tail()}")
+
+
+def proxy_argv(b: Bench, inst: Instance) -> list[str]:
+    front, back = f"[{HOST}]:{inst.port}", f"[{HOST}]:{b.backend_port}"
+    if inst.kind == "stud":
+        assert b.stud.argv
+        return [*b.stud.argv, "-f", front, "-b", back, "-n", str(inst.workers), *inst.extra,
+                str(inst.pem)]
+    if inst.kind == "hitch":
+        ocsp = b.work / "hitch-ocsp"
+        ocsp.mkdir(exist_ok=True)
+        os.chmod(ocsp, 0o777)  # hitch runs as nobody
+        return [
+            which("hitch") or "hitch",
+            f"--frontend={front}",
+            f"--backend={back}",
+            f"--workers={inst.workers}",
+            "--user=nobody",
+            f"--ocsp-dir={ocsp}",
+            str(inst.pem),
+        ]
+    conf = b.work / f"haproxy-{inst.label}.cfg"
+    conf.write_text(haproxy_conf(inst, b.backend_port, b.args.nofile))
+    one_line = "; ".join(ln.strip() for ln in conf.read_text().splitlines())
+    b.commands.setdefault(f"haproxy config ({inst.workers} worker)", one_line)
+    return [which("haproxy") or "haproxy", "-db", "-f", str(conf)]
+
+
+def haproxy_conf(inst: Instance, backend_port: int, nofile: int) -> str:
+    return f"""global
+    nbthread {inst.workers}
+    maxconn {max_conns(nofile)}
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 3600s
+    timeout server 3600s
+frontend fe
+    bind {HOST}:{inst.port} ssl crt {inst.pem}
+    default_backend be
+backend be
+    server s1 {HOST}:{backend_port}
+"""
+
+
+def start_proxy(
+    b: Bench, kind: str, label: str, pem: Path, workers: int, cpus: set[int],
+    extra: tuple[str, ...] = (),
+) -> Instance:
+    """Starts a proxy and waits until it answers through TLS; its `proc` is None if not."""
+    inst = Instance(kind, label, free_port(b.ports), pem, workers, cpus, extra=extra)
+    inst.argv = proxy_argv(b, inst)
+    b.commands.setdefault(
+        f"{kind} ({workers} worker{'s' * (workers > 1)}{', ' * bool(extra)}"
+        f"{' '.join(extra)})", shlex.join(inst.argv)
+    )
+    env = dict(os.environ)
+    if kind == "stud" and b.stud.pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [b.stud.pythonpath, env.get("PYTHONPATH")])
+        )
+    inst.proc = b.procs.spawn(
+        f"{kind}-{label}", inst.argv, cpus=cpus, log=b.work / f"{kind}-{label}.log", env=env
+    )
+    if not _wait_ready(inst):
+        inst.error = f"{kind} ({label}) did not come up: " + (
+            f"exited with {inst.proc.popen.returncode}" if not inst.proc.alive() else "timeout"
+        )
+        tail = inst.proc.log_tail()
+        b.problem(kind, inst.error + (f"; log tail:\n{tail}" if tail else ""))
+        b.procs.stop(inst.proc)
+        inst.proc = None
+        return inst
+    _pin(inst)
+    return inst
+
+
+def _wait_ready(inst: Instance) -> bool:
+    assert inst.proc
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and inst.proc.alive():
+        if tls_ready(inst.port):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _pin(inst: Instance) -> None:
+    """Waits for all workers (bounded), then pins every process and thread: hitch pins its
+    workers itself, to CPUs of its own choosing."""
+    want = inst.workers + 1 if inst.kind in ("stud", "hitch") else 1
+    deadline = time.monotonic() + 10
+    while len(inst.pids()) < want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    set_affinity(inst.pids(), inst.cpus)
+    pinning = {pid: cpus_allowed(pid) for pid in inst.pids()}
+    log(f"{inst.kind} ({inst.label}) up on :{inst.port}, processes/CPUs {pinning}")
+
+
+def stop_proxy(b: Bench, inst: Instance) -> None:
+    if inst.proc:
+        if not inst.proc.alive():
+            b.problem(inst.kind, f"{inst.label}: exited early with {inst.proc.popen.returncode}")
+        b.procs.stop(inst.proc)
+        inst.proc = None
+
+
+def stop_proxies(b: Bench, insts: list[Instance]) -> None:
+    for inst in insts:
+        stop_proxy(b, inst)
+
+
+def scan_stud_logs(b: Bench) -> None:
+    """stud's stderr (ERR lines, tracebacks) and the close reasons in its stdout log."""
+    for path in sorted(b.work.glob("stud-*.log")):
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        for ln in [ln for ln in lines if "WARNING" in ln]:
+            note = re.sub(r"^\S+ \[\d+\] ", "", ln)
+            if note not in b.results.notes:
+                b.results.notes.append(note)
+        lines = [ln for ln in lines if "WARNING" not in ln]
+        if lines:
+            b.problem(
+                "stud",
+                f"{path.name}: {len(lines)} lines on stderr, e.g.:\n  " + "\n  ".join(lines[:8]),
+            )
+    reasons = b.results.close_reasons
+    for path in sorted(b.work.glob("stud-*.out")):
+        with path.open(errors="replace") as f:
+            for line in f:
+                m = re.search(r'reason=("[^"]*"|\S+)', line)
+                if m:
+                    reason = m.group(1).strip('"')
+                    reasons[reason] = reasons.get(reason, 0) + 1
