@@ -16,7 +16,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
-#include "_addresses.h"
+#include "_openssl.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -30,35 +30,6 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef struct ssl_st SSL;
-static int (*SSL_read_)(SSL *, void *, int);
-static int (*SSL_has_pending_)(const SSL *);
-static int (*SSL_write_)(SSL *, const void *, int);
-static int (*SSL_get_error_)(const SSL *, int);
-static int (*SSL_shutdown_)(SSL *);
-static int (*SSL_do_handshake_)(SSL *);
-static void *(*SSL_get_SSL_CTX_)(const SSL *);
-static const char *(*SSL_get_servername_)(const SSL *, int);
-static void (*SSL_set_shutdown_)(SSL *, int);
-static const char *(*SSL_get_version_)(const SSL *);
-static const void *(*SSL_get_current_cipher_)(const SSL *);
-static const char *(*SSL_CIPHER_get_name_)(const void *);
-static void (*SSL_get0_alpn_selected_)(const SSL *, const unsigned char **, unsigned int *);
-static int (*SSL_session_reused_)(const SSL *);
-static SSL *(*SSL_new_)(void *);
-static void (*SSL_free_)(SSL *);
-static int (*SSL_set_fd_)(SSL *, int);
-static void (*SSL_set_accept_state_)(SSL *);
-static long (*SSL_ctrl_)(SSL *, int, long, void *);
-static void *(*SSL_set_SSL_CTX_)(SSL *, void *);
-static long (*SSL_CTX_callback_ctrl_)(void *, int, void (*)(void));
-static int (*SSL_set_ex_data_)(SSL *, int, void *);
-static void *(*SSL_get_ex_data_)(const SSL *, int);
-static unsigned long (*ERR_get_error_)(void);
-static void (*ERR_clear_error_)(void);
-static void (*ERR_error_string_n_)(unsigned long, char *, size_t);
-
-enum { E_SSL = 1, E_WANT_READ = 2, E_WANT_WRITE = 3, E_SYSCALL = 5, E_ZERO_RETURN = 6 };
 #define BUFSIZE 65536
 #define RECORD 16384 /* the largest TLS record's plaintext */
 #define WHY 300
@@ -99,9 +70,9 @@ static void ssl_reason(char *out) {
 
 /* Why a TLS call failed, for the close log (matches relay.reason() on the stdlib's errors). */
 static void tls_failure(int err, int saved_errno, char *why) {
-    if (err == E_ZERO_RETURN || (err == E_SYSCALL && !saved_errno))
+    if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && !saved_errno))
         snprintf(why, WHY, "closed the connection");
-    else if (err == E_SYSCALL)
+    else if (err == SSL_ERROR_SYSCALL)
         snprintf(why, WHY, "%s", strerror(saved_errno));
     else
         ssl_reason(why);
@@ -167,9 +138,10 @@ typedef struct Poller {
     PyObject *client_wrap; /* --client: wraps the backend socket (TLS towards the backend) */
     ConnStats stats; /* the Conns' counts since the last take_stats() */
     /* serve(): accept Conns and account for their close in C. */
-    PyObject *worker, *conns, *sock_type, *kwnames;
+    PyObject *policy, *conns, *sock_type, *kwnames;
+    PyObject *accept_stop; /* called with an errno (or 0: full) when accepting stops */
     PyObject *context, *sni; /* the server SSLContext (NULL with --client); its SNI callback */
-    void *ctx;               /* context's SSL_CTX*, each connection's SSL* made from it */
+    SSL_CTX *ctx;            /* context's SSL_CTX*, each connection's SSL* made from it */
     Py_ssize_t max_conns;
     int log_fd, log_level, notify; /* notify: the worker's closed() sees every close */
     long pid;
@@ -322,7 +294,8 @@ static int Poller_clear(Poller *self) {
         Py_CLEAR(self->slots[i].conn);
     }
     Py_CLEAR(self->on_error);
-    Py_CLEAR(self->worker);
+    Py_CLEAR(self->policy);
+    Py_CLEAR(self->accept_stop);
     Py_CLEAR(self->conns);
     Py_CLEAR(self->sock_type);
     Py_CLEAR(self->context);
@@ -355,7 +328,8 @@ static int Poller_traverse(Poller *self, visitproc visit, void *arg) {
         Py_VISIT(self->slots[i].conn);
     }
     Py_VISIT(self->on_error);
-    Py_VISIT(self->worker);
+    Py_VISIT(self->policy);
+    Py_VISIT(self->accept_stop);
     Py_VISIT(self->conns);
     Py_VISIT(self->sock_type);
     Py_VISIT(self->context);
@@ -388,7 +362,7 @@ static PyMethodDef Poller_methods[] = {
     {"take_stats", (PyCFunction)Poller_take_stats, METH_NOARGS,
      "the Conns' counts since the last call"},
     {"serve", (PyCFunction)Poller_serve, METH_VARARGS,
-     "serve(worker, conns, context, max_conns, log_fd, log_level, sni=None): accept in C"},
+     "serve(policy, conns, context, max_conns, log_fd, log_level, sni, accept_stop): accept in C"},
     {"listen", (PyCFunction)Poller_listen, METH_VARARGS,
      "listen(fd, family): accept on fd in C; family 0: stop"},
     {"dispatch", (PyCFunction)Poller_dispatch, METH_NOARGS, "run the callbacks of ready fds"},
@@ -399,7 +373,7 @@ static PyMethodDef Poller_methods[] = {
 
 static PyMemberDef Poller_members[] = {
     {"notify", T_INT, offsetof(Poller, notify), 0,
-     "closes go to the worker's closed() (while it drains or does not accept)"},
+     "closes go to the policy's closed() (while the worker drains or does not accept)"},
     {NULL},
 };
 
@@ -430,35 +404,7 @@ static PyObject *flow_init(PyObject *mod, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bad _ssl layout");
         return NULL;
     }
-    static const Wanted want_fns[] = {
-        {"SSL_read", (void **)&SSL_read_},
-        {"SSL_has_pending", (void **)&SSL_has_pending_},
-        {"SSL_write", (void **)&SSL_write_},
-        {"SSL_get_error", (void **)&SSL_get_error_},
-        {"SSL_shutdown", (void **)&SSL_shutdown_},
-        {"ERR_get_error", (void **)&ERR_get_error_},
-        {"ERR_clear_error", (void **)&ERR_clear_error_},
-        {"ERR_error_string_n", (void **)&ERR_error_string_n_},
-        {"SSL_do_handshake", (void **)&SSL_do_handshake_},
-        {"SSL_get_SSL_CTX", (void **)&SSL_get_SSL_CTX_},
-        {"SSL_get_servername", (void **)&SSL_get_servername_},
-        {"SSL_set_shutdown", (void **)&SSL_set_shutdown_},
-        {"SSL_get_version", (void **)&SSL_get_version_},
-        {"SSL_get_current_cipher", (void **)&SSL_get_current_cipher_},
-        {"SSL_CIPHER_get_name", (void **)&SSL_CIPHER_get_name_},
-        {"SSL_get0_alpn_selected", (void **)&SSL_get0_alpn_selected_},
-        {"SSL_session_reused", (void **)&SSL_session_reused_},
-        {"SSL_new", (void **)&SSL_new_},
-        {"SSL_free", (void **)&SSL_free_},
-        {"SSL_set_fd", (void **)&SSL_set_fd_},
-        {"SSL_set_accept_state", (void **)&SSL_set_accept_state_},
-        {"SSL_ctrl", (void **)&SSL_ctrl_},
-        {"SSL_set_SSL_CTX", (void **)&SSL_set_SSL_CTX_},
-        {"SSL_CTX_callback_ctrl", (void **)&SSL_CTX_callback_ctrl_},
-        {"SSL_set_ex_data", (void **)&SSL_set_ex_data_},
-        {"SSL_get_ex_data", (void **)&SSL_get_ex_data_},
-    };
-    if (load_addresses(fns, want_fns, sizeof want_fns / sizeof want_fns[0]) < 0)
+    if (openssl_bind(fns) < 0)
         return NULL;
     Py_INCREF(st);
     Py_XSETREF(ssl_type, st);
@@ -481,7 +427,7 @@ static SSL *ssl_of(PyObject *obj) {
     if (!ctx)
         return NULL;
     int ok = PyObject_TypeCheck(ctx, (PyTypeObject *)ctx_type) && p &&
-             SSL_get_SSL_CTX_(p) == *(void **)((char *)ctx + ctx_offset);
+             SSL_get_SSL_CTX_(p) == *(SSL_CTX **)((char *)ctx + ctx_offset);
     Py_DECREF(ctx);
     if (!ok) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -492,12 +438,12 @@ static SSL *ssl_of(PyObject *obj) {
 }
 
 /* The SSL_CTX* of an ssl.SSLContext; NULL: error set. */
-static void *ctx_of(PyObject *context) {
+static SSL_CTX *ctx_of(PyObject *context) {
     if (!ctx_type || !PyObject_TypeCheck(context, (PyTypeObject *)ctx_type)) {
         PyErr_SetString(PyExc_TypeError, "expected ssl.SSLContext (after init())");
         return NULL;
     }
-    void *ctx = *(void **)((char *)context + ctx_offset);
+    SSL_CTX *ctx = *(SSL_CTX **)((char *)context + ctx_offset);
     if (!ctx)
         PyErr_SetString(PyExc_RuntimeError, "SSLContext without an SSL_CTX");
     return ctx;
@@ -509,9 +455,9 @@ static void *ctx_of(PyObject *context) {
  * connect (before the handshake with --client, where TLS is on the backend's side), both
  * directions and the end run here, dispatched by the Poller, with no Python frame in
  * between; their counters are kept here too (take_stats()). Python is called for a
- * client-address header (Worker.client_header), to parse a PROXY header
- * (Worker.proxy_header), on failures (Worker.handshake_failed, Worker.backend_failed) and, when
- * the Poller does not account for it (closed_in_c()), at the end (Worker.closed). Each
+ * client-address header (client_header), to parse a PROXY header (proxy_header), on
+ * failures (handshake_failed, backend_failed) and, when the Poller does not account for it
+ * (closed_in_c()), at the end (closed): the hooks of the Conn's policy (relay.Hooks). Each
  * direction follows relay.Flow's state machine; relay.Relay is the same life in Python,
  * for where this module is not built. */
 
@@ -533,7 +479,7 @@ typedef struct {
 struct Conn {
     PyObject_HEAD
     Poller *poller;
-    PyObject *worker, *sock, *tls, *peer, *local, *tls_info, *weakrefs;
+    PyObject *policy, *sock, *tls, *peer, *local, *tls_info, *weakrefs; /* policy: relay.Hooks */
     PyObject *back_sock; /* --client: the backend's socket object (tls wraps it) */
     PyObject *pbuf;      /* --proxy-proxy: the client's PROXY header, as read so far */
     SSL *ssl;
@@ -598,7 +544,7 @@ static int conn_relay(Conn *c);
 
 static int hook(Conn *c, PyObject *name, const char *arg) {
     PyObject *a = PyUnicode_DecodeUTF8(arg, strlen(arg), "replace");
-    PyObject *r = a ? PyObject_CallMethodObjArgs(c->worker, name, (PyObject *)c, a, NULL) : NULL;
+    PyObject *r = a ? PyObject_CallMethodObjArgs(c->policy, name, (PyObject *)c, a, NULL) : NULL;
     Py_XDECREF(a);
     Py_XDECREF(r);
     return r ? 0 : -1;
@@ -665,7 +611,7 @@ static Py_ssize_t dir_send(Conn *c, int s, const char *data, Py_ssize_t len) {
         int r = SSL_write_(c->ssl, data, (int)len);
         if (r <= 0) {
             int saved = errno, err = SSL_get_error_(c->ssl, r);
-            if (err == E_WANT_READ || err == E_WANT_WRITE)
+            if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
                 return 0;
             tls_failure(err, saved, why);
             return end_failed(c, dst, why) < 0 ? -2 : -1;
@@ -719,7 +665,7 @@ static int dir_finish(Conn *c, int s) {
         int r = SSL_shutdown_(c->ssl);
         if (r < 0) {
             int saved = errno, err = SSL_get_error_(c->ssl, r);
-            if (err == E_WANT_WRITE || err == E_WANT_READ) {
+            if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
                 ERR_clear_error_();
                 return conn_want(c, dst, EPOLLOUT, 1);
             }
@@ -745,7 +691,7 @@ static int dir_finish(Conn *c, int s) {
 static void conn_set_ssl(Conn *c, SSL *ssl, int side) {
     c->ssl = ssl;
     c->tls_side = side;
-    SSL_ctrl_(ssl, 41 /* SSL_CTRL_SET_READ_AHEAD */, 1, NULL);
+    SSL_ctrl_(ssl, SSL_CTRL_SET_READ_AHEAD, 1, NULL);
 }
 
 /* SSL_read again at the TLS side's next EPOLLOUT (at once, unless the peer does not read):
@@ -786,14 +732,14 @@ again:;
                 continue;
             }
             int saved = errno, err = SSL_get_error_(c->ssl, k);
-            if (err == E_WANT_READ)
+            if (err == SSL_ERROR_WANT_READ)
                 break;
-            if (err == E_WANT_WRITE) {
+            if (err == SSL_ERROR_WANT_WRITE) {
                 if (reread_on_out(c) < 0)
                     return -1;
                 break;
             }
-            if (err == E_ZERO_RETURN || (err == E_SYSCALL && !saved)) {
+            if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && !saved)) {
                 ERR_clear_error_(); /* a close_notify after ours, or a ragged EOF */
                 d->eof = 1;
                 break;
@@ -889,7 +835,7 @@ static int conn_relay(Conn *c) {
     int r = -1;
     c->state = ST_RELAY;
     if (c->poller->want_header) {
-        header = PyObject_CallMethodOneArg(c->worker, s_client_header, (PyObject *)c);
+        header = PyObject_CallMethodOneArg(c->policy, s_client_header, (PyObject *)c);
         if (!header)
             return -1;
         if (!PyBytes_Check(header)) {
@@ -957,7 +903,7 @@ static int conn_connected(Conn *c) {
 }
 
 /* --proxy-proxy: read the client's PROXY header (in clear), never a byte of the TLS after it.
-   The worker's proxy_header() parses it (see there). */
+   The policy's proxy_header() parses it (see there). */
 static int conn_proxy(Conn *c) {
     char why[WHY];
     int fd = c->fd[FRONT];
@@ -971,7 +917,7 @@ static int conn_proxy(Conn *c) {
         return conn_close(c, why, L_CONN);
     }
     PyObject *peek = PyBytes_FromStringAndSize(buf, n);
-    PyObject *r = peek ? PyObject_CallMethodObjArgs(c->worker, s_proxy_header, (PyObject *)c,
+    PyObject *r = peek ? PyObject_CallMethodObjArgs(c->policy, s_proxy_header, (PyObject *)c,
                                                     peek, NULL)
                        : NULL;
     Py_XDECREF(peek);
@@ -1021,18 +967,18 @@ static Named *named(Named *t, int *n, const char *name) {
     return &t[(*n)++];
 }
 
-/* As Worker.handshaken() for a relay.Relay: conn.tls_info (version, cipher, SNI name, ALPN
+/* As the policy's handshaken() for a relay.Relay: conn.tls_info (version, cipher, SNI name, ALPN
    protocol, resumed) as the ssl module gives them, and the handshake counters. */
 static int handshaken(Conn *c) {
     ConnStats *h = &c->poller->stats;
     const char *version = SSL_get_version_(c->ssl);
-    const void *cipher = SSL_get_current_cipher_(c->ssl);
+    const SSL_CIPHER *cipher = SSL_get_current_cipher_(c->ssl);
     Named *v = named(h->version, &h->nversion, version ? version : "");
     Named *ci = named(h->cipher, &h->ncipher, cipher ? SSL_CIPHER_get_name_(cipher) : "");
     if (!v || !ci)
         return -1;
     /* The SNI name as ssl has it: an ASCII A-label, else nothing. */
-    const char *name = SSL_get_servername_(c->ssl, 0 /* TLSEXT_NAMETYPE_host_name */);
+    const char *name = SSL_get_servername_(c->ssl, TLSEXT_NAMETYPE_host_name);
     size_t len = name ? strlen(name) : 0;
     for (size_t i = 0; i < len; i++)
         if ((unsigned char)name[i] >= 0x80)
@@ -1065,18 +1011,18 @@ static int conn_handshake(Conn *c) {
     int r = SSL_do_handshake_(c->ssl);
     if (r != 1) {
         int saved = errno, err = SSL_get_error_(c->ssl, r);
-        if (err == E_WANT_READ || err == E_WANT_WRITE)
-            return conn_want(c, c->tls_side, err == E_WANT_READ ? EPOLLOUT : EPOLLIN, 0) < 0
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
+            return conn_want(c, c->tls_side, err == SSL_ERROR_WANT_READ ? EPOLLOUT : EPOLLIN, 0) < 0
                        ? -1
-                       : conn_want(c, c->tls_side, err == E_WANT_READ ? EPOLLIN : EPOLLOUT, 1);
+                       : conn_want(c, c->tls_side, err == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT, 1);
         /* As relay's handshake(): -errno, 4 for an EOF, 5 for a close_notify or (with
            OP_IGNORE_UNEXPECTED_EOF) a FIN, 0 for a TLS error left queued. */
-        int state = err == E_ZERO_RETURN ? 5 : err != E_SYSCALL ? 0 : saved ? -saved : 4;
-        if (err == E_SYSCALL)
+        int state = err == SSL_ERROR_ZERO_RETURN ? 5 : err != SSL_ERROR_SYSCALL ? 0 : saved ? -saved : 4;
+        if (err == SSL_ERROR_SYSCALL)
             ERR_clear_error_();
         PyObject *st = PyLong_FromLong(state);
         PyObject *res =
-            st ? PyObject_CallMethodObjArgs(c->worker, s_handshake_failed, (PyObject *)c, st, NULL)
+            st ? PyObject_CallMethodObjArgs(c->policy, s_handshake_failed, (PyObject *)c, st, NULL)
                : NULL;
         Py_XDECREF(st);
         Py_XDECREF(res);
@@ -1130,10 +1076,9 @@ static int conn_event(Conn *c, int fd, uint32_t ev) {
     return r < 0 ? conn_failed(c) : 0;
 }
 
-/* The end: fds out of the poller and closed, then Worker.closed() for stats and the log. */
-/* Worker.closed() in C, for the Conns of a serving Poller while the worker does not watch
+/* The policy's closed() in C, for the Conns of a serving Poller while the worker does not watch
    closes: the open set, the byte counts and the connection log line (the same line as
-   log.line(); see Worker.closed()). 1: done; 0: the worker's closed() must (a value the line
+   log.line(); see ConnPolicy.closed()). 1: done; 0: the policy's closed() must (a value the line
    cannot show as ASCII, or the worker watches); -1: a Python error. */
 static int quote(char *out, size_t size, const char *s);
 
@@ -1236,7 +1181,7 @@ static int conn_close(Conn *c, const char *why, int level) {
         if (c->fd[side] >= 0)
             poller_forget(c->poller, c->fd[side]);
     if (c->ssl)
-        SSL_set_shutdown_(c->ssl, 1 | 2); /* keep the session cached: see keep_session() */
+        SSL_set_shutdown_(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN); /* see keep_session() */
     PyObject *r = Py_NewRef(Py_None);
     if (c->back_sock) /* (it owns the fd) */
         Py_SETREF(r, PyObject_CallMethodNoArgs(c->back_sock, s_close));
@@ -1258,9 +1203,9 @@ static int conn_close(Conn *c, const char *why, int level) {
     int done = r ? closed_in_c(c, why, level, up, down) : -1;
     Py_XDECREF(r);
     r = NULL;
-    if (done == 0) { /* the worker's closed() */
+    if (done == 0) { /* the policy's closed() */
         PyObject *args = Py_BuildValue("(OsiLL)", c, why, level, up, down);
-        PyObject *m = args ? PyObject_GetAttr(c->worker, s_closed) : NULL;
+        PyObject *m = args ? PyObject_GetAttr(c->policy, s_closed) : NULL;
         r = m ? PyObject_Call(m, args, NULL) : NULL;
         Py_XDECREF(m);
         Py_XDECREF(args);
@@ -1274,11 +1219,11 @@ static int conn_close(Conn *c, const char *why, int level) {
     return done > 0 || r ? 0 : -1;
 }
 
-static void conn_setup(Conn *c, Poller *poller, PyObject *worker, PyObject *sock, PyObject *peer,
+static void conn_setup(Conn *c, Poller *poller, PyObject *policy, PyObject *sock, PyObject *peer,
                        PyObject *local, int fd) {
     c->fd[FRONT] = fd;
     c->poller = (Poller *)Py_NewRef(poller);
-    c->worker = Py_NewRef(worker);
+    c->policy = Py_NewRef(policy);
     c->sock = Py_XNewRef(sock); /* NULL: c owns fd */
     c->peer = Py_NewRef(peer);
     c->local = Py_NewRef(local);
@@ -1286,10 +1231,10 @@ static void conn_setup(Conn *c, Poller *poller, PyObject *worker, PyObject *sock
 }
 
 static int Conn_init(Conn *c, PyObject *args, PyObject *kwds) {
-    PyObject *poller, *worker, *sock, *peer, *local;
-    static char *kwlist[] = {"poller", "worker", "sock", "peer", "local", NULL};
+    PyObject *poller, *policy, *sock, *peer, *local;
+    static char *kwlist[] = {"poller", "policy", "sock", "peer", "local", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOOO:Conn", kwlist, &PollerType, &poller,
-                                     &worker, &sock, &peer, &local))
+                                     &policy, &sock, &peer, &local))
         return -1;
     if (c->poller) {
         PyErr_SetString(PyExc_RuntimeError, "Conn already initialised");
@@ -1309,7 +1254,7 @@ static int Conn_init(Conn *c, PyObject *args, PyObject *kwds) {
             PyErr_SetString(PyExc_ValueError, "closed socket");
         return -1;
     }
-    conn_setup(c, (Poller *)poller, worker, sock, peer, local, front);
+    conn_setup(c, (Poller *)poller, policy, sock, peer, local, front);
     return 0;
 }
 
@@ -1378,7 +1323,7 @@ static PyObject *Conn_backend_ready(Conn *c, PyObject *unused) {
 
 static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
     Py_VISIT(c->poller);
-    Py_VISIT(c->worker);
+    Py_VISIT(c->policy);
     Py_VISIT(c->sock);
     Py_VISIT(c->tls);
     Py_VISIT(c->context);
@@ -1390,7 +1335,7 @@ static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
 }
 
 static int Conn_clear(Conn *c) {
-    Py_CLEAR(c->worker);
+    Py_CLEAR(c->policy);
     Py_CLEAR(c->tls);
     Py_CLEAR(c->context);
     Py_CLEAR(c->sock);
@@ -1446,13 +1391,13 @@ static PyObject *Conn_get_context(Conn *c, void *unused) {
     return PyObject_GetAttr(c->tls, s_context);
 }
 
-static void *ctx_of(PyObject *context);
+static SSL_CTX *ctx_of(PyObject *context);
 
 /* The SNI callback switches certificates through the _SSLSocket's owner, this Conn (or, for
    an SSL* of its own, here: as _ssl's context setter does). */
 static int Conn_set_context(Conn *c, PyObject *v, void *unused) {
     if (c->own_ssl && c->ssl && v) {
-        void *ctx = ctx_of(v);
+        SSL_CTX *ctx = ctx_of(v);
         if (!ctx)
             return -1;
         SSL_set_SSL_CTX_(c->ssl, ctx);
@@ -1505,7 +1450,7 @@ static PyMethodDef Conn_methods[] = {
 static PyTypeObject ConnType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "stud._flow.Conn",
-    .tp_doc = "Conn(poller, worker, sock, peer, local): one client connection, all in C.",
+    .tp_doc = "Conn(poller, policy, sock, peer, local): one client connection, all in C.",
     .tp_basicsize = sizeof(Conn),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = Conn_new,
@@ -1544,7 +1489,7 @@ static PyObject *sockaddr_tuple(const struct sockaddr_storage *ss) {
     return NULL;
 }
 
-/* Worker._serve() for an accepted fd: a Conn (in the worker's open set) begins its handshake.
+/* What Worker._serve() does, for an accepted fd: a Conn (in the worker's open set) begins its handshake.
    -1: a Python error, for on_error. */
 static int serve_fd(Poller *p, int fd, int family, const struct sockaddr_storage *ss) {
     PyObject *peer = sockaddr_tuple(ss), *local = NULL;
@@ -1566,7 +1511,7 @@ static int serve_fd(Poller *p, int fd, int family, const struct sockaddr_storage
         goto done;
     if (!(c = (Conn *)Conn_new(&ConnType, NULL, NULL)))
         goto done;
-    conn_setup(c, p, p->worker, NULL, peer, local, fd);
+    conn_setup(c, p, p->policy, NULL, peer, local, fd);
     owned = 0; /* c closes it (no socket object: c has the fd) */
     if (PySet_Add(p->conns, (PyObject *)c) < 0)
         goto done;
@@ -1584,9 +1529,8 @@ static int serve_fd(Poller *p, int fd, int family, const struct sockaddr_storage
         r = conn_close(c, "client TLS setup failed", L_DEBUG);
         goto done;
     }
-    SSL_set_ex_data_(ssl, 0, c); /* (for servername_cb) */
-    SSL_ctrl_(ssl, 33 /* SSL_CTRL_MODE */,
-              0x2 | 0x4 /* ACCEPT_MOVING_WRITE_BUFFER | AUTO_RETRY, as _ssl's */, NULL);
+    SSL_set_ex_data_(ssl, SSL_APP_DATA_INDEX, c); /* (for servername_cb) */
+    SSL_ctrl_(ssl, SSL_CTRL_MODE, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY, NULL);
     SSL_set_accept_state_(ssl);
     c->own_ssl = 1;
     c->context = Py_NewRef(p->context);
@@ -1607,25 +1551,25 @@ done:
    (several certificates, or --sni-nomatch-abort; it may set conn.context), else accept the
    name (so that TLS 1.2 sessions keep it). */
 static int servername_cb(SSL *ssl, int *alert, void *unused) {
-    Conn *c = SSL_get_ex_data_(ssl, 0);
-    const char *name = SSL_get_servername_(ssl, 0 /* TLSEXT_NAMETYPE_host_name */);
+    Conn *c = SSL_get_ex_data_(ssl, SSL_APP_DATA_INDEX);
+    const char *name = SSL_get_servername_(ssl, TLSEXT_NAMETYPE_host_name);
     if (!c || Py_TYPE(c) != &ConnType || !c->poller->sni || !name)
-        return 0; /* SSL_TLSEXT_ERR_OK */
+        return SSL_TLSEXT_ERR_OK;
     PyObject *str = PyUnicode_DecodeASCII(name, (Py_ssize_t)strlen(name), NULL);
     PyObject *r = str ? PyObject_CallFunctionObjArgs(c->poller->sni, (PyObject *)c, str,
                                                      c->poller->context, NULL)
                       : NULL;
     Py_XDECREF(str);
-    int ret = 0;
+    int ret = SSL_TLSEXT_ERR_OK;
     if (!r || (r != Py_None && !PyLong_Check(r))) { /* as _ssl: a name that is not ASCII too */
         if (r || !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
             report(c->poller);
         PyErr_Clear();
-        *alert = 80; /* internal_error */
-        ret = 2;     /* SSL_TLSEXT_ERR_ALERT_FATAL */
+        *alert = SSL_AD_INTERNAL_ERROR;
+        ret = SSL_TLSEXT_ERR_ALERT_FATAL;
     } else if (r != Py_None) {
         *alert = (int)PyLong_AsLong(r);
-        ret = 2;
+        ret = SSL_TLSEXT_ERR_ALERT_FATAL;
     }
     Py_XDECREF(r);
     return ret;
@@ -1633,12 +1577,12 @@ static int servername_cb(SSL *ssl, int *alert, void *unused) {
 
 /* The worker stops accepting: out of file descriptors (err), or at max-connections (0). */
 static int stop_accepting(Poller *p, int err) {
-    PyObject *r = PyObject_CallMethod(p->worker, "_accept_stop", "i", err);
+    PyObject *r = PyObject_CallFunction(p->accept_stop, "i", err);
     Py_XDECREF(r);
     return r ? 0 : report(p);
 }
 
-/* Readable listening socket lfd: Worker._accept() in C. -1 only if on_error raised. */
+/* Readable listening socket lfd: what Worker._accept() does, in C. -1 only if on_error raised. */
 static int poller_accept(Poller *p, int lfd, int family) {
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
@@ -1659,17 +1603,17 @@ static int poller_accept(Poller *p, int lfd, int family) {
     return 0;
 }
 
-/* serve(worker, conns, context, max_conns, log_fd, log_level, sni=None): from now on the
-   listen()ed sockets are accepted in C, each connection a Conn of worker in the set conns,
-   its SSL* made from context's SSL_CTX (None with --client), whose SNI callback becomes
-   servername_cb(), calling sni; closes are accounted here (closed_in_c()) unless notify is
-   set. */
+/* serve(policy, conns, context, max_conns, log_fd, log_level, sni, accept_stop): from now on the
+   listen()ed sockets are accepted in C, each connection a Conn of policy in the set conns, its
+   SSL* made from context's SSL_CTX (None with --client), whose SNI callback becomes
+   servername_cb(), calling sni (or None); closes are accounted here (closed_in_c()) unless
+   notify is set; accept_stop(errno) when accepting stops (0: at max_conns). */
 static PyObject *Poller_serve(Poller *self, PyObject *args) {
-    PyObject *worker, *conns, *context, *sni = Py_None;
+    PyObject *policy, *conns, *context, *sni, *accept_stop;
     Py_ssize_t max_conns;
     int log_fd, log_level;
-    if (!PyArg_ParseTuple(args, "OO!Onii|O:serve", &worker, &PySet_Type, &conns, &context,
-                          &max_conns, &log_fd, &log_level, &sni))
+    if (!PyArg_ParseTuple(args, "OO!OniiOO:serve", &policy, &PySet_Type, &conns, &context,
+                          &max_conns, &log_fd, &log_level, &sni, &accept_stop))
         return NULL;
     if (!self->backend_len) {
         PyErr_SetString(PyExc_RuntimeError, "configure() comes first");
@@ -1679,15 +1623,20 @@ static PyObject *Poller_serve(Poller *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "context None for --client (only)");
         return NULL;
     }
-    void *ctx = context == Py_None ? NULL : ctx_of(context);
+    if (!PyCallable_Check(accept_stop)) {
+        PyErr_SetString(PyExc_TypeError, "accept_stop must be callable");
+        return NULL;
+    }
+    SSL_CTX *ctx = context == Py_None ? NULL : ctx_of(context);
     if (context != Py_None && !ctx)
         return NULL;
-    if (ctx) /* SSL_CTX_set_tlsext_servername_callback() */
-        SSL_CTX_callback_ctrl_(ctx, 53, (void (*)(void))servername_cb);
-    Py_XSETREF(self->worker, Py_NewRef(worker));
+    if (ctx)
+        SSL_CTX_callback_ctrl_(ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, (generic_cb)servername_cb);
+    Py_XSETREF(self->policy, Py_NewRef(policy));
     Py_XSETREF(self->conns, Py_NewRef(conns));
     Py_XSETREF(self->context, context == Py_None ? NULL : Py_NewRef(context));
     Py_XSETREF(self->sni, sni == Py_None ? NULL : Py_NewRef(sni));
+    Py_XSETREF(self->accept_stop, Py_NewRef(accept_stop));
     self->ctx = ctx;
     self->max_conns = max_conns;
     self->log_fd = log_fd;
@@ -1822,7 +1771,7 @@ static void hist_reset(Hist *h) {
 }
 
 /* take_stats(): (handshakes, resumed, {version: n}, {cipher: n}, (handshake bucket counts,
-   sum of seconds), (connect bucket counts, sum)) since the last call, for the worker's Stats. */
+   sum of seconds), (connect bucket counts, sum)) since the last call, for the policy's Stats. */
 static PyObject *Poller_take_stats(Poller *self, PyObject *unused) {
     ConnStats *h = &self->stats;
     PyObject *versions = PyDict_New(), *ciphers = PyDict_New();

@@ -10,7 +10,7 @@
    functions are those of the libssl CPython's _ssl uses; stud.sslext gives their addresses. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include "_addresses.h"
+#include "_openssl.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -21,38 +21,15 @@
 #include <sys/socket.h>
 #include <time.h>
 
-typedef struct ssl_st SSL;
-typedef struct ssl_ctx_st SSL_CTX;
-typedef struct ssl_session_st SSL_SESSION;
-typedef struct evp_md_st EVP_MD;
-
-#define ID_MAX 32    /* SSL_MAX_SSL_SESSION_ID_LENGTH */
+#define ID_MAX SSL_MAX_SSL_SESSION_ID_LENGTH
 #define DATA_MAX 512 /* a DER session, as stud's shctx; bigger ones are not shared */
 #define HMAC_LEN 20  /* HMAC-SHA1, as stud's update packets */
 #define PACKET_MAX (ID_MAX + DATA_MAX + 4 + HMAC_LEN)
 #define MAX_PEERS 15
-#define TLS1_3_VERSION 0x0304
-#define OP_NO_TICKET ((uint64_t)1 << 14)
-#define CTRL_SET_SESS_CACHE_MODE 44
-/* SERVER | NO_AUTO_CLEAR | NO_INTERNAL: this cache is the only one, and expires by itself */
-#define CACHE_MODE (0x2 | 0x80 | 0x100 | 0x200)
-
-static void (*set_new_cb)(SSL_CTX *, int (*)(SSL *, SSL_SESSION *));
-static void (*set_get_cb)(SSL_CTX *, SSL_SESSION *(*)(SSL *, const unsigned char *, int, int *));
-static void (*set_remove_cb)(SSL_CTX *, void (*)(SSL_CTX *, SSL_SESSION *));
-static long (*SSL_CTX_ctrl_)(SSL_CTX *, int, long, void *);
-static int (*i2d_SSL_SESSION_)(const SSL_SESSION *, unsigned char **);
-static SSL_SESSION *(*d2i_SSL_SESSION_)(SSL_SESSION **, const unsigned char **, long);
-static const unsigned char *(*SSL_SESSION_get_id_)(const SSL_SESSION *, unsigned int *);
-static long (*SSL_SESSION_get_time_)(const SSL_SESSION *);
-static long (*SSL_SESSION_get_timeout_)(const SSL_SESSION *);
-static void (*SSL_SESSION_free_)(SSL_SESSION *);
-static int (*SSL_version_)(const SSL *);
-static uint64_t (*SSL_get_options_)(const SSL *);
-static unsigned char *(*HMAC_)(const EVP_MD *, const void *, int, const unsigned char *, size_t,
-                               unsigned char *, unsigned int *);
-static const EVP_MD *(*EVP_sha1_)(void);
-static int (*CRYPTO_memcmp_)(const void *, const void *, size_t);
+/* this cache is the only one, and expires by itself */
+#define CACHE_MODE                                                                             \
+    (SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_AUTO_CLEAR | SSL_SESS_CACHE_NO_INTERNAL_LOOKUP | \
+     SSL_SESS_CACHE_NO_INTERNAL_STORE)
 
 typedef struct {
     int32_t prev, next; /* LRU order (head: most recent); the free list uses next */
@@ -71,8 +48,10 @@ typedef struct {
     uint64_t stored, hits, misses, evicted, too_big, resets, received, rejected;
 } Shm;
 
-static Shm *shm; /* this process's cache (inherited across fork), or NULL */
-static size_t shm_size;
+/* The cache in use (use()): inherited across fork, so a worker keeps the one it was forked
+   with whatever the master uses later. */
+static PyObject *current; /* the Cache object that owns the mapping */
+static Shm *shm;          /* its header, or NULL */
 static int32_t *buckets;
 static Slot *slots;
 
@@ -102,6 +81,8 @@ static void reset(void) {
 }
 
 static int lock(void) {
+    if (!shm) /* (a context attached in a process that has no cache in use) */
+        return 0;
     int r = pthread_mutex_lock(&shm->lock);
     if (r == EOWNERDEAD) { /* its holder died mid-update: start over empty */
         reset();
@@ -228,8 +209,10 @@ static void replicate(const uint8_t *id, unsigned int idlen, const uint8_t *der,
 }
 
 static int new_cb(SSL *ssl, SSL_SESSION *sess) {
+    if (!shm)
+        return 0;
     /* TLS 1.3 with tickets: the ticket is the whole session, there is no ID to look up. */
-    if (SSL_version_(ssl) == TLS1_3_VERSION && !(SSL_get_options_(ssl) & OP_NO_TICKET))
+    if (SSL_version_(ssl) == TLS1_3_VERSION && !(SSL_get_options_(ssl) & SSL_OP_NO_TICKET))
         return 0;
     unsigned int idlen;
     const uint8_t *id = SSL_SESSION_get_id_(sess, &idlen);
@@ -270,32 +253,23 @@ static void remove_cb(SSL_CTX *ctx, SSL_SESSION *sess) {
 /* -- Python API ------------------------------------------------------------------------------ */
 
 static PyObject *mod_init(PyObject *mod, PyObject *fns) {
-    static const Wanted want[] = {
-        {"SSL_CTX_sess_set_new_cb", (void **)&set_new_cb},
-        {"SSL_CTX_sess_set_get_cb", (void **)&set_get_cb},
-        {"SSL_CTX_sess_set_remove_cb", (void **)&set_remove_cb},
-        {"SSL_CTX_ctrl", (void **)&SSL_CTX_ctrl_},
-        {"i2d_SSL_SESSION", (void **)&i2d_SSL_SESSION_},
-        {"d2i_SSL_SESSION", (void **)&d2i_SSL_SESSION_},
-        {"SSL_SESSION_get_id", (void **)&SSL_SESSION_get_id_},
-        {"SSL_SESSION_get_time", (void **)&SSL_SESSION_get_time_},
-        {"SSL_SESSION_get_timeout", (void **)&SSL_SESSION_get_timeout_},
-        {"SSL_SESSION_free", (void **)&SSL_SESSION_free_},
-        {"SSL_version", (void **)&SSL_version_},
-        {"SSL_get_options", (void **)&SSL_get_options_},
-        {"HMAC", (void **)&HMAC_},
-        {"EVP_sha1", (void **)&EVP_sha1_},
-        {"CRYPTO_memcmp", (void **)&CRYPTO_memcmp_},
-    };
-    if (load_addresses(fns, want, sizeof want / sizeof want[0]) < 0)
+    if (openssl_bind(fns) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-/* create(nslots): a new, empty cache for the processes forked from now on. */
-static PyObject *mod_create(PyObject *mod, PyObject *arg) {
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred())
+/* A mapping of its own, unmapped when the object goes (the processes forked while it was in
+   use keep their copy of the mapping). */
+typedef struct {
+    PyObject_HEAD
+    void *map;
+    size_t size, slots_at;
+} Cache;
+
+/* Cache(nslots): a new, empty cache, shared with the processes forked while it is in use. */
+static PyObject *Cache_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    long n;
+    if (!PyArg_ParseTuple(args, "l:Cache", &n))
         return NULL;
     if (n < 1 || n > (1L << 24)) {
         PyErr_Format(PyExc_ValueError, "shared cache size %ld: want 1 to %ld", n, 1L << 24);
@@ -317,20 +291,49 @@ static PyObject *mod_create(PyObject *mod, PyObject *arg) {
     pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     int r = pthread_mutex_init(&((Shm *)m)->lock, &a);
     pthread_mutexattr_destroy(&a);
-    if (r) {
+    Cache *c = r ? NULL : (Cache *)type->tp_alloc(type, 0);
+    if (!c) {
         munmap(m, size);
-        errno = r;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        if (r) {
+            errno = r;
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return NULL;
     }
-    if (shm) /* workers forked earlier keep their own mapping of the old one */
-        munmap(shm, shm_size);
-    shm = m;
-    shm_size = size;
-    shm->nslots = (uint32_t)n;
-    shm->mask = nb - 1;
+    c->map = m;
+    c->size = size;
+    c->slots_at = slots_at;
+    ((Shm *)m)->nslots = (uint32_t)n;
+    ((Shm *)m)->mask = nb - 1;
+    return (PyObject *)c;
+}
+
+static void Cache_dealloc(Cache *c) {
+    munmap(c->map, c->size);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyTypeObject CacheType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "stud._sesscache.Cache",
+    .tp_basicsize = sizeof(Cache),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Cache_new,
+    .tp_dealloc = (destructor)Cache_dealloc,
+    .tp_doc = "Cache(nslots): an empty shared session cache; use() puts it in service",
+};
+
+/* use(cache): the cache this process and the ones it forks from now on store in, emptied. */
+static PyObject *mod_use(PyObject *mod, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, &CacheType)) {
+        PyErr_SetString(PyExc_TypeError, "use() takes a Cache");
+        return NULL;
+    }
+    Cache *c = (Cache *)arg;
+    shm = c->map;
     buckets = (int32_t *)(shm + 1);
-    slots = (Slot *)((char *)m + slots_at);
+    slots = (Slot *)((char *)c->map + c->slots_at);
     reset();
+    Py_XSETREF(current, Py_NewRef(arg));
     Py_RETURN_NONE;
 }
 
@@ -339,14 +342,14 @@ static PyObject *mod_attach(PyObject *mod, PyObject *arg) {
     SSL_CTX *ctx = PyLong_AsVoidPtr(arg);
     if (!ctx)
         return PyErr_Occurred() ? NULL : (PyErr_SetString(PyExc_ValueError, "NULL SSL_CTX"), NULL);
-    if (!shm || !set_new_cb) {
-        PyErr_SetString(PyExc_RuntimeError, "init() and create() first");
+    if (!SSL_CTX_sess_set_new_cb_) {
+        PyErr_SetString(PyExc_RuntimeError, "init() first");
         return NULL;
     }
-    SSL_CTX_ctrl_(ctx, CTRL_SET_SESS_CACHE_MODE, CACHE_MODE, NULL);
-    set_new_cb(ctx, new_cb);
-    set_get_cb(ctx, get_cb);
-    set_remove_cb(ctx, remove_cb);
+    SSL_CTX_ctrl_(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, CACHE_MODE, NULL);
+    SSL_CTX_sess_set_new_cb_(ctx, new_cb);
+    SSL_CTX_sess_set_get_cb_(ctx, get_cb);
+    SSL_CTX_sess_set_remove_cb_(ctx, remove_cb);
     Py_RETURN_NONE;
 }
 
@@ -442,7 +445,7 @@ static int accept_update(const uint8_t *pkt, ssize_t n) {
    readable); returns (accepted, rejected). */
 static PyObject *mod_receive(PyObject *mod, PyObject *unused) {
     if (!shm || udp_fd < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "create() and replicate() first");
+        PyErr_SetString(PyExc_RuntimeError, "use() and replicate() first");
         return NULL;
     }
     long good = 0, bad = 0;
@@ -483,7 +486,7 @@ static PyObject *mod_stats(PyObject *mod, PyObject *unused) {
 
 static PyMethodDef methods[] = {
     {"init", mod_init, METH_O, "init({name: address}): the OpenSSL functions, from stud.sslext"},
-    {"create", mod_create, METH_O, "create(nslots): a new empty cache (before the fork)"},
+    {"use", mod_use, METH_O, "use(cache): store sessions in this Cache from now on"},
     {"attach", mod_attach, METH_O, "attach(SSL_CTX address): use the cache for its sessions"},
     {"replicate", mod_replicate, METH_VARARGS, "replicate(fd, key, peers): UDP updates"},
     {"receive", mod_receive, METH_NOARGS, "receive(): peers' updates into the cache"},
@@ -495,4 +498,11 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "stud._sesscache",
                                     "The shared TLS session cache (-C) and its replication.",
                                     -1, methods};
 
-PyMODINIT_FUNC PyInit__sesscache(void) { return PyModule_Create(&moddef); }
+PyMODINIT_FUNC PyInit__sesscache(void) {
+    if (PyType_Ready(&CacheType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moddef);
+    if (m && PyModule_AddObjectRef(m, "Cache", (PyObject *)&CacheType) < 0)
+        Py_CLEAR(m);
+    return m;
+}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from stud import config, master
+from stud import config, daemon, startup, tls
+from stud.arbiter import Arbiter
+from stud.config import Config
+from stud.log import log
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,17 +22,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stud: {one_line(e)}", file=sys.stderr)
         return 1
     try:
-        master.configure_log(cfg)
+        daemon.configure_log(cfg)
+        if tls.SSLEXT_MISSING:
+            log.error(f"{{core}} {tls.SSLEXT_MISSING}; connections run on the pure-Python path "
+                      "(see README: Differences)")
+        if cfg.ssl_engine:
+            tls.load_engine(cfg.ssl_engine)
         if cfg.test:
-            master.prepare(cfg)  # everything start-up checks, short of binding
+            startup.prepare(cfg)  # everything start-up checks, short of binding
             print("stud configuration looks ok.")
             return 0
-        return master.run(args, cfg)
+        return run(args, cfg)
     except config.ConfigError as e:  # start-up errors: before any daemonizing
         print(f"stud: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def run(argv: list[str], cfg: Config) -> int:
+    """Start the daemon; returns the exit status. argv is kept for reloads."""
+    daemon.raise_fd_limit()
+    arbiter = Arbiter(argv, cfg)
+    if os.getuid() == 0 and not cfg.user:
+        log.error("{core} WARNING: workers will run as root; use --user to drop privileges.")
+    pidfile = daemon.Pidfile(cfg.pidfile)
+    if cfg.daemon:
+        daemon.daemonize()
+    pidfile.write()
+    try:
+        return arbiter.run()
+    finally:
+        pidfile.remove()
 
 
 def one_line(e: Exception) -> str:

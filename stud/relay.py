@@ -1,18 +1,23 @@
 """One connection: client TLS <-> backend TCP, driven by the event loop's fd callbacks.
 
 Each side is a non-blocking socket, with an OpenSSL connection on its fd on the TLS side, so
-OpenSSL reads the kernel socket itself and releases its buffers while idle (about 16 KiB of RSS
-per idle connection, all included, against 24 KiB for uvloop's memory-BIO transport and 279 KiB
-for asyncio's). Data moves through one buffer shared by the whole process: what cannot be
-written at once is kept (at most one read's worth per direction) and reading from the source
-pauses until it is flushed, so a slow reader throttles the other side instead of growing memory.
-Where stud/_flow.c is built, every connection is a _flow.Conn: this same life, all in C. Relay
-runs them where it is not (or with STUD_PURE_PYTHON=1): the same logic in Python, and the
-reference for the C.
+OpenSSL reads the kernel socket itself and releases its buffers while idle. Data moves through
+one buffer shared by the whole process: what cannot be written at once is kept (at most one
+read's worth per direction) and reading from the source pauses until it is flushed, so a slow
+reader throttles the other side instead of growing memory. Half-close is passed on in both
+directions: a client's close_notify or FIN becomes shutdown(SHUT_WR) towards the backend and the
+backend's reply still flows back; a backend's FIN becomes a close_notify while the client may go
+on sending.
 
-Half-close is passed on in both directions: a client's close_notify or FIN becomes
-shutdown(SHUT_WR) towards the backend and the backend's reply still flows back; a backend's FIN
-becomes a close_notify while the client may go on sending.
+Where stud/_flow.c is built, every connection is a _flow.Conn, the same life in C with the C
+path's own optimisations (OpenSSL's read-ahead and the re-reads it needs, accept and close in
+C). Relay is the fallback where it is not built (or with STUD_PURE_PYTHON=1): it passes the
+same black-box tests but is not a copy of the C path. Where stud.sslext cannot load either (an
+OpenSSL or CPython it was not written for), a backend's EOF closes the whole connection after a
+close_notify (no half-close towards the client) and the SNI name is not known.
+
+Both call back only the connection policy (:class:`Hooks`) and register their fds and
+deadlines with a watch: a :class:`LoopWatch` here, a stud._flow.Poller for Conns.
 """
 
 from __future__ import annotations
@@ -25,15 +30,17 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from stud import proxyproto, sslext
+from stud import proxyproto
 from stud.log import CONN, DEBUG, ERROR
 
-if TYPE_CHECKING:
-    from stud.worker import Worker
+try:
+    from stud import sslext
+except ImportError:  # (the master logs why, once)
+    sslext = None
 
 BUFSIZE = 65536
 RECORD = 16384  # the largest TLS record's plaintext
@@ -198,6 +205,9 @@ class Flow:
             if not relay.closed:
                 relay.want_write(dst, dst.writable)
             return
+        if dst.tls is not None and sslext is None:
+            self.relay.end_without_half_close(dst)
+            return
         try:
             if dst.tls is not None:
                 sslext.shutdown_once(dst.ssl)
@@ -215,13 +225,18 @@ class Flow:
 
 
 class LoopWatch:
-    """A relay's fd interest, through the event loop's add_reader()/add_writer() (Conns keep
-    theirs in the stud._flow.Poller's epoll set)."""
+    """Where relays register their fds (the event loop's add_reader()/add_writer()) and their
+    deadlines: what a stud._flow.Poller is for Conns."""
 
-    __slots__ = ("loop",)
+    __slots__ = ("loop", "deadlines")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, handshake_timeout: float,
+                 connect_timeout: float) -> None:
         self.loop = loop
+        # kind -> (seconds, {relay: deadline}): one timeout per kind, so each dict is in
+        # deadline order and expired() only looks at what has passed.
+        self.deadlines: dict[str, tuple[float, dict[Relay, float]]] = {
+            "handshake": (handshake_timeout, {}), "backend connect": (connect_timeout, {})}
 
     def set_reader(self, fd: int, cb: Callable[[], None] | None) -> None:
         if cb is None:
@@ -239,16 +254,38 @@ class LoopWatch:
         self.loop.remove_reader(fd)
         self.loop.remove_writer(fd)
 
+    # A relay has at most one deadline armed.
+    def arm(self, relay: Relay, kind: str) -> None:
+        self.disarm(relay)
+        seconds, armed = self.deadlines[kind]
+        armed[relay] = time.monotonic() + seconds
+        relay.armed = armed
+
+    def disarm(self, relay: Relay) -> None:
+        if relay.armed is not None:
+            del relay.armed[relay]
+            relay.armed = None
+
+    def expired(self, now: float) -> Iterator[tuple[Relay, str]]:
+        """(relay, kind) for each deadline that passed, disarmed (as Poller.expired())."""
+        for kind, (_, armed) in self.deadlines.items():
+            while armed:
+                relay, deadline = next(iter(armed.items()))
+                if deadline > now:
+                    break
+                self.disarm(relay)
+                yield relay, kind
+
 
 def _compiled() -> ModuleType | None:
     """stud._flow, if it was built and STUD_PURE_PYTHON is not set."""
-    if os.environ.get("STUD_PURE_PYTHON"):
+    if os.environ.get("STUD_PURE_PYTHON") or sslext is None:
         return None
     try:
         from stud import _flow
     except ImportError:
         return None
-    _flow.init(sslext.flow_functions(), sslext.flow_layout())
+    _flow.init(sslext.addresses(), sslext.flow_layout())
     return _flow
 
 
@@ -291,12 +328,13 @@ _flow = _compiled()
 Conn = _flow.Conn if _flow else None
 
 
-def new_watch(loop: asyncio.AbstractEventLoop,
+def new_watch(loop: asyncio.AbstractEventLoop, handshake_timeout: float, connect_timeout: float,
               on_error: Callable[[BaseException], None]) -> LoopWatch | _flow.Poller:
-    """Where connections register their fds: a stud._flow.Poller served by the loop, for
-    Conns, or a LoopWatch, for relays. on_error gets what a Conn's hook raised."""
+    """Where connections register their fds and deadlines: a stud._flow.Poller served by the
+    loop, for Conns (configure() gives it the timeouts), or a LoopWatch, for relays. on_error
+    gets what a Conn's hook raised."""
     if _flow is None:
-        return LoopWatch(loop)
+        return LoopWatch(loop, handshake_timeout, connect_timeout)
     poller = _flow.Poller(on_error)
     loop.add_reader(poller.fileno(), poller.dispatch)
     return poller
@@ -313,15 +351,36 @@ def reason(e: BaseException) -> str:
     return str(e) or e.__class__.__name__
 
 
+class Hooks(Protocol):
+    """What a connection calls back: the connection policy, which owns the settings below and
+    the counters. A Relay calls every hook; a stud._flow.Conn counts its handshakes and
+    connects itself and calls the last five (by these names)."""
+
+    ssl_context: ssl.SSLContext | None      # the default server context (None with --client)
+    client_context: ssl.SSLContext | None   # --client: towards the backend
+    backend: tuple[int, tuple]              # (family, sockaddr)
+    mode: str | None                        # the client-address header: config's mode
+    client_mode: bool
+
+    def handshaken(self, conn: Relay, tls: _ssl._SSLSocket, name: bytes | None) -> None: ...
+    def backend_connected(self, conn: Relay, seconds: float) -> None: ...
+    def handshake_failed(self, conn: Relay, err: BaseException | int) -> None: ...
+    def backend_failed(self, conn: Relay, why: str) -> None: ...
+    def proxy_header(self, conn: Relay, peek: bytes) -> tuple[int, bool] | None: ...
+    def client_header(self, conn: Relay) -> bytes: ...
+    def closed(self, conn: Relay, why: str, level: int, up: int, down: int) -> None: ...
+
+
 class Relay:
     """The life of one client connection, from accept to the close log line."""
 
-    __slots__ = ("worker", "watch", "front", "back", "peer", "local", "armed",
+    __slots__ = ("policy", "watch", "front", "back", "peer", "local", "armed",
                  "started", "active", "closed", "flows", "tls_info", "pbuf", "hs_end", "hs_next",
                  "connecting")
 
-    def __init__(self, worker: Worker, sock: Sock, peer: tuple, local: tuple) -> None:
-        self.worker, self.watch = worker, worker.watch
+    def __init__(self, watch: LoopWatch, policy: Hooks, sock: Sock, peer: tuple,
+                 local: tuple) -> None:
+        self.watch, self.policy = watch, policy
         self.peer, self.local = peer, local
         self.front = End(sock, "client")
         self.back: End | None = None
@@ -331,8 +390,8 @@ class Relay:
         self.pbuf = b""  # --proxy-proxy: the header read so far
         self.started = self.active = _now()
         self.connecting = 0.0  # while the backend connect is pending: when it started
-        self.armed: dict | None = None  # the worker's deadlines this relay is in, if any
-        worker.arm(self, "handshake")
+        self.armed: dict | None = None  # the watch's deadlines this relay is in, if any
+        watch.arm(self, "handshake")
         self.hs_end: End | None = None
         self.hs_next: Callable[[], None] | None = None
 
@@ -349,9 +408,9 @@ class Relay:
 
     # -- phases ---------------------------------------------------------------------------
     def start(self) -> None:
-        if self.worker.mode == "proxy-proxy":
+        if self.policy.mode == "proxy-proxy":
             self.want_read(self.front, self._proxy_readable)
-        elif self.worker.client_mode:
+        elif self.policy.client_mode:
             self._connect()
         else:
             self._start_tls(self.front, server=True, then=self._connect)
@@ -369,7 +428,7 @@ class Relay:
         if not peek:
             self.close("client closed before sending a PROXY header", CONN)
             return
-        step = self.worker.proxy_header(self, peek)
+        step = self.policy.proxy_header(self, peek)
         if step is None:
             return
         take, complete = step
@@ -378,13 +437,13 @@ class Relay:
             self._start_tls(self.front, server=True, then=self._connect)
 
     def _start_tls(self, end: End, *, server: bool, then: Callable[[], None]) -> None:
-        ctx = self.worker.ssl_context if server else self.worker.client_context
+        ctx = self.policy.ssl_context if server else self.policy.client_context
         try:
             end.tls = ctx._wrap_socket(end.sock, server, None, owner=end)
         except OSError as e:
             self.close(f"{end.name} {reason(e)}", DEBUG)
             return
-        end.ssl = sslext.ssl_pointer(end.tls)
+        end.ssl = sslext.ssl_pointer(end.tls) if sslext else None
         self.hs_end, self.hs_next = end, then
         self._handshake()
 
@@ -393,7 +452,7 @@ class Relay:
         try:
             state = handshake_step(end)
         except HS_ERRORS as e:
-            self.worker.handshake_failed(self, e)
+            self.policy.handshake_failed(self, e)
             return
         if state == WANT_READ:
             self.want_write(end, None)
@@ -405,7 +464,7 @@ class Relay:
             return
         self.want_write(end, None)
         self.hs_end = None
-        self.worker.handshaken(self, end.tls, sslext.servername(end.ssl))
+        self.policy.handshaken(self, end.tls, sslext.servername(end.ssl) if sslext else None)
         self.hs_next()
         if not self.flows and not self.closed:
             # Still connecting: not a byte is read until the backend is there. (When the
@@ -414,8 +473,8 @@ class Relay:
 
     def _connect(self) -> None:
         """Open the backend only now, so failed handshakes never reach it."""
-        self.worker.disarm(self)
-        family, sockaddr = self.worker.backend
+        self.watch.disarm(self)
+        family, sockaddr = self.policy.backend
         try:
             sock = Sock(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:
@@ -426,9 +485,9 @@ class Relay:
         self.connecting = _now()
         err = sock.connect_ex(sockaddr)
         if err not in (0, errno.EINPROGRESS):
-            self.worker.backend_failed(self, os.strerror(err))
-        elif self.worker.client_mode:  # TLS towards the backend: handshake once connected
-            self.worker.arm(self, "backend connect")
+            self.policy.backend_failed(self, os.strerror(err))
+        elif self.policy.client_mode:  # TLS towards the backend: handshake once connected
+            self.watch.arm(self, "backend connect")
             self.want_write(self.back, self._connected)
         else:
             # Relay at once: until the connection is up the kernel answers EAGAIN to our
@@ -437,17 +496,17 @@ class Relay:
             # round trip and four epoll changes per connection.
             self._relay()
             if not self.closed and self.connecting:
-                self.worker.arm(self, "backend connect")
+                self.watch.arm(self, "backend connect")
 
     def established(self) -> None:
         """The backend answered (a write went through, or it sent data or EOF)."""
-        self.worker.stats.connect_seconds.observe(_now() - self.connecting)
+        self.policy.backend_connected(self, _now() - self.connecting)
         self.connecting = 0.0
-        self.worker.disarm(self)
+        self.watch.disarm(self)
 
     def end_failed(self, end: End, why: str) -> None:
         if end is self.back and self.connecting:
-            self.worker.backend_failed(self, why)
+            self.policy.backend_failed(self, why)
         else:
             self.close(f"{end.name} {why}", CONN)
 
@@ -456,7 +515,7 @@ class Relay:
         sock = self.back.sock
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self.worker.backend_failed(self, os.strerror(err))
+            self.policy.backend_failed(self, os.strerror(err))
             return False
         try:
             sock.getpeername()
@@ -474,25 +533,34 @@ class Relay:
         self.want_write(self.back, None)
         err = self.back.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self.worker.backend_failed(self, os.strerror(err))
+            self.policy.backend_failed(self, os.strerror(err))
             return
         self.established()
-        self.worker.arm(self, "handshake")
+        self.watch.arm(self, "handshake")
         self._start_tls(self.back, server=False, then=self._relay)
 
     def _relay(self) -> None:
-        self.worker.disarm(self)
+        self.watch.disarm(self)
         front, back = self.front, self.back
         up = Flow(self, front, back)
         self.flows = (up, Flow(self, back, front))
         self.want_read(back, self.flows[1].readable)  # a backend may speak first
-        header = self.worker.client_header(self)
+        header = self.policy.client_header(self)
         up.nbytes = -len(header)  # the header is ours, not the client's: not counted
         if header and not up.write(memoryview(header)):
             return  # the client is read once the header is out
         self.want_read(front, up.readable)
 
     # -- the end ----------------------------------------------------------------------------
+    def end_without_half_close(self, end: End) -> None:
+        """No sslext: the stdlib cannot send a close_notify alone (its shutdown() then reads
+        and drops what the peer sends), so the close_notify ends the whole connection."""
+        try:
+            end.tls.shutdown()
+        except HS_ERRORS:
+            pass  # (it raises once the alert is out, wanting the peer's)
+        self.close("closed")
+
     def flow_done(self) -> None:
         up, down = self.flows
         if up.done and down.done:
@@ -506,17 +574,17 @@ class Relay:
                 continue
             if end.reader is not None or end.writer is not None:
                 self.watch.forget(end.fd)
-            if end.ssl is not None:
+            if end.ssl is not None:  # (None without sslext: the session may be dropped)
                 sslext.keep_session(end.ssl)
             end.sock.close()
             # Relay, ends and flows refer to each other: undo that, so that reference
             # counting frees them now instead of the cycle collector later.
             end.inflow = end.outflow = end.reader = end.writer = None
         self.closed = True
-        self.worker.disarm(self)
+        self.watch.disarm(self)
         up, down = (max(f.nbytes, 0) for f in self.flows) if self.flows else (0, 0)
         self.flows, self.hs_next = (), None
-        self.worker.closed(self, why, level, up, down)
+        self.policy.closed(self, why, level, up, down)
 
 
 def short_reason(e: BaseException) -> str:
@@ -524,8 +592,3 @@ def short_reason(e: BaseException) -> str:
     if isinstance(e, ssl.SSLError) and e.reason:
         return e.reason.lower()
     return "eof" if isinstance(e, ssl.SSLEOFError | ConnectionError) else e.__class__.__name__
-
-
-def fmt_addr(sa: tuple) -> str:
-    host, port = sa[0], sa[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

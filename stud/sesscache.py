@@ -18,45 +18,66 @@ import ipaddress
 import socket
 import ssl
 import struct
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 
-from stud import addr, sslext
+from stud import addr
 from stud.config import Config, ConfigError
 from stud.log import log
 
 try:
-    from stud import _sesscache
-except ImportError:  # (no C compiler at install time)
+    from stud import _sesscache, sslext
+except ImportError:  # (no C compiler at install time, or no sslext)
     _sesscache = None
 else:
-    _sesscache.init(sslext.cache_functions())
+    _sesscache.init(sslext.addresses())
 
-_size = 0  # slots of this process's cache; 0: none yet
-
-
-def available() -> bool:
-    return _sesscache is not None
+_in_use: object | None = None  # this process's _sesscache.Cache: what workers are forked with
+_size = 0  # its slots
+_updates_fd = -1  # open_updates()'s socket
 
 
-def attach(cfg: Config, contexts: list[ssl.SSLContext]) -> None:
-    """Give the server contexts the shared cache (made on first use, and again on a reload
-    that changes its size; the sessions survive other reloads)."""
-    global _size
+@dataclass
+class Plan:
+    """What a generation's cache will be, prepared without touching the one in use: a new
+    cache (when -C appears or changes size), and the replication's key and peers."""
+
+    cache: object | None          # a new _sesscache.Cache to put in use, or None: keep
+    size: int
+    replication: tuple[bytes, list[tuple]] | None
+
+
+def plan(cfg: Config, contexts: list[ssl.SSLContext], updates: socket.socket | None) -> Plan:
+    """Prepare the cache for cfg (raises ConfigError); the contexts, new and not yet serving,
+    are attached to the cache in use after commit()."""
+    replication = update_config(cfg, updates) if updates is not None else None
     if not cfg.shared_cache:
-        return
+        return Plan(None, 0, replication)
     if _sesscache is None:
         log.error("{core} shared-cache: stud's compiled module is not built; sessions are "
                   "cached per worker.")
-        return
-    if cfg.shared_cache != _size:
+        return Plan(None, 0, replication)
+    cache = None
+    if cfg.shared_cache != _size:  # the sessions survive reloads that keep the size
         try:
-            _sesscache.create(cfg.shared_cache)
+            cache = _sesscache.Cache(cfg.shared_cache)
         except (OSError, ValueError) as e:
             raise ConfigError(f"shared-cache: {e}") from None
-        _size = cfg.shared_cache
     for ctx in contexts:
         _sesscache.attach(sslext.ctx_pointer(ctx))
+    return Plan(cache, cfg.shared_cache, replication)
+
+
+def commit(p: Plan) -> None:
+    """Put a prepared plan in use: for this process (the master takes peers' updates into it)
+    and the workers forked from now on; those forked before keep theirs."""
+    global _in_use, _size
+    if p.cache is not None:
+        _sesscache.use(p.cache)
+        _in_use, _size = p.cache, p.size
+    if p.replication is not None:
+        _sesscache.replicate(_updates_fd, *p.replication)
 
 
 def update_key(pem: str) -> bytes:
@@ -134,14 +155,15 @@ def open_updates(cfg: Config) -> socket.socket | None:
         raise ConfigError(f"shared-cache-listen {cfg.shared_cache_listen}: "
                           f"{e.strerror or e}") from None
     sock.setblocking(False)
-    configure_updates(cfg, sock)
+    global _updates_fd
+    _updates_fd = sock.fileno()
     log.info(f"{{core}} Session cache updates on udp {cfg.shared_cache_listen}, "
              f"to {len(cfg.shared_cache_peer)} peer(s)")
     return sock
 
 
-def configure_updates(cfg: Config, sock: socket.socket) -> None:
-    """Peers and key for the workers forked from now on (start, and each reload)."""
+def update_config(cfg: Config, sock: socket.socket) -> tuple[bytes, list[tuple]]:
+    """The key and peers of the updates sent from sock under cfg (raises ConfigError)."""
     peers = []
     for peer in cfg.shared_cache_peer:
         try:
@@ -155,7 +177,7 @@ def configure_updates(cfg: Config, sock: socket.socket) -> None:
         key = update_key(cfg.pem_file[0])
     except (OSError, ValueError, TypeError) as e:
         raise ConfigError(f"shared-cache: no update key from '{cfg.pem_file[0]}': {e}") from None
-    _sesscache.replicate(sock.fileno(), key, peers)
+    return key, peers
 
 
 def receive() -> tuple[int, int]:
@@ -164,5 +186,5 @@ def receive() -> tuple[int, int]:
 
 
 def stats() -> dict[str, int] | None:
-    """The cache's counters, or None without one."""
+    """The counters of the cache in use, or None without one."""
     return _sesscache.stats() if _sesscache is not None else None

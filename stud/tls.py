@@ -19,9 +19,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from stud import sesscache, sslext
 from stud.config import Config, ConfigError
 from stud.log import log
+
+try:
+    from stud import sslext
+except ImportError as e:  # an OpenSSL or CPython build stud's OpenSSL calls were not written for
+    sslext = None
+    SSLEXT_MISSING = str(e)
+else:
+    SSLEXT_MISSING = ""
 
 DEFAULT_GROUPS = "X25519:P-256"
 # Mozilla's "intermediate" TLS 1.2 list: forward secrecy and AEAD only (no CBC, no RSA kx).
@@ -107,10 +114,7 @@ def server_context(cfg: Config, pem: str | None) -> ssl.SSLContext:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:  # CPython turns it on by default; stud's default (and -O's meaning) is off
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    try:
-        sslext.set_groups(ctx, cfg.ec_curve or DEFAULT_GROUPS)
-    except ValueError as e:
-        raise ConfigError(f"ec-curve: {e}") from None
+    set_groups(ctx, cfg.ec_curve)
     if cfg.alpn_protos:
         ctx.set_alpn_protocols([p.strip() for p in cfg.alpn_protos.split(",") if p.strip()])
     if pem:
@@ -142,10 +146,29 @@ def apply_common(ctx: ssl.SSLContext, cfg: Config) -> None:
         except ssl.SSLError:
             raise ConfigError(f"ciphers: invalid cipher string '{cfg.ciphers}'") from None
     if cfg.ciphersuites:
+        if sslext is None:
+            raise ConfigError(f"ciphersuites: not available here ({SSLEXT_MISSING})")
         try:
             sslext.set_ciphersuites(ctx, cfg.ciphersuites)
         except ValueError as e:
             raise ConfigError(f"ciphersuites: {e}") from None
+
+
+def set_groups(ctx: ssl.SSLContext, groups: str) -> None:
+    """ec-curve: the ECDHE groups, a name or a ':' list (a list needs sslext; without it the
+    default list is OpenSSL's own, which holds X25519 and P-256 too)."""
+    if sslext is not None:
+        try:
+            sslext.set_groups(ctx, groups or DEFAULT_GROUPS)
+        except ValueError as e:
+            raise ConfigError(f"ec-curve: {e}") from None
+    elif ":" in groups:
+        raise ConfigError(f"ec-curve: a list of groups is not available here ({SSLEXT_MISSING})")
+    elif groups:
+        try:
+            ctx.set_ecdh_curve(groups)
+        except ValueError as e:
+            raise ConfigError(f"ec-curve: {e}") from None
 
 
 @dataclass
@@ -191,7 +214,8 @@ def sni_hook(ctx: ssl.SSLContext) -> Callable | None:
 
 
 def build(cfg: Config) -> SniTable:
-    """Load every PEM and build the contexts; raises ConfigError naming the failing file."""
+    """Load every PEM and build the contexts, nothing else; raises ConfigError naming the
+    failing file."""
     certs = [Cert(pem, *read_pem(pem), server_context(cfg, pem)) for pem in cfg.pem_file]
     table = SniTable(certs)
     abort = cfg.sni_nomatch_abort
@@ -210,18 +234,24 @@ def build(cfg: Config) -> SniTable:
     # With one certificate there is nothing to choose: a callback that only accepts the name
     # (so that OpenSSL keeps it in TLS 1.2 sessions; the relay reads it after the handshake).
     table.default.sni_callback = on_sni if len(certs) > 1 or abort else _accept_name
-    sesscache.attach(cfg, [c.context for c in certs])
-    if cfg.ssl_engine:
-        try:
-            sslext.load_engine(cfg.ssl_engine)
-        except ValueError as e:
-            raise ConfigError(f"ssl-engine: {e}") from None
-        log.info(f"{{core}} will use OpenSSL engine {cfg.ssl_engine}.")
     return table
+
+
+def load_engine(name: str) -> None:
+    """-e/--ssl-engine, for the whole process (OpenSSL's engine choice is global)."""
+    if sslext is None:
+        raise ConfigError(f"ssl-engine: not available here ({SSLEXT_MISSING})")
+    try:
+        sslext.load_engine(name)
+    except ValueError as e:
+        raise ConfigError(f"ssl-engine: {e}") from None
+    log.info(f"{{core}} will use OpenSSL engine {name}.")
 
 
 def carry_ticket_keys(old: SniTable, new: SniTable) -> None:
     """Give each unchanged certificate its previous session-ticket keys (reload)."""
+    if sslext is None:
+        return  # (new keys: clients make a full handshake once after a reload)
     before = {(c.path, c.digest): c.context for c in old.certs}
     for cert in new.certs:
         ctx = before.get((cert.path, cert.digest))

@@ -1,30 +1,27 @@
-"""The master: bind, load certificates, fork and supervise workers, handle signals.
+"""The arbiter: the master process's loop over its workers, shaped like gunicorn's.
 
-Shaped like gunicorn's arbiter: signal handlers only queue the signal and wake the main loop
-through a self-pipe; the loop dispatches to ``handle_<signal>``, reaps children and respawns
-them (with exponential back-off for a worker that keeps dying).
-
-Unlike stud 0.3, the master keeps its privileges and each worker applies chroot, setgroups,
-setgid and setuid right after fork, before it touches a client: a later reload must be able to
-re-read root-only keys and bind privileged ports (as hitch does).
+Signal handlers only queue the signal and wake the loop through a self-pipe; the loop
+dispatches to ``handle_<signal>``, reaps children and respawns them (with exponential back-off
+for a worker that keeps dying), runs reloads (a new generation of workers, then the old one
+drains) and serves the metrics. What a generation is made of comes from stud.startup; each
+worker drops its privileges (stud.daemon) right after fork, before it touches a client: the
+master keeps them, so that a later reload can re-read root-only keys and bind privileged ports
+(as hitch does).
 """
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
-import resource
 import select
 import signal
 import socket
-import ssl
 import time
 import traceback
 from dataclasses import dataclass
 
-from stud import addr, metrics, sesscache, tls
+from stud import metrics, sesscache, startup
 from stud.config import Config, ConfigError, Exit, parse_args
+from stud.daemon import configure_log, drop_privileges
 from stud.log import log
 from stud.worker import Worker
 
@@ -33,86 +30,6 @@ READY_WAIT = 10.0       # on reload, wait this long at most for new workers befo
 STABLE_AFTER = 5.0      # a worker that lived this long is healthy: reset its back-off
 MAX_BACKOFF = 30.0
 KILL_GRACE = 5.0        # after drain-timeout, wait this long before SIGKILL
-
-
-@dataclass
-class Setup:
-    """Everything start-up checks: what -t verifies and what workers are forked with."""
-
-    backend: tuple[int, tuple]
-    frontends: list[tuple[addr.Addr, int, tuple]]
-    ssl_context: ssl.SSLContext | None
-    client_context: ssl.SSLContext | None
-    sni: tls.SniTable | None
-
-
-def prepare(cfg: Config, previous: Setup | None = None) -> Setup:
-    """Resolve addresses and build every TLS context; ConfigError names what is wrong.
-
-    On reload, certificates whose file is unchanged keep their session-ticket keys.
-    """
-    try:
-        backend = addr.resolve(cfg.backend)
-    except addr.AddrError as e:
-        raise ConfigError(f"backend: {e}") from None
-    frontends = []
-    for f in cfg.frontend:
-        try:
-            frontends.append((f, *addr.resolve(f, passive=True)))
-        except addr.AddrError as e:
-            raise ConfigError(f"frontend: {e}") from None
-    if cfg.client:
-        return Setup(backend, frontends, None, tls.client_context(cfg), None)
-    table = tls.build(cfg)
-    if previous is not None and previous.sni is not None:
-        tls.carry_ticket_keys(previous.sni, table)
-    return Setup(backend, frontends, table.default, None, table)
-
-
-def bind(front: addr.Addr, family: int, sockaddr: tuple, cfg: Config) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] is dual-stack
-        sock.bind(sockaddr)
-        if not cfg.client:
-            # Wake workers only once the ClientHello is there (idle connects cost nothing).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
-        sock.listen(cfg.backlog)
-        sock.setblocking(False)
-    except OSError as e:
-        sock.close()
-        raise ConfigError(f"frontend {front}: cannot bind: {e.strerror}") from None
-    return sock
-
-
-def accepted_options(sock: socket.socket, cfg: Config) -> None:
-    """TCP_NODELAY and keepalive for the connections sock accepts. Linux copies them from the
-    listening socket to each accepted one, which saves three system calls per connection;
-    set again on every reload, so a changed keepalive applies to new connections."""
-    keepalive = cfg.keepalive
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(keepalive > 0))
-    if keepalive > 0:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, keepalive)
-
-
-def drop_privileges(cfg: Config) -> None:
-    """chroot, then setgroups, setgid, setuid: for workers, before any client is served."""
-    # Look the names up before chroot: the jail usually has no /etc/passwd.
-    pw = pwd.getpwnam(cfg.user) if cfg.user else None
-    gid = grp.getgrnam(cfg.group).gr_gid if cfg.group else pw.pw_gid if pw else None
-    if cfg.chroot:
-        os.chroot(cfg.chroot)
-        os.chdir("/")
-    if gid is None:
-        return
-    if os.getuid() == 0:
-        os.setgroups([gid])  # the original kept root's supplementary groups
-    os.setgid(gid)
-    if pw is not None:
-        os.setuid(pw.pw_uid)
 
 
 @dataclass
@@ -125,15 +42,18 @@ class Child:
     ready: bool = False
 
 
-class Master:
-    def __init__(self, argv: list[str], cfg: Config, setup: Setup) -> None:
+class Arbiter:
+    def __init__(self, argv: list[str], cfg: Config) -> None:
+        """Everything the first generation needs, or ConfigError with nothing left bound."""
         self.argv = argv
         self.cwd = os.getcwd()  # relative paths on the command line, for reloads
-        self.cfg, self.setup = cfg, setup
         self.pid = os.getpid()
         self.gen = 1
-        self.sockets: dict[tuple, socket.socket] = {}     # (family, sockaddr) -> listener
-        self.listeners = self._listeners(cfg, setup)
+        self.listeners = startup.Listeners()
+        self.metrics_sock = startup.metrics_socket(cfg)
+        self.updates = sesscache.open_updates(cfg)  # -U: session cache updates (workers send)
+        self.current = startup.prepare_generation(cfg, None, self.listeners, self.updates)
+        startup.commit(self.current, self.listeners)
         self.children: dict[int, Child] = {}
         self.failures: dict[int, int] = {}
         self.respawn_at: dict[int, float] = {}             # slot -> monotonic time
@@ -145,49 +65,11 @@ class Master:
         self.kill_at = 0.0
         self.pipe_r, self.pipe_w = os.pipe()
         self.board = metrics.Board()
-        self.metrics_sock = self._metrics_socket(cfg)
-        self.updates = sesscache.open_updates(cfg)  # -U: session cache updates (workers send)
         self.pem_stamps = pem_stamps(cfg)
 
-    def _metrics_socket(self, cfg: Config) -> socket.socket | None:
-        if cfg.metrics is None:
-            return None
-        try:
-            family, sockaddr = addr.resolve(cfg.metrics, passive=True)
-        except addr.AddrError as e:
-            raise ConfigError(f"metrics: {e}") from None
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(sockaddr)
-            sock.listen(16)
-        except OSError as e:
-            sock.close()
-            raise ConfigError(f"metrics {cfg.metrics}: cannot bind: {e.strerror}") from None
-        sock.setblocking(False)
-        log.info(f"{{core}} Metrics on http://{addr_text(sock.getsockname())}/metrics")
-        return sock
-
-    def _listeners(self, cfg: Config, setup: Setup) -> list[socket.socket]:
-        """Listening sockets for cfg: kept from before where the address is unchanged."""
-        fresh: list[socket.socket] = []
-        out = []
-        try:
-            for front, family, sockaddr in setup.frontends:
-                sock = self.sockets.get((family, sockaddr))
-                if sock is None:
-                    sock = bind(front, family, sockaddr, cfg)
-                    fresh.append(sock)
-                    log.info(f"{{core}} Listening on {front} ({addr_text(sock.getsockname())})"
-                             f" -> backend {cfg.backend}")
-                accepted_options(sock, cfg)
-                out.append(((family, sockaddr), sock))
-        except ConfigError:
-            for sock in fresh:
-                sock.close()
-            raise
-        self.sockets.update(out)
-        return [sock for _, sock in out]
+    @property
+    def cfg(self) -> Config:
+        return self.current.cfg
 
     # -- signals: queue and wake; everything else happens in the loop ------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -228,7 +110,7 @@ class Master:
             for gen, at in list(self.retiring.items()):
                 if not any(c.gen == gen for c in self.children.values()):
                     del self.retiring[gen]
-                    self._close_unused()
+                    self.listeners.close_unused(self.current.listeners)
                 elif now > at:
                     self._kill(signal.SIGKILL, gen)
             self._sleep()
@@ -280,9 +162,7 @@ class Master:
             self.stopping = True
             self.respawn_at.clear()
             self.kill_at = time.monotonic() + self.cfg.drain_timeout + KILL_GRACE
-            for sock in self.sockets.values():
-                sock.close()  # the port is free as soon as the workers let go too
-            self.sockets.clear()
+            self.listeners.close_all()
             self._kill(signal.SIGTERM)
 
     handle_int = handle_term
@@ -310,30 +190,28 @@ class Master:
         pass  # reap() runs on every pass of the loop
 
     def reload(self) -> None:
-        """Re-read config and certificates, start a new generation, retire the old one."""
+        """Re-read config and certificates, start a new generation, retire the old one. Every
+        step that can fail comes before anything changes: a failed reload changes nothing."""
         self.reload_wanted = False
         log.info(f"{{core}} SIGHUP: reloading (generation {self.gen + 1}).")
         try:
-            here = os.getcwd()
-            os.chdir(self.cwd)
-            try:
-                cfg = parse_args(self.argv)
-            finally:
-                os.chdir(here)
-            setup = prepare(cfg, self.setup)
-            listeners = self._listeners(cfg, setup)
-            if cfg.shared_cache_listen != self.cfg.shared_cache_listen:
-                log.error("{core} reload: a new shared-cache-listen needs a restart; "
-                          "session cache updates are unchanged")
-            elif self.updates:
-                sesscache.configure_updates(cfg, self.updates)
+            cfg = self._read_config()
+            gen = startup.prepare_generation(cfg, self.current.setup, self.listeners,
+                                             self.updates)
         except (ConfigError, Exit) as e:
             self.board.master_counters["reloads_failed"] += 1
             log.error(f"{{core}} reload failed, still serving the previous configuration: {e}")
             return
+        for what, new, old in (("shared-cache-listen", cfg.shared_cache_listen,
+                                self.cfg.shared_cache_listen),
+                               ("ssl-engine", cfg.ssl_engine, self.cfg.ssl_engine),
+                               ("metrics", cfg.metrics, self.cfg.metrics)):
+            if new != old:
+                log.error(f"{{core}} reload: a new {what} needs a restart; it stays {old}")
+        startup.commit(gen, self.listeners)
         self.board.master_counters["reloads_ok"] += 1
         old, self.gen = self.gen, self.gen + 1
-        self.cfg, self.setup, self.listeners = cfg, setup, listeners
+        self.current = gen
         try:
             configure_log(cfg)
         except ConfigError as e:
@@ -344,6 +222,15 @@ class Master:
         for slot in range(cfg.worker_count):
             self.spawn(slot)
         self.retire = (old, time.monotonic() + READY_WAIT)
+
+    def _read_config(self) -> Config:
+        """The original command line again, relative paths against the original directory."""
+        here = os.getcwd()
+        os.chdir(self.cwd)
+        try:
+            return parse_args(self.argv)
+        finally:
+            os.chdir(here)
 
     def _retire_old(self) -> None:
         """Once the new generation accepts, the old one stops accepting and drains."""
@@ -357,14 +244,6 @@ class Master:
         self.retiring[old] = time.monotonic() + self.cfg.drain_timeout + KILL_GRACE
         self._kill(signal.SIGTERM, old)
         log.info(f"{{core}} generation {self.gen} serving; generation {old} draining.")
-
-    def _close_unused(self) -> None:
-        live = {id(s) for s in self.listeners}
-        for key, sock in list(self.sockets.items()):
-            if id(sock) not in live:
-                log.info(f"{{core}} No longer listening on {addr_text(sock.getsockname())}")
-                sock.close()
-                del self.sockets[key]
 
     def _kill(self, sig: int, gen: int | None = None) -> None:
         for c in self.children.values():
@@ -433,84 +312,17 @@ class Master:
                 self.metrics_sock.close()
             for c in self.children.values():
                 c.ctl.close()
-            live = {id(s) for s in self.listeners}
-            for sock in self.sockets.values():
-                if id(sock) not in live:
-                    sock.close()
+            for sock in self.listeners.unused(self.current.listeners):
+                sock.close()
             drop_privileges(self.cfg)
-            s = self.setup
-            code = Worker(self.cfg, self.listeners, s.ssl_context, s.client_context, s.backend,
-                          theirs).run()
+            s = self.current.setup
+            code = Worker(self.cfg, self.current.listeners, s.ssl_context, s.client_context,
+                          s.backend, theirs).run()
         except BaseException:
             log.error(f"{{core}} worker {os.getpid()} crashed: "
                       + traceback.format_exc().strip().replace("\n", " | "))
         finally:
             os._exit(code)
-
-
-def daemonize() -> None:
-    """Fork into the background; /dev/null is opened before any chroot (stud's issue #146)."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    pid = os.fork()
-    if pid:
-        print(f"{{core}} Daemonized as pid {pid}.", flush=True)
-        os._exit(0)
-    os.setsid()
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    log.info(f"Successfully daemonized as pid {os.getpid()}.")
-
-
-def configure_log(cfg: Config) -> None:
-    """Apply the logging options; raises ConfigError if the log file cannot be opened."""
-    try:
-        # --daemon has no terminal to talk to: like stud, it implies syslog (or a log file).
-        log.configure(level="error" if cfg.quiet else cfg.log_level,
-                      use_syslog=cfg.syslog or (cfg.daemon and not cfg.log_file),
-                      facility=cfg.syslog_facility, path=cfg.log_file)
-    except OSError as e:
-        raise ConfigError(f"log-file: cannot open '{cfg.log_file}': {e.strerror}") from None
-
-
-def run(argv: list[str], cfg: Config) -> int:
-    """Start the daemon; returns the exit status. argv is kept for reloads."""
-    raise_fd_limit()
-    master = Master(argv, cfg, prepare(cfg))
-    if os.getuid() == 0 and not cfg.user:
-        log.error("{core} WARNING: workers will run as root; use --user to drop privileges.")
-    pidfile = None
-    if cfg.pidfile:
-        try:
-            pidfile = open(cfg.pidfile, "w")  # noqa: SIM115 - written after daemonizing
-        except OSError as e:
-            raise ConfigError(f"pidfile: cannot write '{cfg.pidfile}': {e.strerror}") from None
-    if cfg.daemon:
-        os.chdir("/")
-        daemonize()
-    if pidfile:
-        pidfile.write(f"{os.getpid()}\n")
-        pidfile.close()
-    try:
-        return master.run()
-    finally:
-        if cfg.pidfile:
-            try:
-                os.unlink(cfg.pidfile)
-            except OSError:
-                pass
-
-
-def raise_fd_limit() -> None:
-    """Every connection costs two descriptors: take all the kernel allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (OSError, ValueError):
-            pass
-    log.info(f"{{core}} file descriptor limit: {soft}")
 
 
 def pem_stamps(cfg: Config) -> list[tuple]:
@@ -523,7 +335,3 @@ def pem_stamps(cfg: Config) -> list[tuple]:
         except OSError:
             out.append(None)
     return out
-
-
-def addr_text(sa: tuple) -> str:
-    return f"[{sa[0]}]:{sa[1]}"

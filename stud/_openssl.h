@@ -1,0 +1,176 @@
+/* The OpenSSL ABI stud relies on, in one place: every constant and every function (with its
+   prototype) that stud's C modules and stud.sslext use. No OpenSSL header is included
+   anywhere: the functions are those of the libssl CPython's _ssl module already loaded, found
+   by stud.sslext, which reads this very file (stud/opensslabi.py parses it) for its ctypes
+   prototypes and constants, so C and Python cannot disagree.
+
+   Only `#define NAME number` lines and the X(return type, name, (parameter types)) lists
+   below are read by the parser: keep to that form (callback types through a typedef). */
+#ifndef STUD_OPENSSL_H
+#define STUD_OPENSSL_H
+#include <Python.h> /* (after PY_SSIZE_T_CLEAN, in the module) */
+#include <stddef.h>
+#include <stdint.h>
+
+/* The major version these values and prototypes were written for; sslext refuses another. */
+#define STUD_OPENSSL_MAJOR 3
+
+/* SSL_get_error() */
+#define SSL_ERROR_SSL 1
+#define SSL_ERROR_WANT_READ 2
+#define SSL_ERROR_WANT_WRITE 3
+#define SSL_ERROR_SYSCALL 5
+#define SSL_ERROR_ZERO_RETURN 6
+
+/* SSL_ctrl() / SSL_CTX_ctrl() / SSL_CTX_callback_ctrl() commands */
+#define SSL_CTRL_MODE 33
+#define SSL_CTRL_SET_READ_AHEAD 41
+#define SSL_CTRL_SET_SESS_CACHE_MODE 44
+#define SSL_CTRL_SET_TLSEXT_SERVERNAME_CB 53
+#define SSL_CTRL_GET_TLSEXT_TICKET_KEYS 58
+#define SSL_CTRL_SET_TLSEXT_TICKET_KEYS 59
+#define SSL_CTRL_SET_GROUPS_LIST 92
+
+/* SSL_CTRL_MODE bits (the two _ssl sets on its own connections) */
+#define SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER 0x2
+#define SSL_MODE_AUTO_RETRY 0x4
+
+/* SSL_CTRL_SET_SESS_CACHE_MODE bits */
+#define SSL_SESS_CACHE_SERVER 0x2
+#define SSL_SESS_CACHE_NO_AUTO_CLEAR 0x80
+#define SSL_SESS_CACHE_NO_INTERNAL_LOOKUP 0x100
+#define SSL_SESS_CACHE_NO_INTERNAL_STORE 0x200
+
+/* SSL_get_shutdown() / SSL_set_shutdown() flags */
+#define SSL_SENT_SHUTDOWN 1
+#define SSL_RECEIVED_SHUTDOWN 2
+
+/* Options (a uint64_t in OpenSSL 3) */
+#define SSL_OP_NO_TICKET 0x4000
+
+/* The servername callback */
+#define TLSEXT_NAMETYPE_host_name 0
+#define SSL_TLSEXT_ERR_OK 0
+#define SSL_TLSEXT_ERR_ALERT_FATAL 2
+#define SSL_AD_INTERNAL_ERROR 80
+
+/* Ex data: index 0 of an SSL is its "app data", where _ssl keeps its _SSLSocket (and a
+   Conn's own SSL* its Conn) */
+#define SSL_APP_DATA_INDEX 0
+
+#define TLS1_3_VERSION 0x0304
+#define SSL_MAX_SSL_SESSION_ID_LENGTH 32
+#define SSL_TICKET_KEYS_LENGTH 80 /* 16 name + 32 HMAC + 32 AES, for the ticket key ctrls */
+#define OPENSSL_VERSION 0         /* OpenSSL_version()'s argument for the version text */
+#define ENGINE_METHOD_ALL 0xFFFF
+
+typedef struct ssl_st SSL;
+typedef struct ssl_ctx_st SSL_CTX;
+typedef struct ssl_session_st SSL_SESSION;
+typedef struct ssl_cipher_st SSL_CIPHER;
+typedef struct evp_md_st EVP_MD;
+typedef struct engine_st ENGINE;
+typedef int (*new_session_cb)(SSL *, SSL_SESSION *);
+typedef SSL_SESSION *(*get_session_cb)(SSL *, const unsigned char *, int, int *);
+typedef void (*remove_session_cb)(SSL_CTX *, SSL_SESSION *);
+typedef void (*generic_cb)(void);
+
+/* libssl: X(return type, name, (parameter types)) */
+#define STUD_OPENSSL_LIBSSL(X)                                                                  \
+    X(int, SSL_read, (SSL *, void *, int))                                                      \
+    X(int, SSL_has_pending, (const SSL *))                                                      \
+    X(int, SSL_write, (SSL *, const void *, int))                                               \
+    X(int, SSL_get_error, (const SSL *, int))                                                   \
+    X(int, SSL_shutdown, (SSL *))                                                               \
+    X(int, SSL_get_shutdown, (const SSL *))                                                     \
+    X(void, SSL_set_shutdown, (SSL *, int))                                                     \
+    X(int, SSL_do_handshake, (SSL *))                                                           \
+    X(SSL_CTX *, SSL_get_SSL_CTX, (const SSL *))                                                \
+    X(const char *, SSL_get_servername, (const SSL *, int))                                     \
+    X(const char *, SSL_get_version, (const SSL *))                                             \
+    X(int, SSL_version, (const SSL *))                                                          \
+    X(const SSL_CIPHER *, SSL_get_current_cipher, (const SSL *))                                \
+    X(const char *, SSL_CIPHER_get_name, (const SSL_CIPHER *))                                  \
+    X(void, SSL_get0_alpn_selected, (const SSL *, const unsigned char **, unsigned int *))      \
+    X(int, SSL_session_reused, (const SSL *))                                                   \
+    X(uint64_t, SSL_get_options, (const SSL *))                                                 \
+    X(SSL *, SSL_new, (SSL_CTX *))                                                              \
+    X(void, SSL_free, (SSL *))                                                                  \
+    X(int, SSL_set_fd, (SSL *, int))                                                            \
+    X(void, SSL_set_accept_state, (SSL *))                                                      \
+    X(long, SSL_ctrl, (SSL *, int, long, void *))                                               \
+    X(SSL_CTX *, SSL_set_SSL_CTX, (SSL *, SSL_CTX *))                                           \
+    X(int, SSL_set_ex_data, (SSL *, int, void *))                                               \
+    X(void *, SSL_get_ex_data, (const SSL *, int))                                              \
+    X(uint64_t, SSL_CTX_get_options, (const SSL_CTX *))                                         \
+    X(long, SSL_CTX_ctrl, (SSL_CTX *, int, long, void *))                                       \
+    X(long, SSL_CTX_callback_ctrl, (SSL_CTX *, int, generic_cb))                                \
+    X(int, SSL_CTX_set_ciphersuites, (SSL_CTX *, const char *))                                 \
+    X(void, SSL_CTX_sess_set_new_cb, (SSL_CTX *, new_session_cb))                               \
+    X(void, SSL_CTX_sess_set_get_cb, (SSL_CTX *, get_session_cb))                               \
+    X(void, SSL_CTX_sess_set_remove_cb, (SSL_CTX *, remove_session_cb))                         \
+    X(int, i2d_SSL_SESSION, (const SSL_SESSION *, unsigned char **))                            \
+    X(SSL_SESSION *, d2i_SSL_SESSION, (SSL_SESSION **, const unsigned char **, long))           \
+    X(const unsigned char *, SSL_SESSION_get_id, (const SSL_SESSION *, unsigned int *))         \
+    X(long, SSL_SESSION_get_time, (const SSL_SESSION *))                                        \
+    X(long, SSL_SESSION_get_timeout, (const SSL_SESSION *))                                     \
+    X(void, SSL_SESSION_free, (SSL_SESSION *))
+
+/* libcrypto */
+#define STUD_OPENSSL_LIBCRYPTO(X)                                                               \
+    X(unsigned long, ERR_get_error, (void))                                                     \
+    X(void, ERR_clear_error, (void))                                                            \
+    X(void, ERR_error_string_n, (unsigned long, char *, size_t))                                \
+    X(const char *, OpenSSL_version, (int))                                                     \
+    X(unsigned char *, HMAC,                                                                    \
+      (const EVP_MD *, const void *, int, const unsigned char *, size_t, unsigned char *,       \
+       unsigned int *))                                                                         \
+    X(const EVP_MD *, EVP_sha1, (void))                                                         \
+    X(int, CRYPTO_memcmp, (const void *, const void *, size_t))
+
+/* libcrypto, only where OpenSSL was built with engines (-e/--ssl-engine); Python only */
+#define STUD_OPENSSL_ENGINE(X)                                                                  \
+    X(ENGINE *, ENGINE_by_id, (const char *))                                                   \
+    X(int, ENGINE_init, (ENGINE *))                                                             \
+    X(int, ENGINE_set_default, (ENGINE *, unsigned int))                                        \
+    X(int, ENGINE_finish, (ENGINE *))                                                           \
+    X(int, ENGINE_free, (ENGINE *))                                                             \
+    X(int, ENGINE_register_all_complete, (void))
+
+/* For a C module: a pointer `NAME_` for each function, and openssl_bind(), which fills them
+   all from stud.sslext.addresses() (all or nothing). */
+#define STUD_DECLARE(ret, name, params) static ret(*name##_) params __attribute__((unused));
+STUD_OPENSSL_LIBSSL(STUD_DECLARE)
+STUD_OPENSSL_LIBCRYPTO(STUD_DECLARE)
+#undef STUD_DECLARE
+
+#define STUD_WANT(ret, name, params) {#name, (void **)&name##_},
+static const struct {
+    const char *name;
+    void **slot;
+} openssl_wanted[] = {STUD_OPENSSL_LIBSSL(STUD_WANT) STUD_OPENSSL_LIBCRYPTO(STUD_WANT)};
+#undef STUD_WANT
+#define OPENSSL_NWANTED (sizeof openssl_wanted / sizeof openssl_wanted[0])
+
+/* openssl_bind({"SSL_read": address, ...}): every pointer above, all or nothing: 0, or -1
+   with a Python error and no pointer changed. */
+static int openssl_bind(PyObject *fns) {
+    void *got[OPENSSL_NWANTED];
+    for (size_t i = 0; i < OPENSSL_NWANTED; i++) {
+        PyObject *v = PyMapping_GetItemString(fns, openssl_wanted[i].name);
+        if (!v)
+            return -1;
+        got[i] = PyLong_AsVoidPtr(v);
+        Py_DECREF(v);
+        if (!got[i]) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "no address for %s", openssl_wanted[i].name);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < OPENSSL_NWANTED; i++)
+        *openssl_wanted[i].slot = got[i];
+    return 0;
+}
+
+#endif

@@ -1,0 +1,198 @@
+"""Start-up: from a configuration to what a generation of workers is forked with.
+
+prepare() resolves the addresses and builds every TLS context (what -t checks);
+prepare_generation() adds the listening sockets and the session cache, so that everything a
+generation needs exists before any of it is used: commit() puts it in service, release() undoes
+it (a reload that fails on any step leaves no port bound and the cache in use unchanged).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+
+from stud import addr, sesscache, tls
+from stud.config import Config, ConfigError
+from stud.log import log
+
+Key = tuple[int, tuple]  # (family, sockaddr) of a listening socket
+
+
+@dataclass
+class Setup:
+    """Everything -t verifies: the resolved addresses and the TLS contexts."""
+
+    backend: tuple[int, tuple]
+    frontends: list[tuple[addr.Addr, int, tuple]]
+    ssl_context: ssl.SSLContext | None
+    client_context: ssl.SSLContext | None
+    sni: tls.SniTable | None
+
+    def contexts(self) -> list[ssl.SSLContext]:
+        """The server contexts (one per certificate)."""
+        return [c.context for c in self.sni.certs] if self.sni else []
+
+
+def prepare(cfg: Config, previous: Setup | None = None) -> Setup:
+    """Resolve addresses and build every TLS context; ConfigError names what is wrong.
+
+    On reload, certificates whose file is unchanged keep their session-ticket keys.
+    """
+    try:
+        backend = addr.resolve(cfg.backend)
+    except addr.AddrError as e:
+        raise ConfigError(f"backend: {e}") from None
+    frontends = []
+    for f in cfg.frontend:
+        try:
+            frontends.append((f, *addr.resolve(f, passive=True)))
+        except addr.AddrError as e:
+            raise ConfigError(f"frontend: {e}") from None
+    if cfg.client:
+        return Setup(backend, frontends, None, tls.client_context(cfg), None)
+    table = tls.build(cfg)
+    if previous is not None and previous.sni is not None:
+        tls.carry_ticket_keys(previous.sni, table)
+    return Setup(backend, frontends, table.default, None, table)
+
+
+def bind(front: addr.Addr, family: int, sockaddr: tuple, cfg: Config) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] is dual-stack
+        sock.bind(sockaddr)
+        if not cfg.client:
+            # Wake workers only once the ClientHello is there (idle connects cost nothing).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+        sock.listen(cfg.backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"frontend {front}: cannot bind: {e.strerror}") from None
+    return sock
+
+
+def accepted_options(sock: socket.socket, cfg: Config) -> None:
+    """TCP_NODELAY and keepalive for the connections sock accepts. Linux copies them from the
+    listening socket to each accepted one, which saves three system calls per connection;
+    set again on every reload, so a changed keepalive applies to new connections."""
+    keepalive = cfg.keepalive
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(keepalive > 0))
+    if keepalive > 0:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, keepalive)
+
+
+class Listeners:
+    """The master's listening sockets by address, kept across reloads where it stays."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[Key, socket.socket] = {}
+
+    def claim(self, cfg: Config, setup: Setup) -> tuple[list[socket.socket],
+                                                         dict[Key, socket.socket]]:
+        """The sockets for setup's frontends, in order, and those of them bound anew (not
+        yet ours: adopt() or release() them); raises ConfigError with nothing left bound."""
+        fresh: dict[Key, socket.socket] = {}
+        out = []
+        try:
+            for front, family, sockaddr in setup.frontends:
+                key = (family, sockaddr)
+                sock = self.by_key.get(key) or fresh.get(key)
+                if sock is None:
+                    sock = fresh[key] = bind(front, family, sockaddr, cfg)
+                out.append(sock)
+        except ConfigError:
+            release(fresh)
+            raise
+        return out, fresh
+
+    def adopt(self, fresh: dict[Key, socket.socket], cfg: Config) -> None:
+        for sock in fresh.values():
+            log.info(f"{{core}} Listening on {addr_text(sock.getsockname())} -> backend "
+                     f"{cfg.backend}")
+        self.by_key.update(fresh)
+
+    def unused(self, live: list[socket.socket]) -> list[socket.socket]:
+        """The sockets that are not in live (another generation's)."""
+        return [s for s in self.by_key.values() if all(s is not x for x in live)]
+
+    def close_unused(self, live: list[socket.socket]) -> None:
+        """Close the sockets no generation serves any more."""
+        for key, sock in list(self.by_key.items()):
+            if all(sock is not x for x in live):
+                log.info(f"{{core}} No longer listening on {addr_text(sock.getsockname())}")
+                sock.close()
+                del self.by_key[key]
+
+    def close_all(self) -> None:
+        for sock in self.by_key.values():
+            sock.close()  # the port is free as soon as the workers let go too
+        self.by_key.clear()
+
+
+def release(fresh: dict[Key, socket.socket]) -> None:
+    for sock in fresh.values():
+        sock.close()
+
+
+@dataclass
+class Generation:
+    """Everything one generation of workers is forked with, all prepared before any is used."""
+
+    cfg: Config
+    setup: Setup
+    listeners: list[socket.socket]
+    fresh: dict[Key, socket.socket]  # bound for it and not yet adopted
+    cache: sesscache.Plan
+
+
+def prepare_generation(cfg: Config, previous: Setup | None, listeners: Listeners,
+                       updates: socket.socket | None) -> Generation:
+    """Each step that can fail, in order: contexts, listening sockets, the session cache and
+    its replication. Raises ConfigError with nothing of it left behind."""
+    setup = prepare(cfg, previous)
+    socks, fresh = listeners.claim(cfg, setup)
+    try:
+        cache = sesscache.plan(cfg, setup.contexts(), updates)
+    except ConfigError:
+        release(fresh)
+        raise
+    return Generation(cfg, setup, socks, fresh, cache)
+
+
+def commit(gen: Generation, listeners: Listeners) -> None:
+    """Put a prepared generation in service (nothing here fails on a valid configuration)."""
+    listeners.adopt(gen.fresh, gen.cfg)
+    gen.fresh = {}
+    for sock in gen.listeners:
+        accepted_options(sock, gen.cfg)
+    sesscache.commit(gen.cache)
+
+
+def metrics_socket(cfg: Config) -> socket.socket | None:
+    """--metrics: the master's listening socket (kept as it is across reloads)."""
+    if cfg.metrics is None:
+        return None
+    try:
+        family, sockaddr = addr.resolve(cfg.metrics, passive=True)
+    except addr.AddrError as e:
+        raise ConfigError(f"metrics: {e}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(16)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"metrics {cfg.metrics}: cannot bind: {e.strerror}") from None
+    sock.setblocking(False)
+    log.info(f"{{core}} Metrics on http://{addr_text(sock.getsockname())}/metrics")
+    return sock
+
+
+def addr_text(sa: tuple) -> str:
+    return f"[{sa[0]}]:{sa[1]}"
