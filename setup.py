@@ -11,5 +11,5 @@ from setuptools import Extension, setup
 FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
 
 setup(ext_modules=[Extension(f"stud.{name}", [f"stud/{name}.c"], optional=True,
-                             depends=["stud/_addresses.h"], extra_compile_args=FLAGS)
+                             depends=["stud/_openssl.h"], extra_compile_args=FLAGS)
                    for name in ("_flow", "_sesscache")])
