@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import STUD, client_ctx, free_port, tls_connect, wait_for
+from helpers import STUD, echo_works, free_port, wait_for
 
 from stud import __version__
 from stud.config import OPTIONS
@@ -44,22 +44,6 @@ def error_line(r: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1, r.stderr
     assert OK not in r.stdout
     return lines[0]
-
-
-def echo_round_trip(port: int, data: bytes = b"ping", **ctx: object) -> bool:
-    """One TLS connection through stud to an echo backend; False while nothing listens."""
-    try:
-        with tls_connect(port, ctx=client_ctx(**ctx)) as c:
-            c.sendall(data)
-            got = b""
-            while len(got) < len(data):
-                chunk = c.recv(100)
-                if not chunk:
-                    break
-                got += chunk
-            return got == data
-    except (ConnectionError, ssl.SSLError, TimeoutError):
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +109,7 @@ def test_default_config_output_starts_a_working_daemon(stud, backend, pem, tmp_p
     conf = tmp_path / "stud.conf"
     conf.write_text(r.stdout)
     s = stud(f"--config={conf}", pem, frontend=front)  # the file sets every option
-    assert echo_round_trip(port)
+    assert echo_works(port)
     assert s.proc.poll() is None
 
 
@@ -196,8 +180,8 @@ def test_errors_exit_1_with_one_line_naming_the_culprit(mode, args, names, files
 
 def test_ssl_warns_but_serves_old_and_new_tls(stud, backend, pem):
     s = stud("--ssl", pem, backend_port=backend("echo"))
-    assert echo_round_trip(s.port)
-    assert echo_round_trip(s.port, maximum_version=ssl.TLSVersion.TLSv1_2)
+    assert echo_works(s.port)
+    assert echo_works(s.port, maximum_version=ssl.TLSVersion.TLSv1_2)
     warnings = [x for x in s.output().splitlines() if x.startswith("stud: warning: --ssl")]
     assert len(warnings) == 1
 
@@ -205,9 +189,9 @@ def test_ssl_warns_but_serves_old_and_new_tls(stud, backend, pem):
 def test_quiet_suppresses_info_lines(stud, backend, pem):
     bport = backend("echo")
     quiet = stud("-q", "--drain-timeout=5", pem, backend_port=bport, wait=False)
-    wait_for(lambda: echo_round_trip(quiet.port) or quiet.proc.poll() is not None)
+    wait_for(lambda: echo_works(quiet.port) or quiet.proc.poll() is not None)
     loud = stud(pem, backend_port=bport)
-    assert echo_round_trip(loud.port)
+    assert echo_works(loud.port)
     wait_for(lambda: "connection closed" in loud.output())
     assert quiet.stop() == 0  # a drained stop: the closed connection was logged, if ever
     out = quiet.output()
@@ -219,6 +203,6 @@ def test_quiet_suppresses_info_lines(stud, backend, pem):
 def test_syslog_options_start_and_serve(args, stud, backend, pem):
     # syslogd may not run here: only check that stud serves and keeps running.
     s = stud(*args, pem, backend_port=backend("echo"))
-    assert echo_round_trip(s.port)
-    assert echo_round_trip(s.port)
+    assert echo_works(s.port)
+    assert echo_works(s.port)
     assert s.proc.poll() is None, s.output()

@@ -138,6 +138,22 @@ def test_addr_parse_returns_addr_or_raises_addr_error(text, wildcard):
     assert a == addr.parse(str(a), wildcard=wildcard)  # str() round-trips
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.ip_addresses(), st.integers(1, 65535), st.sampled_from(["[{}]:{}", "{},{}"]))
+def test_addr_ip_literals_resolve_to_themselves_without_dns(ip, port, form):
+    """Any IP literal, in either syntax, parses and resolves to exactly that address (no
+    DNS: getaddrinfo answers numeric hosts itself)."""
+    import ipaddress
+
+    if ip.version == 6 and not addr.has_ipv6():
+        return
+    a = addr.parse(form.format(ip, port))
+    assert a == addr.Addr(str(ip), port)
+    family, sockaddr = addr.resolve(a)
+    assert family == (socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
+    assert ipaddress.ip_address(sockaddr[0].split("%")[0]) == ip and sockaddr[1] == port
+
+
 # --- the command line -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, expected", [

@@ -15,7 +15,7 @@ import time
 import weakref
 
 import pytest
-from conftest import client_ctx
+from helpers import client_ctx
 
 from stud import proxyproto, relay
 from stud.metrics import CONNECT_BUCKETS, HS_BUCKETS

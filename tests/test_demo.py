@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 import sys
 
 import pytest
-from conftest import Proc, free_port, wait_for
+from helpers import Proc, free_port, run_tool, wait_for
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -18,8 +17,8 @@ def test_demo_serves_curl(procs, tmp_path, sig):
                  "--backend-port", str(backend_port)], tmp_path / "demo.out")
     procs.append(demo)
     wait_for(lambda: "online" in demo.output(), 20)
-    out = subprocess.run(["curl", "-sk", "--max-time", "10", f"https://127.0.0.1:{port}/"],
-                         capture_output=True, text=True, timeout=20)
+    out = run_tool(["curl", "-sk", "--max-time", "10", f"https://127.0.0.1:{port}/"],
+                   capture_output=True, text=True, timeout=20)
     assert out.stdout == "Hello from the backend, through stud.\n", demo.output()
     assert f"curl -k https://127.0.0.1:{port}/" in demo.output()
     assert demo.stop(sig) == 0

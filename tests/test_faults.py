@@ -12,68 +12,37 @@ import hashlib
 import os
 import random
 import resource
-import select
 import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from backend import pattern
-from conftest import client_ctx, free_port, tls_connect, wait_for
+from helpers import (
+    Load,
+    client_ctx,
+    client_hello,
+    command,
+    echo,
+    free_port,
+    peer_closes_within,
+    proc_status,
+    read_to_end,
+    recv_exact,
+    run_tool,
+    s_client,
+    tls_connect,
+    wait_for,
+)
 
 MiB = 1 << 20
 
 
 # -- helpers ------------------------------------------------------------------------------
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        data = sock.recv(min(65536, n - got))
-        if not data:
-            raise ConnectionError(f"EOF after {got} of {n} bytes")
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks)
-
-
-def read_to_end(sock: socket.socket, limit: int = 256 * MiB) -> tuple[bytes, str]:
-    """Everything until the peer closes, and how it closed: eof, close_notify or reset."""
-    chunks, n = [], 0
-    while n < limit:
-        try:
-            data = sock.recv(65536)
-        except ssl.SSLZeroReturnError:
-            return b"".join(chunks), "close_notify"
-        except (ConnectionResetError, ssl.SSLEOFError):
-            return b"".join(chunks), "reset"
-        if not data:
-            return b"".join(chunks), "eof"
-        chunks.append(data)
-        n += len(data)
-    raise AssertionError("no end")
-
-
-def command(port: int, cmd: str, timeout: float = 10.0) -> ssl.SSLSocket:
-    """A TLS connection whose backend (mode multi) was told what to do."""
-    c = tls_connect(port, timeout=timeout)
-    c.sendall(cmd.encode() + b"\n")
-    return c
-
-
-def echo(c: socket.socket, payload: bytes) -> None:
-    c.sendall(payload)
-    assert recv_exact(c, len(payload)) == payload
+    return int(proc_status(pid, "VmRSS")[0])
 
 
 def echo_once(port: int, size: int = 1000) -> None:
@@ -89,31 +58,6 @@ def survived(s, workers: list[int]) -> None:
     echo_once(s.port)
     assert "internal error" not in s.output()
     assert "crashed" not in s.output()
-
-
-def client_hello(sni: str = "localhost", ctx: ssl.SSLContext | None = None) -> bytes:
-    """The bytes of a real ClientHello (one TLS record or more), from a memory BIO."""
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = (ctx or client_ctx()).wrap_bio(inc, out, server_hostname=sni)
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return out.read()
-
-
-def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
-    """Wait up to timeout for the peer to close (EOF or RST); discard what it sends."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        r, _, _ = select.select([sock], [], [], left)
-        if r:
-            try:
-                if sock.recv(65536) == b"":
-                    return True
-            except OSError:
-                return True
 
 
 def held_connections(port: int, n: int) -> list[tuple[ssl.SSLSocket, bytes]]:
@@ -301,7 +245,7 @@ def test_random_bytes_instead_of_tls(multi, pem):
     for c, data, shut in conns:
         # OpenSSL needs a whole 5-byte record header before it can refuse one.
         if shut or len(data) >= 5 and not 0x14 <= data[0] <= 0x17 and data[0] < 0x80:
-            assert closed_by_peer(c, 3), data[:16]
+            assert peer_closes_within(c, 3), data[:16]
         c.close()
     still_work(held)
     survived(s, workers)
@@ -325,10 +269,10 @@ def test_truncated_client_hellos(multi, pem):
                 held_open.append((c, cut))
     t0 = time.monotonic()
     for c, cut in shut:
-        assert closed_by_peer(c, 1.5), f"a ClientHello cut at {cut} bytes, then EOF, is held"
+        assert peer_closes_within(c, 1.5), f"a ClientHello cut at {cut} bytes, then EOF, is held"
         c.close()
     for c, cut in held_open:
-        assert closed_by_peer(c, max(0.1, t0 + 4 - time.monotonic())), cut
+        assert peer_closes_within(c, max(0.1, t0 + 4 - time.monotonic())), cut
         c.close()
     wait_for(lambda: s.output().count('reason="handshake timeout"') == len(cuts), 3)
     survived(s, workers)
@@ -358,7 +302,7 @@ def test_mutated_client_hellos_hypothesis(multi, pem):
                 c.shutdown(socket.SHUT_WR)
             except OSError:
                 return  # stud already refused it (RST)
-            assert closed_by_peer(c, 2.5)
+            assert peer_closes_within(c, 2.5)
 
     fuzz()
     survived(s, workers)
@@ -389,7 +333,7 @@ def test_oversized_records(multi, pem):
         c.sendall(b"ECHO\n")
         echo(c, b"before")
         socket.socket.sendall(c, b"\x17\x03\x03" + big + b"\x00" * 200)  # under TLS
-        assert closed_by_peer(c, 2)
+        assert peer_closes_within(c, 2)
         c.close()
     lines = wait_for(lambda: len(x := [ln for ln in s.output().splitlines()
                                       if "connection closed" in ln and "TLS error" in ln]) == 2
@@ -403,11 +347,9 @@ def test_tls10_client_hello_is_refused(multi, pem):
     """openssl s_client -tls1 fails (the default is TLS 1.2+) with a protocol_version alert;
     the daemon is fine."""
     s, workers = multi(pem, "--log-level=debug")
-    out = subprocess.run(["openssl", "s_client", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0",
-                          "-connect", f"127.0.0.1:{s.port}"], stdin=subprocess.DEVNULL,
-                         capture_output=True, text=True, timeout=20)
+    out = s_client(s.port, "-tls1", "-cipher", "DEFAULT@SECLEVEL=0", timeout=20)
     assert out.returncode != 0
-    assert "alert protocol version" in out.stdout + out.stderr
+    assert "alert protocol version" in out.output
     wait_for(lambda: "handshake failed: TLS error: UNSUPPORTED_PROTOCOL" in s.output())
     with pytest.raises(ssl.SSLError):
         tls_connect(s.port, ctx=client_ctx(minimum_version=ssl.TLSVersion.TLSv1,
@@ -455,8 +397,8 @@ def test_client_never_reads_a_large_reply(multi, pem):
 # -- processes under load ----------------------------------------------------------------
 def owners(port: int) -> dict[int, int]:
     """Client port -> PID of the stud worker holding that connection (from ss -tnp)."""
-    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, text=True, timeout=10).stdout
+    out = run_tool(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+                   capture_output=True, text=True, timeout=10).stdout
     found = {}
     for line in out.splitlines():
         fields = line.split()
@@ -471,8 +413,6 @@ def test_worker_sigkill_under_load(stud, backend, pem):
     """-n 2 under load: one worker is SIGKILLed. Its connections die with it; those held
     on the surviving worker (found with ss) keep working; the replacement serves; the
     load sees at most one failure per thread (its in-flight request)."""
-    from test_reload import Load
-
     s = stud(pem, backend_port=backend("echo"), workers=2)
     workers = wait_for(lambda: len(s.workers()) == 2 and s.workers())
     held: list[tuple[ssl.SSLSocket, bytes]] = []

@@ -1,10 +1,12 @@
-"""Processes and signals: workers, respawn, drain, privilege drop, daemon mode."""
+"""Processes and signals: workers, respawn and its back-off, drain, privileges (root
+warning, dropping them, keys only root can read), daemon mode."""
 
 from __future__ import annotations
 
 import grp
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -14,16 +16,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import STUD, free_port, read_all, tls_connect, wait_for, worker_pids
-
-root_only = pytest.mark.skipif(os.getuid() != 0, reason="needs root")
-
-
-def uid_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    raise AssertionError("no Uid line")
+from helpers import (
+    STUD,
+    echo_once_plain,
+    echo_works,
+    free_port,
+    read_all,
+    root_only,
+    tls_connect,
+    uid_of,
+    wait_for,
+    worker_pids,
+)
 
 
 def port_free(port: int) -> bool:
@@ -33,12 +37,6 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def echo_ok(port: int) -> bool:
-    with tls_connect(port) as c:
-        c.sendall(b"ping")
-        return c.recv(10) == b"ping"
 
 
 def test_workers_killed_are_replaced(stud, backend, pem):
@@ -51,7 +49,37 @@ def test_workers_killed_are_replaced(stud, backend, pem):
     wait_for(lambda: s.output().count("online") >= 3)
     assert "was terminated by signal 9. Replacing" in s.output()
     for _ in range(4):
-        assert echo_ok(s.port)
+        assert echo_works(s.port)
+
+
+def test_crash_looping_worker_backs_off_exponentially(stud, backend, pem):
+    """A worker that keeps dying young is replaced ever later ("Replacing in X s", X
+    growing) and each exit is logged with its status; one that lived 5 s starts over."""
+    s = stud(pem, backend_port=backend("echo"))
+    pid = wait_for(s.workers)[0]
+    waits = []
+    for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL, signal.SIGKILL):
+        t0 = time.monotonic()
+        os.kill(pid, sig)
+        new = wait_for(lambda old=pid: s.workers() and s.workers()[0] != old and s.workers(),
+                       10)[0]
+        wait_for(lambda new=new: f"Process {new} online" in s.output())
+        waits.append(time.monotonic() - t0)
+        pid = new
+    lines = [x.split("} ", 1)[1] for x in s.output().splitlines() if "Replacing" in x]
+    print("\n".join(lines), f"\nreplaced after {', '.join(f'{w:.2f}' for w in waits)} s")
+    assert "exited with status 0. Replacing..." in lines[0]
+    assert all("was terminated by signal 9. Replacing in" in x for x in lines[1:])
+    delays = [float(re.search(r"Replacing in ([\d.]+) s", x).group(1)) for x in lines[1:]]
+    assert len(delays) == 3 and delays[0] < delays[1] < delays[2], delays
+    assert all(w >= d * 0.9 for w, d in zip(waits[1:], delays, strict=True)), (waits, delays)
+    time.sleep(5.2)  # a worker that lived STABLE_AFTER seconds is healthy again
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: s.output().count("Replacing") == 5)
+    last = [x for x in s.output().splitlines() if "Replacing" in x][-1]
+    assert last.endswith("Replacing..."), last
+    wait_for(lambda: s.workers() and s.workers()[0] != pid)
+    echo_once_plain(s.port)
 
 
 def test_sigterm_idle_exits_at_once_and_frees_the_port(stud, backend, pem):
@@ -113,7 +141,37 @@ def test_privilege_drop_with_root_only_key(stud, backend, pki, tmp_path):
     assert groups == [str(grp.getgrnam("nogroup").gr_gid)]  # root's groups are gone
     assert f"\t{grp.getgrnam('nogroup').gr_gid}\t" in [ln for ln in status.splitlines()
                                                       if ln.startswith("Gid:")][0] + "\t"
-    assert echo_ok(s.port)
+    assert echo_works(s.port)
+
+
+@root_only
+def test_root_warning_only_without_user(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"))
+    line = [x for x in s.output().splitlines() if "WARNING" in x]
+    assert line and "workers will run as root; use --user to drop privileges." in line[0]
+    assert all(uid_of(w) == 0 for w in s.workers())
+
+
+@root_only
+def test_root_only_key_is_read_before_dropping_privileges_and_on_reload(stud, backend, pki):
+    """--user=nobody with a 0600 root key: the master reads it, workers run as nobody and
+    cannot read it, and a reload (read again by the master) works too; no root warning."""
+    key = pki.make(["localhost"], name="rootonly2")
+    os.chmod(key, 0o600)
+    os.chown(key, 0, 0)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    s = stud("--user=nobody", key, backend_port=backend("echo"), workers=2)
+    assert "WARNING" not in s.output()
+    first = wait_for(lambda: len(s.workers()) == 2 and s.workers())
+    assert all(uid_of(w) == nobody for w in first)
+    echo_once_plain(s.port)
+    os.kill(s.pid, signal.SIGHUP)
+    wait_for(lambda: "serving; generation 1 draining" in s.output())
+    second = wait_for(lambda: len(s.workers()) == 2 and not set(first) & set(s.workers())
+                      and s.workers())
+    assert all(uid_of(w) == nobody for w in second)
+    echo_once_plain(s.port)
+    assert "reload failed" not in s.output()
 
 
 @root_only
@@ -133,7 +191,7 @@ def test_daemon_with_chroot_and_pidfile(backend, pem, tmp_path):
     try:
         worker = wait_for(lambda: worker_pids(pid), 10)[0]
         wait_for(lambda: os.readlink(f"/proc/{worker}/root") == str(jail))
-        assert wait_for(lambda: echo_ok(port))
+        assert wait_for(lambda: echo_works(port))
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10)

@@ -1,4 +1,5 @@
-"""SIGHUP reload: new generation, nothing dropped, broken reloads change nothing."""
+"""Reloads: SIGHUP starts a new generation, nothing dropped, broken reloads change nothing;
+--reload-on-cert-change does it when a PEM changes."""
 
 from __future__ import annotations
 
@@ -6,52 +7,19 @@ import os
 import signal
 import socket
 import ssl
-import threading
 import time
 from pathlib import Path
 
-from conftest import client_ctx, free_port, read_all, tls_connect, wait_for
-
-
-class Load:
-    """Threads doing connect, TLS handshake, echo round trip, close; counting failures."""
-
-    def __init__(self, port: int, threads: int = 8) -> None:
-        self.port = port
-        self.ok = 0
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(15)
-
-    def _run(self) -> None:
-        msg = b"x" * 100
-        while not self.stop.is_set():
-            try:
-                with tls_connect(self.port, timeout=10) as c:
-                    c.sendall(msg)
-                    got = b""
-                    while len(got) < len(msg):
-                        chunk = c.recv(4096)
-                        if not chunk:
-                            raise ConnectionError(f"EOF after {len(got)} bytes")
-                        got += chunk
-                    assert got == msg
-                with self.lock:
-                    self.ok += 1
-            except (OSError, AssertionError, ConnectionError) as e:
-                with self.lock:
-                    self.errors.append(repr(e))
+from helpers import (
+    Load,
+    client_ctx,
+    echo,
+    free_port,
+    peer_cn,
+    read_all,
+    tls_connect,
+    wait_for,
+)
 
 
 def generations(s) -> int:
@@ -144,3 +112,39 @@ def test_sessions_resume_across_reload(stud, backend, pem):
     raw = socket.create_connection(("127.0.0.1", s.port), timeout=10)
     with ctx.wrap_socket(raw, session=session) as c:
         assert c.session_reused
+
+
+def cn_of(port: int) -> str:
+    with tls_connect(port, timeout=5) as c:
+        return peer_cn(c)
+
+
+def test_reload_on_cert_change(stud, backend, pki):
+    """--reload-on-cert-change: rewriting the PEM in place (a new certificate) makes stud
+    reload by itself within ~2-3 s, and so does replacing it by rename; a new connection
+    sees the new certificate, a held one keeps working; without the option nothing changes."""
+    pem = Path(pki.make(["old.test"], name="watched"))
+    bport = backend("echo")
+    s = stud(str(pem), "--reload-on-cert-change", backend_port=bport)
+    plain = stud(str(pem), backend_port=bport)
+    assert cn_of(s.port) == "old.test" == cn_of(plain.port)
+    held = tls_connect(s.port)
+    echo(held, b"before")
+    pem.write_bytes(Path(pki.make(["new.test"], name="new")).read_bytes())
+    t0 = time.monotonic()
+    wait_for(lambda: cn_of(s.port) == "new.test", 6, 0.1)
+    took = time.monotonic() - t0
+    echo(held, b"after")  # a connection held across the reload keeps working
+    held.close()  # (and lets the old generation go: reloads wait for it)
+    tmp = pem.with_suffix(".tmp")
+    tmp.write_bytes(Path(pki.make(["third.test"], name="third")).read_bytes())
+    os.replace(tmp, pem)  # as certbot & co. do
+    t1 = time.monotonic()
+    wait_for(lambda: cn_of(s.port) == "third.test", 6, 0.1)
+    took2 = time.monotonic() - t1
+    print(f"new certificate served {took:.2f} s after the rewrite, {took2:.2f} s after the "
+          "rename")
+    assert took < 3.5 and took2 < 3.5
+    assert s.output().count("a pem-file changed: reloading.") >= 2
+    assert cn_of(plain.port) == "old.test"
+    assert "reloading" not in plain.output()

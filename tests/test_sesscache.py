@@ -18,14 +18,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HERE, STUD, Proc, client_ctx, free_port, tls_connect, wait_for
-from test_ops import scrape
-from test_sslext import T, tls_pair
+from helpers import (
+    HERE,
+    STUD,
+    Proc,
+    client_ctx,
+    free_port,
+    in_netns,
+    ready_port,
+    run_tool,
+    s_client,
+    scrape,
+    server_ctx,
+    tls_connect,
+    tls_pair,
+    tool_env,
+    wait_for,
+)
 
 from stud import sesscache, sslext
 
 pytestmark = pytest.mark.skipif(not sesscache.available(), reason="stud._sesscache not built")
 
+T = 10.0  # upper bound for any single wait
 KEY = hashlib.sha1(b"test key").digest()
 
 
@@ -36,12 +51,6 @@ def cache():
     _sesscache.create(4)
     yield _sesscache
     _sesscache.replicate(-1, b"", [])
-
-
-def server_ctx(pem: str) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pem)
-    return ctx
 
 
 def attached(pem: str) -> ssl.SSLContext:
@@ -210,17 +219,12 @@ def test_session_ids_resume_on_every_worker(stud, backend, pem, mode):
         assert "stud_session_cache_sessions" not in m
 
 
-def udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-        u.bind(("127.0.0.1", 0))
-        return u.getsockname()[1]
-
-
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 def test_sessions_resume_on_a_peer_stud(stud, backend, pem, version):
     """Two studs with -U/-P pointing at each other (tickets off, as stud: the peer has other
     ticket keys): a session made on A resumes on B, in TLS 1.2 and in TLS 1.3."""
-    ua, ub, port = udp_port(), udp_port(), backend("echo")
+    ua, ub = free_port(kind=socket.SOCK_DGRAM), free_port(kind=socket.SOCK_DGRAM)
+    port = backend("echo")
     a = stud("-C", "100", "-U", f"127.0.0.1,{ua}", "-P", f"127.0.0.1,{ub}", pem,
              backend_port=port)
     b = stud("-C", "100", "-U", f"127.0.0.1,{ub}", "-P", f"127.0.0.1,{ua}", pem,
@@ -251,7 +255,7 @@ def two_hosts() -> Iterator[list[tuple[str, str, str]]]:
     hosts = [(f"{tag}a", f"{tag}va", "10.213.7.1"), (f"{tag}b", f"{tag}vb", "10.213.7.2")]
 
     def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=T)
+        run_tool(["ip", *args], check=True, capture_output=True, timeout=T)
 
     try:
         for ns, _, _ in hosts:
@@ -264,19 +268,17 @@ def two_hosts() -> Iterator[list[tuple[str, str, str]]]:
             ip("-n", ns, "link", "set", "lo", "up")
     except (OSError, subprocess.SubprocessError) as e:
         for ns, _, _ in hosts:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=T)
+            run_tool(["ip", "netns", "del", ns], capture_output=True, timeout=T)
         pytest.skip(f"cannot make network namespaces: {e}")
     yield hosts
     for ns, _, _ in hosts:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=T)
+        run_tool(["ip", "netns", "del", ns], capture_output=True, timeout=T)
 
 
-def s_client(ns: str, address: str, port: int, session: Path, first: bool) -> str:
+def new_or_reused(ns: str, address: str, port: int, session: Path, first: bool) -> str:
     """openssl s_client in netns ns: TLS 1.2 without tickets, the session saved or offered."""
-    args = ["ip", "netns", "exec", ns, "openssl", "s_client", "-connect", f"{address}:{port}",
-            "-tls1_2", "-no_ticket", "-sess_out" if first else "-sess_in", str(session)]
-    out = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                         timeout=T).stdout
+    out = s_client(port, "-tls1_2", "-no_ticket", "-sess_out" if first else "-sess_in",
+                   str(session), host=address, netns=ns, timeout=T).stdout
     return "Reused" if "\nReused," in out else "New" if "\nNew," in out else out
 
 
@@ -285,20 +287,23 @@ def test_sessions_replicate_over_multicast_between_hosts(two_hosts, procs, pem, 
     host resumes on the other (a host does not hear its own updates: loop is off, as stud)."""
     group, port = "239.213.7.7", 7707
     for ns, dev, address in two_hosts:
-        back = Proc(["ip", "netns", "exec", ns, STUD[0], str(HERE / "backend.py"), "echo", "0",
-                     str(tmp_path / f"rec-{ns}")], tmp_path / f"backend-{ns}.out")
+        back = Proc(in_netns(ns, [STUD[0], str(HERE / "backend.py"), "echo", "0",
+                                  str(tmp_path / f"rec-{ns}")], keep_preload=True),
+                    tmp_path / f"backend-{ns}.out", env=tool_env())
         procs.append(back)
-        bport = int(str(wait_for(lambda b=back: b.output().strip(), T)).split()[1])
-        s = Proc(["ip", "netns", "exec", ns, *STUD, "-n", "1", "-f", f"{address},8443",
-                  "-b", f"127.0.0.1,{bport}", "-C", "100", "-U", f"{group},{port}",
-                  "-M", f"{dev},1", "-P", f"{group},{port}", pem], tmp_path / f"stud-{ns}.out")
+        bport = ready_port(back, T)
+        s = Proc(in_netns(ns, [*STUD, "-n", "1", "-f", f"{address},8443",
+                               "-b", f"127.0.0.1,{bport}", "-C", "100", "-U", f"{group},{port}",
+                               "-M", f"{dev},1", "-P", f"{group},{port}", pem], keep_preload=True),
+                 tmp_path / f"stud-{ns}.out", env=tool_env())
         procs.append(s)
         wait_for(lambda s=s: "online" in s.output() or s.proc.poll() is not None, T)
         assert s.proc.poll() is None, s.output()
     (na, _, a), (nb, _, b) = two_hosts
     session = tmp_path / "session.pem"
-    assert s_client(na, a, 8443, session, first=True) == "New"
-    assert wait_for(lambda: s_client(nb, b, 8443, session, first=False) == "Reused", T, 0.2)
+    assert new_or_reused(na, a, 8443, session, first=True) == "New"
+    assert wait_for(lambda: new_or_reused(nb, b, 8443, session, first=False) == "Reused",
+                    T, 0.2)
 
 
 def test_a_process_dying_with_the_lock_held_does_not_block_the_others(cache, pem):

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from helpers import ToolRun, s_client, server_ctx, tls_pair
 
 from stud import sslext
 
@@ -55,12 +56,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return d / "cert.pem", d / "key.pem"
 
 
-def server_ctx(certs: tuple[Path, Path]) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(*certs)
-    return ctx
-
-
 def client_ctx(certs: tuple[Path, Path], version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(certs[0])
@@ -69,41 +64,8 @@ def client_ctx(certs: tuple[Path, Path], version: ssl.TLSVersion | None = None) 
     return ctx
 
 
-def tls_pair(sctx: ssl.SSLContext, cctx: ssl.SSLContext,
-             **client_kw: object) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
-    """Connected (server, client) SSLSockets over TCP 127.0.0.1; server handshakes in a thread."""
-    with socket.create_server(("127.0.0.1", 0)) as ls:
-        ls.settimeout(T)
-        raw_c = socket.create_connection(ls.getsockname(), timeout=T)
-        raw_s, _ = ls.accept()
-    raw_s.settimeout(T)
-    box: dict[str, object] = {}
-
-    def handshake() -> None:
-        try:
-            box["s"] = sctx.wrap_socket(raw_s, server_side=True)
-        except Exception as e:  # reported by the main thread
-            box["e"] = e
-            raw_s.close()
-
-    t = threading.Thread(target=handshake, daemon=True)
-    t.start()
-    try:
-        c = cctx.wrap_socket(raw_c, server_hostname="localhost", **client_kw)
-    except BaseException:
-        raw_c.close()
-        raise
-    finally:
-        t.join(T)
-    assert not t.is_alive()
-    if "e" in box:
-        c.close()
-        raise box["e"]  # type: ignore[misc]
-    return box["s"], c  # type: ignore[return-value]
-
-
-def s_client(sctx: ssl.SSLContext, certs: tuple[Path, Path],
-             *args: str) -> tuple[subprocess.CompletedProcess[str], object]:
+def against_s_client(sctx: ssl.SSLContext, certs: tuple[Path, Path],
+                     *args: str) -> tuple[ToolRun, object]:
     """Run `openssl s_client` against a one-connection server thread.
     Returns (process, server outcome: (version, cipher) or the server-side exception)."""
     if shutil.which("openssl") is None:
@@ -126,10 +88,8 @@ def s_client(sctx: ssl.SSLContext, certs: tuple[Path, Path],
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        proc = subprocess.run(
-            ["openssl", "s_client", "-connect", f"127.0.0.1:{ls.getsockname()[1]}",
-             "-servername", "localhost", "-CAfile", str(certs[0]), "-brief", *args],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=T)
+        proc = s_client(ls.getsockname()[1], "-servername", "localhost", "-CAfile",
+                        str(certs[0]), "-brief", *args, timeout=T)
     finally:
         t.join(T)
         ls.close()
@@ -148,23 +108,23 @@ def test_import_checks() -> None:
 
 # (1) groups
 def test_set_groups(certs: tuple[Path, Path]) -> None:
-    sctx = server_ctx(certs)
+    sctx = server_ctx(*certs)
     sslext.set_groups(sctx, "P-256")
-    proc, res = s_client(sctx, certs, "-groups", "X25519")
+    proc, res = against_s_client(sctx, certs, "-groups", "X25519")
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "handshake failure" in proc.stderr
     assert isinstance(res, ssl.SSLError), res
-    proc, res = s_client(sctx, certs, "-groups", "P-256")
+    proc, res = against_s_client(sctx, certs, "-groups", "P-256")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Server Temp Key: ECDH, prime256v1" in proc.stdout + proc.stderr
     assert res == ("TLSv1.3", "TLS_AES_256_GCM_SHA384")
     # Without the restriction X25519 works, so the failure above is set_groups' doing.
-    proc, _ = s_client(server_ctx(certs), certs, "-groups", "X25519")
+    proc, _ = against_s_client(server_ctx(*certs), certs, "-groups", "X25519")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_set_groups_invalid(certs: tuple[Path, Path]) -> None:
-    ctx = server_ctx(certs)
+    ctx = server_ctx(*certs)
     for bad in ("foo", "X25519:foo", ""):
         with pytest.raises(ValueError, match="invalid groups list"):
             sslext.set_groups(ctx, bad)
@@ -180,18 +140,18 @@ def test_set_groups_invalid(certs: tuple[Path, Path]) -> None:
 
 # (2) TLS 1.3 ciphersuites
 def test_set_ciphersuites(certs: tuple[Path, Path]) -> None:
-    sctx = server_ctx(certs)
+    sctx = server_ctx(*certs)
     sslext.set_ciphersuites(sctx, "TLS_CHACHA20_POLY1305_SHA256")
     s, c = tls_pair(sctx, client_ctx(certs, ssl.TLSVersion.TLSv1_3))
     with s, c:
         assert c.version() == "TLSv1.3"
         assert c.cipher()[0] == s.cipher()[0] == "TLS_CHACHA20_POLY1305_SHA256"
-    proc, res = s_client(sctx, certs, "-ciphersuites", "TLS_AES_128_GCM_SHA256")
+    proc, res = against_s_client(sctx, certs, "-ciphersuites", "TLS_AES_128_GCM_SHA256")
     assert proc.returncode != 0 and isinstance(res, ssl.SSLError)
 
 
 def test_set_ciphersuites_invalid(certs: tuple[Path, Path]) -> None:
-    ctx = server_ctx(certs)
+    ctx = server_ctx(*certs)
     sslext.set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256")
     before = [c["name"] for c in ctx.get_ciphers()]
     # OpenSSL itself would accept the second one, silently dropping "bogus".
@@ -209,7 +169,7 @@ def test_set_ciphersuites_invalid(certs: tuple[Path, Path]) -> None:
 # (3) half-close
 @pytest.mark.parametrize("version", VERSIONS)
 def test_send_close_notify_half_close(certs: tuple[Path, Path], version: ssl.TLSVersion) -> None:
-    s, c = tls_pair(server_ctx(certs), client_ctx(certs, version))
+    s, c = tls_pair(server_ctx(*certs), client_ctx(certs, version))
     with s, c:
         s.sendall(b"hello")
         s.setblocking(False)  # the documented use: non-blocking, after the handshake
@@ -230,7 +190,7 @@ def test_send_close_notify_half_close(certs: tuple[Path, Path], version: ssl.TLS
 
 
 def test_send_close_notify_before_handshake(certs: tuple[Path, Path]) -> None:
-    obj = server_ctx(certs).wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    obj = server_ctx(*certs).wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
     with pytest.raises(ssl.SSLError, match="shutdown while in init") as info:
         sslext.send_close_notify(obj)
     assert (info.value.library, info.value.reason) == ("SSL", "SHUTDOWN_WHILE_IN_INIT")
@@ -262,7 +222,7 @@ def test_send_close_notify_want_write(certs: tuple[Path, Path]) -> None:
     t = threading.Thread(target=client, daemon=True)
     t.start()
     try:
-        with server_ctx(certs).wrap_socket(a, server_side=True) as s:
+        with server_ctx(*certs).wrap_socket(a, server_side=True) as s:
             s.setblocking(False)
             # AF_UNIX: SIOCOUTQ is sk_wmem_alloc, and small writes are all-or-nothing, so we
             # stop right after a *complete* record fills the buffer (no partial SSL_write).
@@ -295,7 +255,7 @@ def test_send_close_notify_want_write(certs: tuple[Path, Path]) -> None:
 def test_send_close_notify_sslobject(certs: tuple[Path, Path]) -> None:
     """Same half-close over memory BIOs (what asyncio-style transports use)."""
     s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
-    srv = server_ctx(certs).wrap_bio(s_in, s_out, server_side=True)
+    srv = server_ctx(*certs).wrap_bio(s_in, s_out, server_side=True)
     cli = client_ctx(certs).wrap_bio(c_in, c_out, server_hostname="localhost")
 
     def pump() -> None:
@@ -347,7 +307,7 @@ def _resumed(cctx: ssl.SSLContext, a: ssl.SSLContext, b: ssl.SSLContext) -> bool
 @pytest.mark.parametrize("version", VERSIONS)
 def test_ticket_keys_shared(certs: tuple[Path, Path], version: ssl.TLSVersion) -> None:
     keys = os.urandom(80)
-    a, b, other = server_ctx(certs), server_ctx(certs), server_ctx(certs)
+    a, b, other = server_ctx(*certs), server_ctx(*certs), server_ctx(*certs)
     sslext.set_ticket_keys(a, keys)
     assert sslext.get_ticket_keys(a) == keys
     assert sslext.get_ticket_keys(b) != keys  # fresh contexts get random keys
@@ -358,7 +318,7 @@ def test_ticket_keys_shared(certs: tuple[Path, Path], version: ssl.TLSVersion) -
 
 
 def test_ticket_keys_length(certs: tuple[Path, Path]) -> None:
-    ctx = server_ctx(certs)
+    ctx = server_ctx(*certs)
     for bad in (b"", os.urandom(48), os.urandom(81)):
         with pytest.raises(ValueError, match="exactly 80 bytes"):
             sslext.set_ticket_keys(ctx, bad)
@@ -389,7 +349,7 @@ def test_wrong_types(certs: tuple[Path, Path]) -> None:
                     fn(wrong, arg)  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             sslext.get_ticket_keys(plain)  # type: ignore[arg-type]
-        for wrong in (object(), plain, server_ctx(certs)):
+        for wrong in (object(), plain, server_ctx(*certs)):
             with pytest.raises(TypeError):
                 sslext.send_close_notify(wrong)  # type: ignore[arg-type]
     # Right type but no TLS connection yet: a clear error, not a crash.

@@ -10,13 +10,16 @@ import subprocess
 import time
 
 import pytest
-from conftest import client_ctx, peer_cn, tls_connect, wait_for
-
-
-def s_client(port: int, *args: str, stdin: bytes = b"", timeout: float = 15) -> str:
-    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args],
-                         input=stdin, capture_output=True, timeout=timeout)
-    return (out.stdout + out.stderr).decode(errors="replace")
+from helpers import (
+    client_ctx,
+    peer_cn,
+    popen_tool,
+    run_tool,
+    s_client,
+    s_client_args,
+    tls_connect,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -101,16 +104,16 @@ def test_rsa_key_tls12_with_dh_params_and_ecdhe(stud, backend, pki):
     pem = pki.make(["localhost"], key="rsa", dh=True)
     s = stud(pem, "-c", "DHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384",
              backend_port=backend("echo"))
-    out = s_client(s.port, "-tls1_2", "-cipher", "DHE-RSA-AES128-GCM-SHA256")
+    out = s_client(s.port, "-tls1_2", "-cipher", "DHE-RSA-AES128-GCM-SHA256").output
     assert "Cipher is DHE-RSA-AES128-GCM-SHA256" in out
-    out = s_client(s.port, "-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384")
+    out = s_client(s.port, "-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384").output
     assert "Cipher is ECDHE-RSA-AES256-GCM-SHA384" in out
 
 
 def test_default_protocols_are_tls12_and_tls13(stud, backend, pem):
     s = stud(pem, backend_port=backend("echo"))
-    assert "Protocol  : TLSv1.2" in s_client(s.port, "-tls1_2")
-    assert "New, TLSv1.3" in s_client(s.port, "-tls1_3")
+    assert "Protocol  : TLSv1.2" in s_client(s.port, "-tls1_2").output
+    assert "New, TLSv1.3" in s_client(s.port, "-tls1_3").output
     ctx = client_ctx(minimum_version=ssl.TLSVersion.TLSv1_1,
                      maximum_version=ssl.TLSVersion.TLSv1_1)
     ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
@@ -130,34 +133,33 @@ def test_ciphersuites_and_ec_curve(stud, backend, pem):
     s = stud(pem, "--ciphersuites=TLS_CHACHA20_POLY1305_SHA256", backend_port=backend("echo"))
     with tls_connect(s.port) as c:
         assert c.cipher()[0] == "TLS_CHACHA20_POLY1305_SHA256"
-    out = s_client(s.port, "-groups", "P-384")  # default groups: X25519 and P-256 only
+    out = s_client(s.port, "-groups", "P-384").output  # default groups: X25519 and P-256 only
     assert "Cipher is (NONE)" in out or "handshake failure" in out
-    assert "X25519" in s_client(s.port, "-groups", "X25519:P-256")
+    assert "X25519" in s_client(s.port, "-groups", "X25519:P-256").output
 
 
 def test_ec_curve_config_key(stud, backend, pem, tmp_path):
     conf = tmp_path / "stud.conf"
     conf.write_text('ec-curve = "secp384r1"\n')
     s = stud(f"--config={conf}", pem, backend_port=backend("echo"))
-    assert "Server Temp Key: ECDH, secp384r1" in s_client(s.port, "-groups", "P-384:X25519")
+    assert "Server Temp Key: ECDH, secp384r1" in s_client(s.port, "-groups", "P-384:X25519").output
 
 
 def test_prefer_server_ciphers(stud, backend, pem):
     order = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256"
     client_order = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"
     s = stud(pem, "-O", "-c", order, backend_port=backend("echo"))
-    out = s_client(s.port, "-tls1_2", "-cipher", client_order)
+    out = s_client(s.port, "-tls1_2", "-cipher", client_order).output
     assert "Cipher is ECDHE-ECDSA-AES256-GCM-SHA384" in out
     s2 = stud(pem, "-c", order, backend_port=backend("echo"))
-    out = s_client(s2.port, "-tls1_2", "-cipher", client_order)
+    out = s_client(s2.port, "-tls1_2", "-cipher", client_order).output
     assert "Cipher is ECDHE-ECDSA-AES128-GCM-SHA256" in out
 
 
 def test_client_initiated_renegotiation_is_refused(stud, backend, pem):
     s = stud(pem, backend_port=backend("echo"))
-    proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{s.port}",
-                             "-tls1_2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = popen_tool(s_client_args(s.port, "-tls1_2"), stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         time.sleep(1)
         proc.stdin.write(b"R\n")
@@ -200,8 +202,8 @@ def test_session_resumption_across_workers_tls13_and_tls12(stud, backend, pem):
 def test_keepalive_idle_is_applied(stud, backend, pem):
     s = stud(pem, "-k", "77", backend_port=backend("echo"))
     def keepalive_timer() -> str:
-        return subprocess.run(["ss", "-tno", "state", "established", f"( sport = :{s.port} )"],
-                              capture_output=True, text=True, timeout=10).stdout
+        return run_tool(["ss", "-tno", "state", "established", f"( sport = :{s.port} )"],
+                        capture_output=True, text=True, timeout=10).stdout
 
     with tls_connect(s.port) as c:
         c.sendall(b"x")
