@@ -16,6 +16,7 @@ Modes:
              BIG N       send N bytes of the pattern, then close
              SLOW        wait 1.5 s, answer b"slow done\n" and close
              DRIP        send b"." every 0.3 s, 12 times, then close (never reads)
+             STALL S     never read; after S seconds close with SO_LINGER 0 (an RST)
   aecho    echo on one asyncio (uvloop) event loop, listen backlog 4096: thousands of
            concurrent connections without a thread each
 It prints "ready PORT" on stdout once listening (PORT 0 picks one). Each connection counts in
@@ -118,6 +119,9 @@ def multi(conn: socket.socket, path: str | None, n: int) -> None:
     elif cmd == "SLOW":
         time.sleep(1.5)
         conn.sendall(b"slow done\n")
+    elif cmd == "STALL":
+        time.sleep(float(arg))
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     elif cmd == "DRIP":
         for _ in range(12):
             conn.sendall(b".")
