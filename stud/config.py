@@ -498,6 +498,8 @@ def parse_file(cfg: Config, path: str) -> None:
         raise ConfigError(f"Unable to open configuration file '{path}': {e.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"configuration file '{path}' is not UTF-8 text") from None
+    except ValueError as e:  # a NUL in the path
+        raise ConfigError(f"Unable to open configuration file {path!r}: {e}") from None
     for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):

@@ -315,6 +315,15 @@ def read_to_end(sock: socket.socket, limit: int = 256 << 20) -> tuple[bytes, str
     raise AssertionError("no end")
 
 
+def close_notify(sock: ssl.SSLSocket) -> None:
+    """A TLS half-close from a test client: its close_notify without waiting for the peer's,
+    as stud sends one (stud.sslext.shutdown_once). The reply can still be read, up to the
+    peer's close_notify (SSLZeroReturnError, which read_all() takes as the end)."""
+    from stud import sslext
+
+    sslext.shutdown_once(sslext.ssl_pointer(sock._sslobj))
+
+
 def peer_closes_within(sock: socket.socket, timeout: float) -> bool:
     """Wait up to timeout for the peer to close (EOF or RST); discard what it sends."""
     deadline = time.monotonic() + timeout

@@ -242,6 +242,8 @@ def test_client_mode_needs_no_pem():
     (["--ssl-handshake-timeout=0"], "ssl-handshake-timeout"),
     (["--backend-connect-timeout=soon"], "backend-connect-timeout: 'soon' is not a number"),
     (["--drain-timeout=-1"], "drain-timeout"),
+    (["--config", "stud\x00.conf"], "Unable to open configuration file 'stud\\x00.conf': "
+     "embedded null byte"),
     (["-b", "127.0.0.1,0"], "backend: invalid port '0'"),
     (["-b", "*,80"], "backend: invalid address '*,80': wildcards are not allowed"),
     (["-f", "127.0.0.1,65536"], "frontend: invalid port '65536'"),

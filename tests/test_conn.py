@@ -1,4 +1,4 @@
-"""stud._flow.Conn in this process, on real sockets and real TLS: what it reports to the worker,
+"""stud._flow.Conn in this process, on real sockets and real TLS: what it reports to its policy,
 and that it leaves no references behind (a C object's refcount errors only show up here, or
 as a crash thousands of connections later)."""
 
@@ -19,14 +19,14 @@ from helpers import client_ctx
 
 from stud import proxyproto, relay
 from stud.metrics import CONNECT_BUCKETS, HS_BUCKETS
-from stud.worker import Worker
+from stud.policy import ConnPolicy
 
 if relay.Conn is None:
     pytest.skip("stud._flow is not built", allow_module_level=True)
 
 
 class Hooks:
-    """The worker's side of a Conn, recording what it is told."""
+    """A Conn's policy (relay.Hooks), recording what it is told."""
 
     def __init__(self, header: bytes = b"") -> None:
         self.header = header
@@ -38,7 +38,7 @@ class Hooks:
         self.events.append(("client_header", conn.tls_info))
         return self.header if self.header is not None else conn.pbuf
 
-    proxy_header = Worker.proxy_header
+    proxy_header = ConnPolicy.proxy_header
 
     def handshake_failed(self, conn, state) -> None:
         err = relay.handshake_error(conn.tls, state)
@@ -240,7 +240,7 @@ def test_connections_relay_and_leave_no_references_behind(pem):
                                               "ECDHE-ECDSA-AES256-GCM-SHA384"}
     handshakes, resumed, versions, ciphers, (buckets, seconds), (cbuckets, cseconds), \
         counts = run.taken
-    assert counts == (0, 0, 0)  # Conns started by hand, closed by the worker's closed()
+    assert counts == (0, 0, 0)  # Conns started by hand, closed by the policy's closed()
     assert (handshakes, resumed, versions) == (count, 0, {"TLSv1.3": count // 2,
                                                           "TLSv1.2": count // 2})
     assert sum(ciphers.values()) == sum(buckets) == sum(cbuckets) == count
@@ -412,7 +412,7 @@ def test_header_goes_first_and_is_not_counted(pem):
 
 
 def test_a_raising_hook_closes_its_conn_only_and_is_reported(pem):
-    """A bug in a worker hook (here client_header, on the first connection) goes to the
+    """A bug in a policy hook (here client_header, on the first connection) goes to the
     Poller's on_error; that connection closes as an internal error, the next ones relay."""
     backend, _ = echo_backend()
 

@@ -23,7 +23,6 @@ from helpers import (
     peer_closes_within,
     read_to_end,
     recv_exact,
-    tls_connect,
     wait_for,
 )
 

@@ -14,9 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import client_ctx, client_hello, free_port, read_all, tls_connect, wait_for
-
-from stud import sslext
+from helpers import (
+    client_ctx,
+    client_hello,
+    close_notify,
+    free_port,
+    read_all,
+    tls_connect,
+    wait_for,
+)
 
 PATTERN = bytes(range(256)) * 4096  # what backend.py's "reply" mode sends: 1 MiB
 
@@ -104,7 +110,7 @@ def test_half_close_reply_is_delivered(stud, backend, pem, how):
         if how == "fin":
             socket.socket.shutdown(c, socket.SHUT_WR)  # TCP FIN without close_notify
         else:
-            assert sslext.send_close_notify(c)
+            close_notify(c)
         got = read_all(c)
     assert got == PATTERN
 
@@ -180,7 +186,7 @@ def test_backend_connect_timeout(stud, pem):
 def _send_and_record(s, tmp_path, host="127.0.0.1", sni=None) -> bytes:
     with tls_connect(s.port, host=host, sni=sni) as c:
         c.sendall(b"hello")
-        assert sslext.send_close_notify(c)
+        close_notify(c)
         assert read_all(c) == b"OK\n"
     return records(tmp_path)
 
@@ -241,7 +247,7 @@ def test_write_proxy_v2_ipv4_with_tlvs(stud, backend, pem, tmp_path):
         assert c.selected_alpn_protocol() == "h2"  # server order wins
         cipher = c.cipher()[0]
         c.sendall(b"hello")
-        sslext.send_close_notify(c)
+        close_notify(c)
         assert read_all(c) == b"OK\n"
     fam, alen, addrs, tlvs = _parse_v2(records(tmp_path))
     assert fam == 0x11
@@ -286,7 +292,7 @@ def test_proxy_proxy_passes_header_byte_for_byte(stud, backend, pem, tmp_path, p
     s = stud(pem, "--proxy-proxy", backend_port=backend("record"))
     with _proxy_client(s.port, parts) as c:
         c.sendall(b"hello")
-        sslext.send_close_notify(c)
+        close_notify(c)
         assert read_all(c) == b"OK\n"
     assert records(tmp_path) == b"".join(parts) + b"hello"
 
@@ -307,7 +313,7 @@ def test_proxy_proxy_rejects_bad_headers(stud, backend, pem, tmp_path, garbage):
     assert backend_connections(tmp_path) == 0
     with _proxy_client(s.port, [b"PROXY UNKNOWN\r\n"]) as c:  # still serving
         c.sendall(b"x")
-        sslext.send_close_notify(c)
+        close_notify(c)
         assert read_all(c) == b"OK\n"
 
 

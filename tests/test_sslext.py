@@ -98,12 +98,12 @@ def against_s_client(sctx: ssl.SSLContext, certs: tuple[Path, Path],
 
 
 def queue_is_clean() -> bool:
-    return sslext._ERR_get_error() == 0
+    return sslext._F["ERR_get_error"]() == 0
 
 
 def test_import_checks() -> None:
     assert sslext.openssl_version() == ssl.OPENSSL_VERSION
-    sslext.selfcheck()
+    sslext._selfcheck()
 
 
 # (1) groups
@@ -166,15 +166,18 @@ def test_set_ciphersuites_invalid(certs: tuple[Path, Path]) -> None:
         assert c.cipher()[0] == "TLS_AES_128_GCM_SHA256"
 
 
-# (3) half-close
+# (3) half-close: shutdown_once() sends our close_notify and reads nothing
+def half_close(sock: ssl.SSLSocket | ssl.SSLObject) -> None:
+    sslext.shutdown_once(sslext.ssl_pointer(sock._sslobj))
+
+
 @pytest.mark.parametrize("version", VERSIONS)
-def test_send_close_notify_half_close(certs: tuple[Path, Path], version: ssl.TLSVersion) -> None:
+def test_shutdown_once_half_closes(certs: tuple[Path, Path], version: ssl.TLSVersion) -> None:
     s, c = tls_pair(server_ctx(*certs), client_ctx(certs, version))
     with s, c:
         s.sendall(b"hello")
-        s.setblocking(False)  # the documented use: non-blocking, after the handshake
-        assert sslext.send_close_notify(s) is True
-        assert sslext.send_close_notify(s) is True  # idempotent, sends nothing more
+        s.setblocking(False)  # as the relay uses it: non-blocking, after the handshake
+        half_close(s)
         s.settimeout(T)
         assert c.recv(100) == b"hello"
         assert c.recv(100) == b""  # the peer sees a clean TLS EOF
@@ -182,17 +185,17 @@ def test_send_close_notify_half_close(certs: tuple[Path, Path], version: ssl.TLS
         c.sendall(b" and more")
         c.unwrap()  # client's close_notify (ours already arrived: no read needed)
         got, buf = b"", bytearray(64)
-        while (n := s.recv_into(buf)) != 0:
-            got += buf[:n]
-            assert len(got) <= 18
+        with pytest.raises(ssl.SSLZeroReturnError):  # (the end, as the relay sees it)
+            while n := s.recv_into(buf):
+                got += buf[:n]
+                assert len(got) <= 18
         assert got == b"late data and more"
-        assert s.recv(10) == b""  # stays at EOF
 
 
-def test_send_close_notify_before_handshake(certs: tuple[Path, Path]) -> None:
+def test_shutdown_once_before_handshake(certs: tuple[Path, Path]) -> None:
     obj = server_ctx(*certs).wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
     with pytest.raises(ssl.SSLError, match="shutdown while in init") as info:
-        sslext.send_close_notify(obj)
+        half_close(obj)
     assert (info.value.library, info.value.reason) == ("SSL", "SHUTDOWN_WHILE_IN_INIT")
     assert queue_is_clean()
 
@@ -202,7 +205,7 @@ def _outq(sock: socket.socket) -> int:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="AF_UNIX SIOCOUTQ accounting is Linux's")
-def test_send_close_notify_want_write(certs: tuple[Path, Path]) -> None:
+def test_shutdown_once_want_write(certs: tuple[Path, Path]) -> None:
     """Full send buffer: SSLWantWriteError, then a retry when writable completes the close."""
     a, b = socket.socketpair()
     a.settimeout(T)
@@ -230,7 +233,7 @@ def test_send_close_notify_want_write(certs: tuple[Path, Path]) -> None:
             while _outq(s) < sndbuf and sent < 1 << 24:
                 sent += s.send(b"x" * 100)
             with pytest.raises(ssl.SSLWantWriteError) as info:
-                sslext.send_close_notify(s)
+                half_close(s)
             assert info.value.reason is None  # attributes exist, as on stdlib errors
             go.set()
             deadline = time.monotonic() + T
@@ -238,13 +241,14 @@ def test_send_close_notify_want_write(certs: tuple[Path, Path]) -> None:
                 assert time.monotonic() < deadline
                 select.select([], [s], [], 1.0)
                 try:
-                    assert sslext.send_close_notify(s) is True
+                    half_close(s)  # again: it goes on sending the alert
                     break
                 except ssl.SSLWantWriteError:
                     continue
             s.settimeout(T)
             assert s.recv(10) == b"bye"
-            assert s.recv(10) == b""
+            with pytest.raises(ssl.SSLZeroReturnError):
+                s.recv(10)
     finally:
         go.set()
         t.join(T)
@@ -252,7 +256,7 @@ def test_send_close_notify_want_write(certs: tuple[Path, Path]) -> None:
     assert got == [b"x" * sent]
 
 
-def test_send_close_notify_sslobject(certs: tuple[Path, Path]) -> None:
+def test_shutdown_once_sslobject(certs: tuple[Path, Path]) -> None:
     """Same half-close over memory BIOs (what asyncio-style transports use)."""
     s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
     srv = server_ctx(*certs).wrap_bio(s_in, s_out, server_side=True)
@@ -273,18 +277,17 @@ def test_send_close_notify_sslobject(certs: tuple[Path, Path]) -> None:
         if not pending:
             break
     srv.write(b"hello")
-    assert sslext.send_close_notify(srv) is True
+    half_close(srv)
     assert s_out.pending == 27 + 24  # TLS 1.3 records: "hello" (5+5+1+16) + alert (5+2+1+16)
     pump()
-    assert sslext.send_close_notify(srv) is True
-    assert s_out.pending == 0  # a repeat call writes nothing (and reads nothing)
     assert cli.read(100) == b"hello"
     assert cli.read(100) == b""
     cli.write(b"late")
     cli.unwrap()
     pump()
     assert srv.read(100) == b"late"
-    assert srv.read(100) == b""
+    with pytest.raises(ssl.SSLZeroReturnError):
+        srv.read(100)
 
 
 # (4) session ticket keys
@@ -351,8 +354,4 @@ def test_wrong_types(certs: tuple[Path, Path]) -> None:
             sslext.get_ticket_keys(plain)  # type: ignore[arg-type]
         for wrong in (object(), plain, server_ctx(*certs)):
             with pytest.raises(TypeError):
-                sslext.send_close_notify(wrong)  # type: ignore[arg-type]
-    # Right type but no TLS connection yet: a clear error, not a crash.
-    with client_ctx(certs).wrap_socket(socket.socket(), server_hostname="localhost") as s:
-        with pytest.raises(ValueError, match="not established"):
-            sslext.send_close_notify(s)
+                sslext.ssl_pointer(wrong)  # type: ignore[arg-type]
