@@ -35,7 +35,6 @@ else:
 
 _in_use: object | None = None  # this process's _sesscache.Cache: what workers are forked with
 _size = 0  # its slots
-_updates_fd = -1  # open_updates()'s socket
 
 
 @dataclass
@@ -45,7 +44,7 @@ class Plan:
 
     cache: object | None          # a new _sesscache.Cache to put in use, or None: keep
     size: int
-    replication: tuple[bytes, list[tuple]] | None
+    replication: tuple[int, bytes, list[tuple]] | None  # (-U's socket's fd, key, peers)
 
 
 def plan(cfg: Config, contexts: list[ssl.SSLContext], updates: socket.socket | None) -> Plan:
@@ -77,7 +76,7 @@ def commit(p: Plan) -> None:
         _sesscache.use(p.cache)
         _in_use, _size = p.cache, p.size
     if p.replication is not None:
-        _sesscache.replicate(_updates_fd, *p.replication)
+        _sesscache.replicate(*p.replication)
 
 
 def update_key(pem: str) -> bytes:
@@ -155,15 +154,14 @@ def open_updates(cfg: Config) -> socket.socket | None:
         raise ConfigError(f"shared-cache-listen {cfg.shared_cache_listen}: "
                           f"{e.strerror or e}") from None
     sock.setblocking(False)
-    global _updates_fd
-    _updates_fd = sock.fileno()
     log.info(f"{{core}} Session cache updates on udp {cfg.shared_cache_listen}, "
              f"to {len(cfg.shared_cache_peer)} peer(s)")
     return sock
 
 
-def update_config(cfg: Config, sock: socket.socket) -> tuple[bytes, list[tuple]]:
-    """The key and peers of the updates sent from sock under cfg (raises ConfigError)."""
+def update_config(cfg: Config, sock: socket.socket) -> tuple[int, bytes, list[tuple]]:
+    """The updates sent from sock under cfg: its fd, the key and the peers (raises
+    ConfigError)."""
     peers = []
     for peer in cfg.shared_cache_peer:
         try:
@@ -177,7 +175,7 @@ def update_config(cfg: Config, sock: socket.socket) -> tuple[bytes, list[tuple]]
         key = update_key(cfg.pem_file[0])
     except (OSError, ValueError, TypeError) as e:
         raise ConfigError(f"shared-cache: no update key from '{cfg.pem_file[0]}': {e}") from None
-    return key, peers
+    return sock.fileno(), key, peers
 
 
 def receive() -> tuple[int, int]:
