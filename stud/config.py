@@ -68,10 +68,6 @@ class Option:
         return self.name.replace("-", "_")
 
 
-def _positive(v: int) -> str | None:
-    return None if v >= 1 else "must be a positive number"
-
-
 def _non_negative(v: float) -> str | None:
     return None if v >= 0 else "must not be negative"
 

@@ -7,7 +7,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_V2_LENGTH", "Header", "ProxyError", "parse", "v1", "v2", "v2_local", "write_ip"]
+__all__ = ["MAX_V2_LENGTH", "Header", "ProxyError", "parse", "v1", "v2", "write_ip"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -170,11 +170,6 @@ def v2(
         raise ProxyError(f"PROXY v2: header too long ({16 + len(body)} bytes)")
     family = 0x11 if a.version == 4 else 0x21
     return V2_SIGNATURE + bytes([0x21, family]) + len(body).to_bytes(2, "big") + body
-
-
-def v2_local() -> bytes:
-    """v2 LOCAL header (e.g. health checks): the receiver uses the real connection endpoints."""
-    return V2_SIGNATURE + b"\x20\x00\x00\x00"
 
 
 # ----------------------------------------------------------------------------------- parsing

@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stud.proxyproto import MAX_V2_LENGTH, Header, ProxyError, parse, v1, v2, v2_local, write_ip
+from stud.proxyproto import MAX_V2_LENGTH, Header, ProxyError, parse, v1, v2, write_ip
 
 SIG = bytes.fromhex("0d0a0d0a000d0a515549540a")
+V2_LOCAL = SIG + bytes.fromhex("20 00 0000")  # (health checks: stud reads them, never sends)
 V4 = (("192.0.2.1", 56324), ("198.51.100.7", 443))
 V6 = (("2001:db8::1", 1234), ("2001:db8::2", 443))
 
@@ -127,8 +128,7 @@ def test_v2_families_and_authority():
 
 
 def test_v2_local():
-    assert v2_local() == SIG + bytes.fromhex("20 00 0000")
-    assert parse(v2_local()) == Header(2, 16, "LOCAL", "UNSPEC", None, None, ())
+    assert parse(V2_LOCAL) == Header(2, 16, "LOCAL", "UNSPEC", None, None, ())
 
 
 def test_v2_too_long_to_build():
@@ -192,7 +192,7 @@ SAMPLES = [
             ((0x20, bytes.fromhex("01 00000001 21 0007 544c5376312e33")),),
         ),
     ),
-    (v2_local(), Header(2, 16, "LOCAL", "UNSPEC", None, None, ())),
+    (V2_LOCAL, Header(2, 16, "LOCAL", "UNSPEC", None, None, ())),
     # LOCAL ignores the block, even one too short for its family
     (_v2_raw(0x20, 0x11, b"\x01\x02"), Header(2, 18, "LOCAL", "TCP4", None, None, ())),
     (
