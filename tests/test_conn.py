@@ -430,7 +430,13 @@ def test_a_raising_hook_closes_its_conn_only_and_is_reported(pem):
             with socket.create_connection(("127.0.0.1", rig.port), timeout=10) as raw, \
                     client_ctx().wrap_socket(raw) as s:
                 s.sendall(b"ping")
-                assert s.recv(10) == (b"" if i == 0 else b"ping")
+                if i == 0:  # closed: a FIN, or an RST when the ping was still unread
+                    try:
+                        assert s.recv(10) == b""
+                    except ConnectionResetError:
+                        pass
+                else:
+                    assert s.recv(10) == b"ping"
 
     try:
         run_one(rig, clients)
