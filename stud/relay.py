@@ -48,6 +48,9 @@ _buf = bytearray(BUFSIZE)  # one per process: data is forwarded before the next 
 _view = memoryview(_buf)
 _now = time.monotonic
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+# With OP_IGNORE_UNEXPECTED_EOF a FIN reads as the end (b""); SSLEOFError is then a socket error
+# whose errno CPython drops: on a read, a reset (what stud._flow, which sees errno, logs).
+RESET = os.strerror(errno.ECONNRESET)
 HS_ERRORS = (ssl.SSLError, OSError)
 
 
@@ -134,13 +137,12 @@ class Flow:
             if isinstance(e, ssl.SSLWantWriteError):
                 src.read_wants_write = True
                 relay.want_write(src, src.writable)
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            # A close_notify after ours (OpenSSL reports it this way), or a ragged EOF.
-            self.eof = True
+        except ssl.SSLZeroReturnError:
+            self.eof = True  # a close_notify after ours (OpenSSL reports it this way)
         except HS_ERRORS as e:
             if n:
                 self.write(_view[:n])
-            relay.end_failed(src, reason(e))
+            relay.end_failed(src, RESET if isinstance(e, ssl.SSLEOFError) else reason(e))
             return
         if relay.connecting and src is relay.back:
             relay.established()

@@ -30,9 +30,12 @@ PATTERN = bytes(range(256)) * 4096  # what backend.py's "reply" mode sends: 1 Mi
 @pytest.fixture(autouse=True, params=["compiled", "pure"])
 def data_path(request, monkeypatch) -> str:
     """Every test here runs on both data paths: stud/_flow.c's Conn, and relay.Relay, the
-    pure-Python reference that runs where the extension is not built."""
+    pure-Python fallback that runs where the extension is not built (whatever the suite's
+    own STUD_PURE_PYTHON)."""
     if request.param == "pure":
         monkeypatch.setenv("STUD_PURE_PYTHON", "1")
+    else:
+        monkeypatch.delenv("STUD_PURE_PYTHON", raising=False)
     return request.param
 
 
