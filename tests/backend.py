@@ -17,6 +17,9 @@ Modes:
              SLOW        wait 1.5 s, answer b"slow done\n" and close
              DRIP        send b"." every 0.3 s, 12 times, then close (never reads)
              STALL S     never read; after S seconds close with SO_LINGER 0 (an RST)
+             DIGEST      read until EOF, pausing 5 ms every 256 KiB (slower than a client
+                         that sends all it can); then answer b"LENGTH SHA256HEX\n" of what
+                         came (what followed the line too) and close
   aecho    echo on one asyncio (uvloop) event loop, listen backlog 4096: thousands of
            concurrent connections without a thread each
 It prints "ready PORT" on stdout once listening (PORT 0 picks one). Each connection counts in
@@ -26,6 +29,7 @@ FILE.count when FILE is given.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import struct
 import sys
@@ -122,6 +126,14 @@ def multi(conn: socket.socket, path: str | None, n: int) -> None:
     elif cmd == "STALL":
         time.sleep(float(arg))
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    elif cmd == "DIGEST":
+        h, got = hashlib.sha256(rest), len(rest)
+        while data := conn.recv(65536):
+            h.update(data)
+            if (got + len(data)) >> 18 != got >> 18:
+                time.sleep(0.005)
+            got += len(data)
+        conn.sendall(f"{got} {h.hexdigest()}\n".encode())
     elif cmd == "DRIP":
         for _ in range(12):
             conn.sendall(b".")

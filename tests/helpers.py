@@ -116,6 +116,19 @@ def uid_of(pid: int) -> int:
     return int(proc_status(pid, "Uid")[0])
 
 
+# -- sanitizer runs -----------------------------------------------------------------------
+SANITIZER = os.environ.get("STUD_SANITIZER", "")  # tests/sanitize.sh: "asan" or "ubsan"
+
+
+def memory_bound(kib: float) -> float:
+    """A test's bound on memory (KiB: a worker's RSS growth, or per connection), 10 times
+    as much under AddressSanitizer: freed blocks wait in its quarantine (up to 256 MiB) and
+    every block has redzones and shadow. There 50 refused handshakes grew a worker by 20 MiB
+    and an idle connection cost 340 KiB: 5 and 3.4 times these tests' bounds. Normal and
+    UBSan runs keep the bound as written."""
+    return kib * 10 if SANITIZER == "asan" else kib
+
+
 # -- external tools ------------------------------------------------------------------------
 def tool_env() -> dict[str, str]:
     """The environment for external tools (curl, openssl, ss, ip...): the tests' own, but

@@ -17,6 +17,10 @@ from .common import log
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOFILE = 1 << 20
+# tests/sanitize.sh (which sets STUD_SANITIZER) preloads a sanitizer runtime for stud's C
+# extensions. The tools started here (gcc, tlsload, wrk, nginx, hitch...) are not built for it
+# and some hang with it: it leaves the environment they inherit, and stud alone gets it back.
+STUD_PRELOAD = os.environ.pop("LD_PRELOAD", "") if os.environ.get("STUD_SANITIZER") else ""
 
 
 def proc_stat(pid: int) -> tuple[int, int, int] | None:

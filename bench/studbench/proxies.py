@@ -16,7 +16,7 @@ from .clients import pyload_argv
 from .common import CLIENT_CPUS, HOST, log
 from .context import Bench, Instance
 from .prepare import which
-from .procs import cpus_allowed, max_conns, set_affinity
+from .procs import STUD_PRELOAD, cpus_allowed, max_conns, set_affinity
 
 
 def free_port(used: set[int]) -> int:
@@ -172,6 +172,8 @@ def start_proxy(
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [b.stud.pythonpath, env.get("PYTHONPATH")])
         )
+    if kind == "stud" and STUD_PRELOAD:
+        env["LD_PRELOAD"] = STUD_PRELOAD
     inst.proc = b.procs.spawn(
         f"{kind}-{label}", inst.argv, cpus=cpus, log=b.work / f"{kind}-{label}.log", env=env
     )
