@@ -133,9 +133,12 @@ def test_ciphersuites_and_ec_curve(stud, backend, pem):
     s = stud(pem, "--ciphersuites=TLS_CHACHA20_POLY1305_SHA256", backend_port=backend("echo"))
     with tls_connect(s.port) as c:
         assert c.cipher()[0] == "TLS_CHACHA20_POLY1305_SHA256"
-    out = s_client(s.port, "-groups", "P-384").output  # default groups: X25519 and P-256 only
-    assert "Cipher is (NONE)" in out or "handshake failure" in out
+    # The default groups are Mozilla's intermediate ones: X25519, P-256 and P-384.
+    assert "Server Temp Key: ECDH, secp384r1" in s_client(s.port, "-groups", "P-384").output
     assert "X25519" in s_client(s.port, "-groups", "X25519:P-256").output
+    s = stud(pem, "--ec-curve=X25519:P-256", backend_port=backend("echo"))
+    out = s_client(s.port, "-groups", "P-384").output
+    assert "Cipher is (NONE)" in out or "handshake failure" in out
 
 
 def test_ec_curve_config_key(stud, backend, pem, tmp_path):
