@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from stud import certs, metrics, sesscache, startup
+from stud import certs, metrics, sesscache, stapling, startup
 from stud.config import Config, ConfigError, Exit, parse_args
 from stud.daemon import configure_log, drop_privileges
 from stud.log import log
@@ -55,6 +55,8 @@ class Arbiter:
         self.updates = sesscache.open_updates(cfg)  # -U: session cache updates (workers send)
         self.current = startup.prepare_generation(cfg, None, self.listeners, self.updates)
         startup.commit(self.current, self.listeners)
+        self.stapling = stapling.Stapling()
+        self.stapling.update(cfg, self.current.setup.certs())
         self.children: dict[int, Child] = {}
         self.failures: dict[int, int] = {}
         self.respawn_at: dict[int, float] = {}             # slot -> monotonic time
@@ -110,6 +112,7 @@ class Arbiter:
                     self.reload()  # waits while an old generation drains: two at most
                 self._respawn_due()
                 self._refresh_backend(now)
+                self._to_workers(self.stapling.tick())
                 self._retire_old()
             for gen, at in list(self.retiring.items()):
                 if not any(c.gen == gen for c in self.children.values()):
@@ -118,6 +121,7 @@ class Arbiter:
                 elif now > at:
                     self._kill(signal.SIGKILL, gen)
             self._sleep()
+        self.stapling.close()
         log.info("{core} all workers exited; bye.")
         return 0
 
@@ -149,12 +153,24 @@ class Arbiter:
                 except OSError:
                     pass  # (gone: its replacement is forked with the new address)
 
+    def _to_workers(self, staples: list[tuple[str, bytes | None]]) -> None:
+        """New staples (OCSP) for the running workers; those forked later have them."""
+        for path, der in staples:
+            message = stapling.message(path, der)
+            for c in self.children.values():
+                try:
+                    c.ctl.send(message)
+                except OSError:
+                    pass  # (gone: reap() sees to it)
+
     def _sleep(self) -> None:
         timeout = 1.0 if self.retire is None else 0.05
         if self.respawn_at:
             timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
+        if (wake := self.stapling.wake()) is not None:
+            timeout = min(timeout, wake)
         ctls = {c.ctl: c for c in self.children.values()}
-        extra = [s for s in (self.metrics_sock, self.updates) if s]
+        extra = [s for s in (self.metrics_sock, self.updates, self.stapling.fileno()) if s]
         try:
             readable, _, _ = select.select([self.pipe_r, *ctls, *extra], [], [], timeout)
         except InterruptedError:
@@ -169,6 +185,8 @@ class Arbiter:
                         break
             elif r is self.updates:
                 sesscache.receive()
+            elif r == self.stapling.fileno():
+                self._to_workers(self.stapling.receive())
             elif r is self.metrics_sock:
                 served = self.current.setup.served
                 self.board.gauges.update(workers=len(self.children), generation=self.gen,
@@ -243,6 +261,7 @@ class Arbiter:
             if new != old:
                 log.error(f"{{core}} reload: a new {what} needs a restart; it stays {old}")
         startup.commit(gen, self.listeners)
+        self.stapling.update(cfg, gen.setup.certs())
         self.board.master_counters["reloads_ok"] += 1
         old, self.gen = self.gen, self.gen + 1
         self.current = gen
@@ -344,6 +363,8 @@ class Arbiter:
             mine.close()
             if self.metrics_sock:
                 self.metrics_sock.close()
+            if self.stapling.fetcher:
+                self.stapling.fetcher.sock.close()
             for c in self.children.values():
                 c.ctl.close()
             for sock in self.listeners.unused(self.current.listeners):
@@ -351,7 +372,7 @@ class Arbiter:
             drop_privileges(self.cfg)
             s = self.current.setup
             code = Worker(self.cfg, self.current.served(), s.client_context, s.backend,
-                          theirs).run()
+                          theirs, stapling.by_file(s.certs())).run()
         except BaseException:
             log.error(f"{{core}} worker {os.getpid()} crashed: "
                       + traceback.format_exc().strip().replace("\n", " | "))

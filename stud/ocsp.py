@@ -405,18 +405,18 @@ class Stapler:
     meanwhile and retries after ``retry`` seconds, doubling up to ``retry_cap``. A verified
     revocation withdraws the staple at once. Failures are logged when their reason changes,
     else once per ``log_every`` seconds. Without a responder URL nothing is ever fetched, and
-    nothing said.
+    nothing said; ``fetch=False`` is the same for a certificate whose staples come from a file.
     """
 
     def __init__(self, name: str, chain: Sequence[x509.Certificate], *,
                  interval: float = REFRESH_INTERVAL, minimum: float = 60.0,
                  retry: float = 60.0, retry_cap: float = 1800.0,
                  log_every: float = REFRESH_INTERVAL, skew: float = SKEW,
-                 max_age: float | None = 7 * 86400.0) -> None:
+                 max_age: float | None = 7 * 86400.0, fetch: bool = True) -> None:
         self.name = name
         self.cert = chain[0]
         self.issuer = issuer_of(chain)
-        self.url = responder_url(self.cert)
+        self.url = responder_url(self.cert) if fetch else None  # (no fetch: staple files only)
         self.request = request_der(self.cert, self.issuer) if self.issuer else None
         self.staple: Staple | None = None
         self._interval, self._minimum = interval, minimum

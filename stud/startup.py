@@ -30,7 +30,11 @@ class Setup:
 
     def contexts(self) -> list[ssl.SSLContext]:
         """The server contexts (one per certificate and frontend settings)."""
-        return [c.context for c in self.served.certs()] if self.served else []
+        return [c.context for c in self.certs()]
+
+    def certs(self) -> list[certs.Cert]:
+        """Every certificate served, once per context."""
+        return self.served.certs() if self.served else []
 
     def context_of(self, f: Frontend) -> ssl.SSLContext | None:
         """Where f's handshakes start (its default certificate), None with --client."""

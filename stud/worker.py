@@ -21,7 +21,7 @@ import ssl
 import time
 import traceback
 
-from stud import proxyproto
+from stud import proxyproto, stapling
 from stud.certs import sni_hook
 from stud.config import Config
 from stud.log import DEBUG, log
@@ -50,9 +50,11 @@ def new_loop() -> asyncio.AbstractEventLoop:
 class Worker:
     def __init__(self, cfg: Config, listeners: list[tuple[socket.socket, ssl.SSLContext | None]],
                  client_context: ssl.SSLContext | None, backend: tuple[int, tuple | str],
-                 ctl: socket.socket) -> None:
+                 ctl: socket.socket, stapled: dict | None = None) -> None:
         """listeners: each listening socket with where its handshakes start (its frontend's
-        default context; None with --client)."""
+        default context; None with --client); stapled: the contexts of each certificate file
+        (Pem), for the OCSP staples the master sends."""
+        self.stapled = {pem.cert: ctxs for pem, ctxs in (stapled or {}).items()}
         self.listeners = [lsock for lsock, _ in listeners]
         self.contexts = dict(listeners)
         self.families = {lsock: int(lsock.family) for lsock in self.listeners}
@@ -136,7 +138,7 @@ class Worker:
 
     def _from_master(self) -> None:
         try:
-            data, fds, _, _ = socket.recv_fds(self.ctl, 1024, 1)
+            data, fds, _, _ = socket.recv_fds(self.ctl, stapling.MAX_MESSAGE, 1)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -149,6 +151,10 @@ class Worker:
             self.policy.backend = backend
             if Conn:
                 self.watch.set_backend(*backend)
+        if data.startswith(b"O") and stapling.sslext:  # a certificate's new OCSP staple
+            path, der = stapling.read_message(data)
+            for ctx in self.stapled.get(path, ()):
+                stapling.sslext.set_ocsp_staple(ctx, der)
         if not data:
             self.loop.remove_reader(self.ctl.fileno())
             log.error(f"{{core}} Process {os.getpid()} detected parent death, closing listener.")
