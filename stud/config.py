@@ -317,8 +317,9 @@ OPTIONS: tuple[Option, ...] = (
        "one that does not load is skipped and logged)", metavar="DIR", section=ENC),
     Op("pem-dir-glob", "str", "", "Only the files of pem-dir matching this pattern",
        metavar="GLOB", section=ENC),
-    Op("ocsp-dir", "str", "", "Cache fetched OCSP staples here, in hitch's file naming "
-       "(\"\": memory only)", metavar="DIR", section=ENC),
+    Op("ocsp-dir", "str", "/var/lib/stud/", "Fetch OCSP staples from the responder each "
+       "certificate names, cached in DIR with hitch's file names (\"\": no fetching)",
+       metavar="DIR", section=ENC),
     Op("ocsp-connect-tmo", "float", 4.0, "OCSP responder connect timeout", metavar="SECS",
        section=ENC, check=_above_zero),
     Op("ocsp-resp-tmo", "float", 10.0, "OCSP responder response timeout", metavar="SECS",
