@@ -111,6 +111,7 @@ class Option:
     repeat: bool = False      # values accumulate (pem-file, shared-cache-peer, frontend)
     check: Callable[[Any], str | None] | None = None  # returns a reason when the value is bad
     wildcard: bool = False    # addr: '*' allowed
+    blank: bool = False       # "" is a value of its own (off), not the default
 
     @property
     def dest(self) -> str:
@@ -319,7 +320,7 @@ OPTIONS: tuple[Option, ...] = (
        metavar="GLOB", section=ENC),
     Op("ocsp-dir", "str", "/var/lib/stud/", "Fetch OCSP staples from the responder each "
        "certificate names, cached in DIR with hitch's file names (\"\": no fetching)",
-       metavar="DIR", section=ENC),
+       metavar="DIR", section=ENC, blank=True),
     Op("ocsp-connect-tmo", "float", 4.0, "OCSP responder connect timeout", metavar="SECS",
        section=ENC, check=_above_zero),
     Op("ocsp-resp-tmo", "float", 10.0, "OCSP responder response timeout", metavar="SECS",
@@ -704,7 +705,7 @@ class FileSource:
             if opt.name in ("tls", "ssl"):
                 if convert(replace(opt, kind="bool"), value, self.base):  # errors name tls/ssl
                     _set_protocol(cfg, opt.name)
-            elif value:
+            elif value or opt.blank:
                 cfg.set(opt, value, self.path, self.base)
             elif opt.kind in ("str", "path", "dir", "outfile", "addr", "backend", "frontend",
                               "pem", "loglevel"):
