@@ -173,7 +173,7 @@ def test_addr_ip_literals_resolve_to_themselves_without_dns(ip, port, form):
     (["-n", "4"], {"workers": "4"}),
     (["--workers=auto"], {"workers": "auto"}),
     (["--workers", "2"], {"workers": "2"}),
-    (["--front=127.0.0.1,1"], {"frontend": (Frontend(Addr("127.0.0.1", 1)),)}),  # unambiguous prefix
+    (["--front=127.0.0.1,1"], {"frontend": (Frontend(Addr("127.0.0.1", 1)),)}),  # a prefix
     (["--keep", "60", "--backend", "[::1]:80"], {"keepalive": 60, "backend": Addr("::1", 80)}),
     (["--work=3"], {"workers": "3"}),
     (["-q", "--quiet=off"], {"quiet": False}),
@@ -667,3 +667,69 @@ def test_parse_args_raises_only_config_error(argv):
         parse_args(argv)
     except (ConfigError, Exit):
         pass
+
+
+# --- hitch's syntax -------------------------------------------------------------------------
+
+def test_hitch_blocks_make_frontends_and_certificates(write, pem, tmp_path):
+    key = tmp_path / "server.key"
+    key.write_text("k")
+    cfg = load(write(f'''
+        pem-file = "{pem}"
+        frontend = {{ host = "127.0.0.1" port = "443"
+            pem-file = {{ cert = "server.pem" private-key = "server.key"
+                         ocsp-resp-file = "server.pem" ocsp-verify-staple = on }}
+            match-global-certs = on  sni-nomatch-abort = off
+            tls-protos = TLSv1.2 TLSv1.3 ciphers = "HIGH" prefer-server-ciphers = on }}
+        frontend = "[*]:8443+server.pem"
+        frontend = {{ port = "80" }}
+        write-proxy = on
+    '''))
+    own = Pem(pem, str(key), pem, True)
+    assert cfg.frontend == (
+        Frontend(Addr("127.0.0.1", 443), (own,), True, False, "TLSv1.2 TLSv1.3", "HIGH", None,
+                 True),
+        Frontend(Addr(None, 8443), (Pem(pem),)),
+        Frontend(Addr(None, 80)))
+    assert cfg.pem_file == (Pem(pem),)
+    assert cfg.write_proxy_v2 and not cfg.write_proxy_v1  # hitch's meaning in hitch's syntax
+    assert [f.global_certs for f in cfg.frontend] == [True, False, True]
+
+
+def test_write_proxy_in_studs_syntax_is_v1_with_a_warning(write, capsys):
+    cfg = load(write("write-proxy = on\n"))
+    assert cfg.write_proxy_v1 and not cfg.write_proxy_v2
+    assert "write-proxy means PROXY v1 here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, line, why", [
+    ('frontend = { host = "*" }', 1, "frontend: a block needs a port"),
+    ('frontend = {\n port = "443"\n ecdh-curve = "P-256" }', 3,
+     "ecdh-curve: not allowed in a frontend block"),
+    ('frontend = { port = "443" pem-file = { private-key = "server.pem" } }', 1,
+     "pem-file: a block needs a cert"),
+    ('frontend = { port = "443"\n pem-file = { cert = "missing.pem" } }', 2,
+     "pem-file: cannot use 'missing.pem'"),
+    ('frontend = { port = "99999" }', 1, "frontend: invalid port '99999'"),
+    ('frontend = { port = "1" tls-protos = SSLv3 }', 1, "tls-protos: 'SSLv3'"),
+    ('backend = { port = "1" }', 1, "backend: a block is not allowed here"),
+    ('frontend = { port = "1"\n\n client-verify = required }', 3,
+     "client-verify: client certificates are not supported yet"),
+    ("client-verify = optional", 1, "client-verify: client certificates are not supported yet"),
+    ("frontend = { port = 1 } }", 1, "'}' without a block to close"),
+])
+def test_hitch_syntax_errors_name_the_line(text, line, why, write, pem):
+    path = write(text + "\n")
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(e.value).startswith(f"{path} line {line}: "), str(e.value)
+    assert why in str(e.value)
+
+
+def test_two_frontends_on_one_address_are_refused(write, pem):
+    twice = write("frontend = { port = 443 }\nfrontend = { port = 443 }\n")
+    with pytest.raises(ConfigError, match=r"frontend: \[\*\]:443 is listed twice"):
+        parse_args([f"--config={twice}", pem])
+    none = write("frontend = { port = 443 match-global-certs = off }\n")
+    with pytest.raises(ConfigError, match="No certificate configured for frontend"):
+        parse_args([f"--config={none}", pem])
