@@ -85,8 +85,11 @@ class Stapling:
     def _entry(self, cfg: Config, pem: Pem, chain: list[x509.Certificate]) -> Entry:
         file = pem.ocsp_resp_file or _exists(ocsp.haproxy_staple_path(pem.cert))
         fetch = bool(cfg.ocsp_dir) and not file  # (hitch: ocsp-dir = "" turns fetching off)
+        # A failed fetch (or a revoked answer) is tried again no later than a good one would
+        # be refreshed: else a failure would leave the status unknown longer than the interval.
+        soon = min(60.0, cfg.ocsp_refresh_interval)
         stapler = ocsp.Stapler(str(pem), chain, interval=cfg.ocsp_refresh_interval,
-                               minimum=min(60.0, cfg.ocsp_refresh_interval), fetch=fetch)
+                               minimum=soon, retry=soon, fetch=fetch)
         cache = ocsp.staple_path(cfg.ocsp_dir, pem.cert) if fetch else None
         entry = Entry(stapler, file, cache)
         if cache and (der := _read(cache)):
