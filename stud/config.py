@@ -17,7 +17,7 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stud import __version__, addr, hitchconf
@@ -61,6 +61,8 @@ class Pem:
     key: str | None = None             # private-key: a separate key file
     ocsp_resp_file: str | None = None  # a staple kept up to date by someone else
     ocsp_verify: bool | None = None    # None: the global ocsp-verify-staple
+    # The cert path as the configuration wrote it (hitch names its OCSP cache after that text).
+    written: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return self.cert
@@ -431,7 +433,7 @@ def convert(opt: Option, raw: str | None, base: str) -> Any:
             raise ConfigError(f"{opt.name}: {e}") from None
     if opt.kind == "pem":
         path = convert(replace(opt, kind="path"), raw, base)
-        return None if path is None else Pem(path)
+        return None if path is None else Pem(path, written=raw)
     if opt.kind in ("path", "dir", "outfile"):
         if raw == "":
             return None if opt.repeat else ""
@@ -766,6 +768,8 @@ class FileSource:
                     fields["ocsp_verify"] = self.checked(it.key, value)
                 elif value:
                     fields[PEM_KEYS[it.key]] = self.checked("pem-file", value).cert
+                    if it.key == "cert":
+                        fields["written"] = value
             except ConfigError as e:
                 raise self.located(e, where) from None
         if "cert" not in fields:

@@ -90,7 +90,7 @@ class Stapling:
         soon = min(60.0, cfg.ocsp_refresh_interval)
         stapler = ocsp.Stapler(str(pem), chain, interval=cfg.ocsp_refresh_interval,
                                minimum=soon, retry=soon, fetch=fetch)
-        cache = ocsp.staple_path(cfg.ocsp_dir, pem.cert) if fetch else None
+        cache = ocsp.staple_path(cfg.ocsp_dir, pem.written or pem.cert) if fetch else None
         entry = Entry(stapler, file, cache)
         if cache and (der := _read(cache)):
             _say(stapler.fetched(der, _now(), cached=True))

@@ -199,10 +199,6 @@ def test_staple_fetched_from_the_responder_and_cached_under_hitchs_name(
 @BOTH
 def test_the_cache_name_hashes_the_pem_path_as_written(kind, request, start, pki, cache):
     """hitch hashes the bytes of its configuration: a relative path is not the absolute one."""
-    if kind == "stud":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "stud.config makes every pem-file path absolute (normpath of cwd or the "
-            "configuration file's directory joined to it) before stapling.py names the cache")))
     d = start(kind, f"--ocsp-dir={cache}", "leaf.pem", cwd=pki.root)
     wait_stapled(d.port)
     wait_for(lambda: os.listdir(cache), T)
