@@ -25,6 +25,7 @@ from cryptography import x509
 from stud import ocsp
 from stud.certs import Cert
 from stud.config import Config, Pem
+from stud.daemon import drop_privileges
 from stud.log import log
 
 try:
@@ -75,9 +76,13 @@ class Stapling:
                 for ctx in ctxs:
                     sslext.set_ocsp_staple(ctx, entry.stapler.staple.der)
         self.entries = entries
+        if self.fetcher is not None and _fetcher_settings(self.fetcher.cfg) != \
+                _fetcher_settings(cfg):
+            self.fetcher.close()  # (a reload changed its timeouts or its user)
+            self.fetcher = None
         if any(e.stapler.enabled for e in entries.values()):
             if self.fetcher is None:
-                self.fetcher = Fetcher(cfg.ocsp_connect_tmo, cfg.ocsp_resp_tmo)
+                self.fetcher = Fetcher(cfg)
         elif self.fetcher is not None:
             self.fetcher.close()
             self.fetcher = None
@@ -140,7 +145,7 @@ class Stapling:
                               f"staples ({why}); they stay in memory")
         if self.fetcher and not self.fetcher.alive():
             log.error("{core} OCSP fetcher process gone; starting another")
-            self.fetcher = Fetcher(self.fetcher.connect_timeout, self.fetcher.response_timeout)
+            self.fetcher = Fetcher(self.fetcher.cfg)
         return out
 
     def _apply(self, path: str, e: Entry, step: ocsp.Step, out: list) -> None:
@@ -176,8 +181,8 @@ def read_message(data: bytes) -> tuple[str, bytes | None]:
 class Fetcher:
     """A child process that asks OCSP responders, one request at a time."""
 
-    def __init__(self, connect_timeout: float, response_timeout: float) -> None:
-        self.connect_timeout, self.response_timeout = connect_timeout, response_timeout
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = os.fork()
         if self.pid == 0:  # (the arbiter's signal handling is not for this process)
@@ -187,7 +192,8 @@ class Fetcher:
                     signal.signal(sig, signal.SIG_DFL)
                 signal.set_wakeup_fd(-1)
                 self.sock.close()
-                code = _serve(theirs, connect_timeout, response_timeout)
+                drop_privileges(cfg, jail=False)  # (it only speaks HTTP: --user's rights do)
+                code = _serve(theirs, cfg.ocsp_connect_tmo, cfg.ocsp_resp_tmo)
             finally:
                 os._exit(code)
         theirs.close()
@@ -237,6 +243,10 @@ def _serve(sock: socket.socket, connect_timeout: float, response_timeout: float)
             answer = [path, None, str(e)]
         sock.send(json.dumps(answer).encode())
     return 0
+
+
+def _fetcher_settings(cfg: Config) -> tuple:
+    return cfg.ocsp_connect_tmo, cfg.ocsp_resp_tmo, cfg.user, cfg.group
 
 
 def _say(step: ocsp.Step) -> None:
