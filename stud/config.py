@@ -347,6 +347,7 @@ class Config:
         self.config_file: str | None = None
         self.cli_protocol: str | None = None   # --tls/--ssl on the command line win over files
         self._repeat_source: dict[str, object] = {}
+        self.hitch_files: list[str] = []  # config files read in hitch's syntax
 
     def for_frontend(self, f: Frontend) -> Config:
         """These settings as frontend f has them (its own where it sets them)."""
@@ -382,8 +383,9 @@ class Config:
             old = getattr(self, opt.dest)
             # Within one source (argv or one file) values accumulate; a later source replaces an
             # earlier one, so `-f` on the command line overrides the file as in stud.
-            if self._repeat_source.get(opt.name) is not source and opt.name == "frontend":
-                old = ()
+            last = self._repeat_source.get(opt.name)
+            if last is not source and opt.name == "frontend" and last not in self.hitch_files:
+                old = ()  # (hitch adds the command line's frontends to its file's)
             self._repeat_source[opt.name] = source
             value = (*old, value) if value is not None else old
         # Defaults are valid as they are (user "" means none); anything else is checked, so
@@ -532,14 +534,21 @@ def parse_args(argv: list[str]) -> Config:
     pems: list[str | None] = []
     if any(a.partition("=")[0] == "--write-proxy" for a in argv):
         warn(WRITE_PROXY_WARNING)
-    for opt, value in _argv_items(argv):
+    items = list(_argv_items(argv))
+    # A file in hitch's syntax is read as hitch reads it: before the command line, whatever
+    # its place there (its frontends then add to those of the command line).
+    hitch_files = [v for opt, v in items if opt and opt.name == "config" and _is_hitch(v)]
+    for path in hitch_files:
+        parse_file(cfg, path)
+    for opt, value in items:
         if opt is None:
             pems.append(value)
         elif opt.kind != "action":
             cfg.set(opt, value, argv, cwd)
         elif opt.name == "config":
             # As in stud: the file is read at its position, so later options override it.
-            parse_file(cfg, value or "-")
+            if value not in hitch_files:
+                parse_file(cfg, value or "-")
         elif opt.name in ("tls", "ssl"):
             if cfg.cli_protocol and cfg.cli_protocol != opt.name:
                 raise ConfigError("Options --tls and --ssl are mutually exclusive.")
@@ -563,6 +572,17 @@ def parse_args(argv: list[str]) -> Config:
 def warn(message: str) -> None:
     """A configuration that works, but perhaps not as meant (every time it is read)."""
     print(f"stud: warning: {message}", file=sys.stderr)
+
+
+def _is_hitch(path: str | None) -> bool:
+    """Whether --config's file is in hitch's syntax (unreadable: no; parse_file() says why)."""
+    if not path or path == "-":
+        return False
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return hitchconf.looks_like_hitch(f.read(), path)
+    except (OSError, ValueError):
+        return False
 
 
 def _set_protocol(cfg: Config, which: str) -> None:
@@ -634,6 +654,7 @@ def parse_file(cfg: Config, path: str) -> None:
         raise ConfigError(f"Unable to open configuration file {path!r}: {e}") from None
     source = FileSource(cfg, path, base, shown)
     if hitchconf.looks_like_hitch(text, path):
+        cfg.hitch_files.append(path)
         source.read_hitch(text)
     else:
         source.read_stud(text)

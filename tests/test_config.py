@@ -733,3 +733,16 @@ def test_two_frontends_on_one_address_are_refused(write, pem):
     none = write("frontend = { port = 443 match-global-certs = off }\n")
     with pytest.raises(ConfigError, match="No certificate configured for frontend"):
         parse_args([f"--config={none}", pem])
+
+
+def test_a_file_in_hitchs_syntax_is_read_first_and_adds_frontends(write, pem):
+    """hitch's rule for its files: read before the command line (which overrides them and adds
+    its frontends), wherever --config stands; stud's files keep stud's rule (above)."""
+    hitch = write('workers = 2\nfrontend = "[127.0.0.1]:2"\n', "hitch.conf")
+    cfg = parse_args(["-n", "1", "-f", "127.0.0.1,1", f"--config={hitch}", pem])
+    assert cfg.workers == "1"
+    assert [f.addr.port for f in cfg.frontend] == [2, 1]
+    stud = write('workers = 2\nfrontend = "[127.0.0.1]:2"\n', "stud.conf")
+    cfg = parse_args(["-n", "1", "-f", "127.0.0.1,1", f"--config={stud}", pem])
+    assert cfg.workers == "2"
+    assert [f.addr.port for f in cfg.frontend] == [2]
