@@ -329,8 +329,8 @@ OPTIONS: tuple[Option, ...] = (
        section=ENC, check=_above_zero),
     Op("ocsp-refresh-interval", "float", 1800.0, "Refresh staples without a nextUpdate this "
        "often", metavar="SECS", section=ENC, check=_above_zero),
-    Op("ocsp-verify-staple", "bool", False, "Verify staples against the system's CAs too",
-       section=ENC),
+    Op("ocsp-verify-staple", "bool", False, "hitch's switch, accepted: stud verifies every "
+       "staple against its certificate's issuer, set or not", section=ENC),
 )
 BY_NAME: dict[str, Option] = {n: o for o in OPTIONS for n in (o.name, *o.aliases)}
 BY_SHORT: dict[str, Option] = {o.short: o for o in OPTIONS if o.short}
