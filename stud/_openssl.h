@@ -75,6 +75,7 @@ typedef struct ssl_session_st SSL_SESSION;
 typedef struct ssl_cipher_st SSL_CIPHER;
 typedef struct evp_md_st EVP_MD;
 typedef struct engine_st ENGINE;
+typedef struct x509_st X509;
 typedef int (*new_session_cb)(SSL *, SSL_SESSION *);
 typedef SSL_SESSION *(*get_session_cb)(SSL *, const unsigned char *, int, int *);
 typedef void (*remove_session_cb)(SSL_CTX *, SSL_SESSION *);
@@ -120,7 +121,8 @@ typedef int (*status_cb)(SSL *, void *); /* sslext's, set through SSL_CTX_callba
     X(const unsigned char *, SSL_SESSION_get_id, (const SSL_SESSION *, unsigned int *))         \
     X(long, SSL_SESSION_get_time, (const SSL_SESSION *))                                        \
     X(long, SSL_SESSION_get_timeout, (const SSL_SESSION *))                                     \
-    X(void, SSL_SESSION_free, (SSL_SESSION *))
+    X(void, SSL_SESSION_free, (SSL_SESSION *))                                                  \
+    X(X509 *, SSL_get_certificate, (const SSL *))
 
 /* libcrypto */
 #define STUD_OPENSSL_LIBCRYPTO(X)                                                               \
@@ -134,7 +136,8 @@ typedef int (*status_cb)(SSL *, void *); /* sslext's, set through SSL_CTX_callba
     X(const EVP_MD *, EVP_sha1, (void))                                                         \
     X(int, CRYPTO_memcmp, (const void *, const void *, size_t))                                 \
     X(void *, CRYPTO_malloc, (size_t, const char *, int))                                       \
-    X(void, CRYPTO_free, (void *, const char *, int))
+    X(void, CRYPTO_free, (void *, const char *, int))                                           \
+    X(int, i2d_X509, (const X509 *, unsigned char **))
 
 /* libcrypto, only where OpenSSL was built with engines (-e/--ssl-engine); Python only */
 #define STUD_OPENSSL_ENGINE(X)                                                                  \

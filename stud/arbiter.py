@@ -153,10 +153,10 @@ class Arbiter:
                 except OSError:
                     pass  # (gone: its replacement is forked with the new address)
 
-    def _to_workers(self, staples: list[tuple[str, bytes | None]]) -> None:
+    def _to_workers(self, staples: list[tuple[str, bytes | None, bytes]]) -> None:
         """New staples (OCSP) for the running workers; those forked later have them."""
-        for path, der in staples:
-            message = stapling.message(path, der)
+        for path, der, leaf in staples:
+            message = stapling.message(path, der, leaf)
             for c in self.children.values():
                 try:
                     c.ctl.send(message)

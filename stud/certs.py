@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from stud import tls
@@ -38,11 +39,12 @@ class Cert:
     names: list[str]
     digest: bytes  # of its files: unchanged ones keep their ticket keys across reloads
     context: ssl.SSLContext
+    kind: str = ""  # its key's algorithm: "rsa", "ec", ... (one context holds one of each)
 
 
-def read_pem(pem: Pem) -> tuple[list[str], bytes]:
+def read_pem(pem: Pem) -> tuple[list[str], bytes, str]:
     """Check a certificate file holds a certificate and its matching unencrypted key (or its
-    key file does). Returns its SNI names and a digest of the file(s)."""
+    key file does). Returns its SNI names, a digest of the file(s) and the key's algorithm."""
     def bad(why: str) -> ConfigError:
         return ConfigError(f"pem-file '{pem.cert}': {why}")
 
@@ -76,7 +78,17 @@ def read_pem(pem: Pem) -> tuple[list[str], bytes]:
     if key.public_key().public_bytes(enc, pub) != chain[0].public_key().public_bytes(enc, pub):
         raise bad("the private key does not match the (first) certificate")
     digest = hashlib.sha256(data + (keydata if pem.key else b"")).digest()
-    return cert_names(chain[0]), digest
+    return cert_names(chain[0]), digest, key_kind(key)
+
+
+def key_kind(key: object) -> str:
+    """What OpenSSL keeps one certificate of per context (it serves each client the one it
+    supports): "rsa", "ec", or the key's own type for the others."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "rsa"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ec"
+    return type(key).__name__
 
 
 def cert_names(cert: x509.Certificate) -> list[str]:
@@ -192,8 +204,8 @@ class _Builder:
         k = (key, pem)
         if k not in self.contexts:
             try:
-                names, digest = read_pem(pem)
-                self.contexts[k] = Cert(pem, names, digest, tls.server_context(fcfg, pem))
+                names, digest, kind = read_pem(pem)
+                self.contexts[k] = Cert(pem, names, digest, tls.server_context(fcfg, pem), kind)
             except ConfigError as e:
                 if not skip:
                     raise
@@ -218,7 +230,27 @@ class _Builder:
             default = own[-1]
         else:
             default = glob[len(self.global_pems) - 1] if self.global_pems else glob[0]
+        pair_twins(own + glob)
         return SniTable(own + glob, default.context)
+
+
+def pair_twins(certs: list[Cert]) -> None:
+    """Certificates for the same names with keys of different algorithms (an RSA and an ECDSA
+    one, say) share one context: OpenSSL then serves each client the one it supports (before,
+    the first listed won and the other was never served)."""
+    by_names: dict[frozenset, list[Cert]] = {}
+    for c in certs:
+        group = by_names.setdefault(frozenset(c.names), [])
+        first = next((g for g in group if g.context is not c.context), None)
+        if first is not None and c.kind not in {g.kind for g in group}:
+            try:
+                first.context.load_cert_chain(c.pem.cert, c.pem.key)
+            except ssl.SSLError as e:
+                raise ConfigError(f"pem-file '{c.pem}': {e.reason or e}") from None
+            log.info(f"{{core}} '{c.pem}' ({c.kind}) served with '{first.pem}' "
+                     f"({first.kind}) for the same names")
+            c.context = first.context
+        group.append(c)
 
 
 def build(cfg: Config) -> Served:

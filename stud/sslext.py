@@ -225,7 +225,9 @@ def get_ticket_keys(ctx: ssl.SSLContext) -> bytes:
 # A dict, not per-context callbacks: a refresh replaces the bytes while workers serve, and
 # the SSL* a handshake runs on (_ssl's, or a Conn's own) leads to its SSL_CTX after any SNI
 # switch, so the staple of the certificate actually sent is the one found.
-_staples: dict[int, bytes | None] = {}
+# Per context, the staples by certificate (its DER; None: whichever it serves): a context may
+# hold an RSA and an ECDSA certificate for the same names, each with its own response.
+_staples: dict[int, dict[bytes | None, bytes]] = {}
 _NOACK, _OK = _C["SSL_TLSEXT_ERR_NOACK"], _C["SSL_TLSEXT_ERR_OK"]
 _GET_STATUS_TYPE, _OCSP = _C["SSL_CTRL_GET_TLSEXT_STATUS_REQ_TYPE"], _C["TLSEXT_STATUSTYPE_ocsp"]
 _SET_OCSP_RESP = _C["SSL_CTRL_SET_TLSEXT_STATUS_REQ_OCSP_RESP"]
@@ -236,8 +238,11 @@ def _status_cb(p: int, _arg: int) -> int:
     # OpenSSL calls this only when the client sent status_request; what it returns is final:
     # an exception would reach OpenSSL as 0 (OK) after a traceback on stderr, so none may leave.
     try:
-        der = _staples.get(_F["SSL_get_SSL_CTX"](p))
-        if not der or _F["SSL_ctrl"](p, _GET_STATUS_TYPE, 0, None) != _OCSP:
+        by_cert = _staples.get(_F["SSL_get_SSL_CTX"](p))
+        if not by_cert or _F["SSL_ctrl"](p, _GET_STATUS_TYPE, 0, None) != _OCSP:
+            return _NOACK
+        der = by_cert.get(None) or by_cert.get(_served_cert(p))
+        if not der:
             return _NOACK
         # OpenSSL takes the buffer and frees it with the SSL (OPENSSL_free): its own memory.
         buf = _F["CRYPTO_malloc"](len(der), None, 0)
@@ -252,9 +257,22 @@ def _status_cb(p: int, _arg: int) -> int:
         return _NOACK
 
 
-def set_ocsp_staple(ctx: ssl.SSLContext, der: bytes | None) -> None:
-    """Staple the DER OCSP response ``der`` to ``ctx``'s certificate for clients that ask
-    (status_request), from the next handshake on, replacing any before; None staples nothing.
+def _served_cert(p: int) -> bytes:
+    """The DER of the certificate SSL* p serves (OpenSSL chose it by what the client
+    supports)."""
+    x = _F["SSL_get_certificate"](p)
+    n = _F["i2d_X509"](x, None) if x else -1
+    if n <= 0:
+        return b""
+    buf = ctypes.create_string_buffer(n)
+    out = _P(ctypes.addressof(buf))  # (i2d_X509 moves the pointer on: a copy of it)
+    return buf.raw if _F["i2d_X509"](x, ctypes.addressof(out)) == n else b""
+
+
+def set_ocsp_staple(ctx: ssl.SSLContext, der: bytes | None, cert: bytes | None = None) -> None:
+    """Staple the DER OCSP response ``der`` to ``ctx``'s certificate ``cert`` (its DER; None:
+    whichever it serves) for clients that ask (status_request), from the next handshake on,
+    replacing any before; None staples nothing.
 
     Stapling is the caller's word: check the response first (stud.ocsp.check). The status
     callback is installed once per context and forgotten with it.
@@ -273,7 +291,11 @@ def set_ocsp_staple(ctx: ssl.SSLContext, der: bytes | None) -> None:
             raise _ssl_error(ssl.SSLError, _C["SSL_ERROR_SSL"], "setting the status callback")
         # Before OpenSSL frees this SSL_CTX (and may hand its address to a new one).
         weakref.finalize(ctx, _staples.pop, p, None)
-    _staples[p] = der
+        _staples[p] = {}
+    if der is None:
+        _staples[p].pop(cert, None)
+    else:
+        _staples[p][cert] = der
 
 
 def addresses() -> dict[str, int]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from stud import ocsp
 from stud.certs import Cert
@@ -41,6 +42,7 @@ class Entry:
     """One certificate file's staple."""
 
     stapler: ocsp.Stapler
+    leaf: bytes               # the certificate (DER): which one of a context's it staples
     file: str | None          # a staple file kept up to date by someone else, if any
     cache: str | None         # where fetched staples are cached (ocsp-dir), if anywhere
     stamp: tuple | None = None  # the staple file's identity last read
@@ -49,7 +51,8 @@ class Entry:
 
 class Stapling:
     """The master's staples: call tick() when wake() says, receive() when fileno() is
-    readable; each returns (certificate path, staple or None) for the workers."""
+    readable; each returns (certificate path, staple or None, certificate DER) for the
+    workers."""
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
@@ -74,7 +77,7 @@ class Stapling:
             entries[pem.cert] = entry
             if entry.stapler.staple:
                 for ctx in ctxs:
-                    sslext.set_ocsp_staple(ctx, entry.stapler.staple.der)
+                    sslext.set_ocsp_staple(ctx, entry.stapler.staple.der, entry.leaf)
         self.entries = entries
         if self.fetcher is not None and _fetcher_settings(self.fetcher.cfg) != \
                 _fetcher_settings(cfg):
@@ -96,7 +99,7 @@ class Stapling:
         stapler = ocsp.Stapler(str(pem), chain, interval=cfg.ocsp_refresh_interval,
                                minimum=soon, retry=soon, fetch=fetch)
         cache = ocsp.staple_path(cfg.ocsp_dir, pem.written or pem.cert) if fetch else None
-        entry = Entry(stapler, file, cache)
+        entry = Entry(stapler, chain[0].public_bytes(serialization.Encoding.DER), file, cache)
         if cache and (der := _read(cache)):
             _say(stapler.fetched(der, _now(), cached=True))
         return entry
@@ -111,7 +114,7 @@ class Stapling:
             return 1.0  # staple files are looked at once a second
         return max(0.0, (min(times) - _now()).total_seconds()) if times else None
 
-    def tick(self) -> list[tuple[str, bytes | None]]:
+    def tick(self) -> list[tuple[str, bytes | None, bytes]]:
         now, out = _now(), []
         for path, e in self.entries.items():
             if e.file:
@@ -127,7 +130,7 @@ class Stapling:
             self._apply(path, e, step, out)
         return out
 
-    def receive(self) -> list[tuple[str, bytes | None]]:
+    def receive(self) -> list[tuple[str, bytes | None, bytes]]:
         """What the fetcher answered."""
         out = []
         for path, der, error in self.fetcher.answers() if self.fetcher else ():
@@ -152,8 +155,8 @@ class Stapling:
         _say(step)
         if step.changed:
             for ctx in e.contexts:
-                sslext.set_ocsp_staple(ctx, step.staple)
-            out.append((path, step.staple))
+                sslext.set_ocsp_staple(ctx, step.staple, e.leaf)
+            out.append((path, step.staple, e.leaf))
 
     def close(self) -> None:
         if self.fetcher:
@@ -168,14 +171,16 @@ def by_file(served: list[Cert]) -> dict[Pem, list[ssl.SSLContext]]:
     return dict(out.values())
 
 
-def message(path: str, der: bytes | None) -> bytes:
-    """The control message that gives the workers a certificate's new staple."""
-    return b"O" + json.dumps([path, base64.b64encode(der).decode() if der else None]).encode()
+def message(path: str, der: bytes | None, leaf: bytes) -> bytes:
+    """The control message that gives the workers a certificate's new staple (leaf: that
+    certificate's DER, as set_ocsp_staple() takes it)."""
+    return b"O" + json.dumps([path, base64.b64encode(der).decode() if der else None,
+                              base64.b64encode(leaf).decode()]).encode()
 
 
-def read_message(data: bytes) -> tuple[str, bytes | None]:
-    path, der = json.loads(data[1:])
-    return path, base64.b64decode(der) if der else None
+def read_message(data: bytes) -> tuple[str, bytes | None, bytes]:
+    path, der, leaf = json.loads(data[1:])
+    return path, base64.b64decode(der) if der else None, base64.b64decode(leaf)
 
 
 class Fetcher:

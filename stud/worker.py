@@ -152,9 +152,9 @@ class Worker:
             if Conn:
                 self.watch.set_backend(*backend)
         if data.startswith(b"O") and stapling.sslext:  # a certificate's new OCSP staple
-            path, der = stapling.read_message(data)
+            path, der, leaf = stapling.read_message(data)
             for ctx in self.stapled.get(path, ()):
-                stapling.sslext.set_ocsp_staple(ctx, der)
+                stapling.sslext.set_ocsp_staple(ctx, der, leaf)
         if not data:
             self.loop.remove_reader(self.ctl.fileno())
             log.error(f"{{core}} Process {os.getpid()} detected parent death, closing listener.")

@@ -579,7 +579,7 @@ def test_staples_go_with_their_context(pki):
     p = sslext.ctx_pointer(ctx)
     assert p not in sslext._staples
     sslext.set_ocsp_staple(ctx, b"\x30\x03abc")
-    assert sslext._staples[p] == b"\x30\x03abc"
+    assert sslext._staples[p] == {None: b"\x30\x03abc"}
     del ctx
     gc.collect()
     assert p not in sslext._staples
