@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -91,8 +92,17 @@ static void tls_failure(int err, int saved_errno, char *why) {
 typedef struct {
     PyObject *conn;            /* the Conn this fd belongs to */
     uint32_t gen, mask;
-    int family;                /* a listening socket's (accepted in C), else 0 */
+    int listener;              /* a listening socket's (accepted in C): 1 + its index, else 0 */
 } Slot;
+
+/* A listening socket accepted in C, and where its handshakes start: its frontend's default
+   context (NULL with --client) and that frontend's SNI choice (NULL: none to make). */
+#define MAX_LISTENERS 64
+typedef struct {
+    int fd;
+    PyObject *context, *sni;
+    SSL_CTX *ctx;
+} Listener;
 
 typedef struct Conn Conn;
 enum { K_HANDSHAKE, K_CONNECT, NKINDS }; /* Conn deadlines */
@@ -140,8 +150,8 @@ typedef struct Poller {
     /* serve(): accept Conns and account for their close in C. */
     PyObject *policy, *conns, *sock_type, *kwnames;
     PyObject *accept_stop; /* called with an errno (or 0: full) when accepting stops */
-    PyObject *context, *sni; /* the server SSLContext (NULL with --client); its SNI callback */
-    SSL_CTX *ctx;            /* context's SSL_CTX*, each connection's SSL* made from it */
+    Listener listeners[MAX_LISTENERS];
+    int nlisteners;
     Py_ssize_t max_conns;
     int log_fd, log_level, notify; /* notify: the worker's closed() sees every close */
     long pid;
@@ -150,7 +160,7 @@ typedef struct Poller {
 } Poller;
 
 static int conn_event(Conn *c, int fd, uint32_t ev);
-static int poller_accept(Poller *self, int lfd, int family);
+static int poller_accept(Poller *self, Listener *l);
 
 #define MAX_EVENTS 256
 
@@ -227,7 +237,7 @@ static void poller_forget(Poller *self, int fd) {
         Slot *s = &self->slots[fd];
         s->gen++;
         s->mask = 0;
-        s->family = 0;
+        s->listener = 0;
         Py_CLEAR(s->conn);
     }
 }
@@ -268,8 +278,8 @@ static PyObject *Poller_dispatch(Poller *self, PyObject *unused) {
         int fd = (int)(uint32_t)evs[i].data.u64;
         uint32_t gen = (uint32_t)(evs[i].data.u64 >> 32), ev = evs[i].events;
         Slot *s = fd < self->nslots && self->slots[fd].gen == gen ? &self->slots[fd] : NULL;
-        if (s && s->family) {
-            if (poller_accept(self, fd, s->family) < 0)
+        if (s && s->listener) {
+            if (poller_accept(self, &self->listeners[s->listener - 1]) < 0)
                 return NULL;
             continue;
         }
@@ -298,8 +308,10 @@ static int Poller_clear(Poller *self) {
     Py_CLEAR(self->accept_stop);
     Py_CLEAR(self->conns);
     Py_CLEAR(self->sock_type);
-    Py_CLEAR(self->context);
-    Py_CLEAR(self->sni);
+    for (int i = 0; i < self->nlisteners; i++) {
+        Py_CLEAR(self->listeners[i].context);
+        Py_CLEAR(self->listeners[i].sni);
+    }
     Py_CLEAR(self->kwnames);
     Py_CLEAR(self->client_wrap);
     for (int i = 0; i < MAX_NAMES; i++) {
@@ -312,7 +324,7 @@ static int Poller_clear(Poller *self) {
 static PyObject *Poller_close(Poller *self, PyObject *unused) {
     for (int i = 0; i < self->nslots; i++) {
         self->slots[i].mask = 0;
-        self->slots[i].family = 0;
+        self->slots[i].listener = 0;
         self->slots[i].gen++;
         Py_CLEAR(self->slots[i].conn);
     }
@@ -332,8 +344,10 @@ static int Poller_traverse(Poller *self, visitproc visit, void *arg) {
     Py_VISIT(self->accept_stop);
     Py_VISIT(self->conns);
     Py_VISIT(self->sock_type);
-    Py_VISIT(self->context);
-    Py_VISIT(self->sni);
+    for (int i = 0; i < self->nlisteners; i++) {
+        Py_VISIT(self->listeners[i].context);
+        Py_VISIT(self->listeners[i].sni);
+    }
     Py_VISIT(self->client_wrap);
     return 0;
 }
@@ -352,6 +366,7 @@ static PyObject *Poller_expired(Poller *self, PyObject *arg);
 static PyObject *Poller_take_stats(Poller *self, PyObject *unused);
 static PyObject *Poller_serve(Poller *self, PyObject *args);
 static PyObject *Poller_listen(Poller *self, PyObject *args);
+static PyObject *Poller_set_backend(Poller *self, PyObject *args);
 
 static PyMethodDef Poller_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))Poller_configure, METH_VARARGS | METH_KEYWORDS,
@@ -362,9 +377,11 @@ static PyMethodDef Poller_methods[] = {
     {"take_stats", (PyCFunction)Poller_take_stats, METH_NOARGS,
      "the Conns' counts since the last call"},
     {"serve", (PyCFunction)Poller_serve, METH_VARARGS,
-     "serve(policy, conns, context, max_conns, log_fd, log_level, sni, accept_stop): accept in C"},
+     "serve(policy, conns, max_conns, log_fd, log_level, accept_stop): accept in C"},
+    {"set_backend", (PyCFunction)Poller_set_backend, METH_VARARGS,
+     "set_backend(family, sockaddr): where Conns connect from now on"},
     {"listen", (PyCFunction)Poller_listen, METH_VARARGS,
-     "listen(fd, family): accept on fd in C; family 0: stop"},
+     "listen(fd, context, sni, on=True): accept on fd in C, or no more"},
     {"dispatch", (PyCFunction)Poller_dispatch, METH_NOARGS, "run the callbacks of ready fds"},
     {"fileno", (PyCFunction)Poller_fileno, METH_NOARGS, "the epoll fd, for the event loop"},
     {"close", (PyCFunction)Poller_close, METH_NOARGS, "close the epoll fd"},
@@ -484,6 +501,7 @@ struct Conn {
     PyObject *pbuf;      /* --proxy-proxy: the client's PROXY header, as read so far */
     SSL *ssl;
     PyObject *context; /* own_ssl: the SSLContext whose SSL_CTX ssl uses */
+    PyObject *sni;     /* own_ssl: its listener's SNI choice, if there is one to make */
     char own_ssl;      /* ssl made here (no _SSLSocket, no socket object): freed at the close */
     int tls_side;      /* FRONT, or BACK with --client */
     int fd[2];         /* FRONT: the client (TLS), BACK: the backend (TCP); -1: none */
@@ -1337,6 +1355,7 @@ static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
     Py_VISIT(c->sock);
     Py_VISIT(c->tls);
     Py_VISIT(c->context);
+    Py_VISIT(c->sni);
     Py_VISIT(c->peer);
     Py_VISIT(c->local);
     Py_VISIT(c->tls_info);
@@ -1348,6 +1367,7 @@ static int Conn_clear(Conn *c) {
     Py_CLEAR(c->policy);
     Py_CLEAR(c->tls);
     Py_CLEAR(c->context);
+    Py_CLEAR(c->sni);
     Py_CLEAR(c->sock);
     Py_CLEAR(c->peer);
     Py_CLEAR(c->local);
@@ -1501,7 +1521,7 @@ static PyObject *sockaddr_tuple(const struct sockaddr_storage *ss) {
 
 /* What Worker._serve() does, for an accepted fd: a Conn (in the worker's open set) begins its handshake.
    -1: a Python error, for on_error. */
-static int serve_fd(Poller *p, int fd, int family, const struct sockaddr_storage *ss) {
+static int serve_fd(Poller *p, int fd, Listener *l, const struct sockaddr_storage *ss) {
     PyObject *peer = sockaddr_tuple(ss), *local = NULL;
     Conn *c = NULL;
     int r = -1, owned = 1;
@@ -1531,7 +1551,7 @@ static int serve_fd(Poller *p, int fd, int family, const struct sockaddr_storage
     }
     /* The SSL* straight from the context, as _ssl's _wrap_socket() would make it but without
        its socket and _SSLSocket objects (side by side with hitch: 1.5% of a connection's CPU). */
-    SSL *ssl = SSL_new_(p->ctx);
+    SSL *ssl = SSL_new_(l->ctx);
     if (!ssl || !SSL_set_fd_(ssl, fd)) {
         if (ssl)
             SSL_free_(ssl);
@@ -1543,7 +1563,8 @@ static int serve_fd(Poller *p, int fd, int family, const struct sockaddr_storage
     SSL_ctrl_(ssl, SSL_CTRL_MODE, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY, NULL);
     SSL_set_accept_state_(ssl);
     c->own_ssl = 1;
-    c->context = Py_NewRef(p->context);
+    c->context = Py_NewRef(l->context);
+    c->sni = Py_XNewRef(l->sni);
     r = conn_begin(c, NULL, ssl);
 done:
     if (r < 0 && c && c->state != ST_CLOSED)
@@ -1556,24 +1577,24 @@ done:
     return r;
 }
 
-/* The SNI callback of serve()'s context, for the SSL*s made above (_ssl's own would look for
-   an _SSLSocket): the Python sni(conn, name, context) as _ssl calls it, where one is given
-   (several certificates, or --sni-nomatch-abort; it may set conn.context), else accept the
-   name (so that TLS 1.2 sessions keep it). */
+/* The SNI callback of a listener's context, for the SSL*s made above (_ssl's own would look
+   for an _SSLSocket): the Python sni(conn, name, context) as _ssl calls it, where one is given
+   (several certificates, or sni-nomatch-abort; it may set conn.context), else accept the name
+   (so that TLS 1.2 sessions keep it). A name that is not ASCII is one no certificate has (they
+   carry A-labels): the default certificate, or the abort (as hitch; _ssl fails the handshake
+   with internal_error instead). */
 static int servername_cb(SSL *ssl, int *alert, void *unused) {
     Conn *c = SSL_get_ex_data_(ssl, SSL_APP_DATA_INDEX);
     const char *name = SSL_get_servername_(ssl, TLSEXT_NAMETYPE_host_name);
-    if (!c || Py_TYPE(c) != &ConnType || !c->poller->sni || !name)
+    if (!c || Py_TYPE(c) != &ConnType || !c->sni || !name)
         return SSL_TLSEXT_ERR_OK;
-    PyObject *str = PyUnicode_DecodeASCII(name, (Py_ssize_t)strlen(name), NULL);
-    PyObject *r = str ? PyObject_CallFunctionObjArgs(c->poller->sni, (PyObject *)c, str,
-                                                     c->poller->context, NULL)
+    PyObject *str = PyUnicode_DecodeLatin1(name, (Py_ssize_t)strlen(name), NULL);
+    PyObject *r = str ? PyObject_CallFunctionObjArgs(c->sni, (PyObject *)c, str, c->context, NULL)
                       : NULL;
     Py_XDECREF(str);
     int ret = SSL_TLSEXT_ERR_OK;
-    if (!r || (r != Py_None && !PyLong_Check(r))) { /* as _ssl: a name that is not ASCII too */
-        if (r || !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
-            report(c->poller);
+    if (!r || (r != Py_None && !PyLong_Check(r))) {
+        report(c->poller);
         PyErr_Clear();
         *alert = SSL_AD_INTERNAL_ERROR;
         ret = SSL_TLSEXT_ERR_ALERT_FATAL;
@@ -1592,12 +1613,12 @@ static int stop_accepting(Poller *p, int err) {
     return r ? 0 : report(p);
 }
 
-/* Readable listening socket lfd: what Worker._accept() does, in C. -1 only if on_error raised. */
-static int poller_accept(Poller *p, int lfd, int family) {
+/* Readable listening socket l: what Worker._accept() does, in C. -1 only if on_error raised. */
+static int poller_accept(Poller *p, Listener *l) {
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
-        int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int e = errno;
             if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
@@ -1605,7 +1626,7 @@ static int poller_accept(Poller *p, int lfd, int family) {
             return 0; /* none left; ECONNABORTED and friends concern one client only */
         }
         p->stats.accepted++;
-        if (serve_fd(p, fd, family, &ss) < 0 && report(p) < 0)
+        if (serve_fd(p, fd, l, &ss) < 0 && report(p) < 0)
             return -1;
         if (p->max_conns && PySet_GET_SIZE(p->conns) >= p->max_conns)
             return stop_accepting(p, 0); /* never fail open: the kernel queues the rest */
@@ -1613,41 +1634,28 @@ static int poller_accept(Poller *p, int lfd, int family) {
     return 0;
 }
 
-/* serve(policy, conns, context, max_conns, log_fd, log_level, sni, accept_stop): from now on the
-   listen()ed sockets are accepted in C, each connection a Conn of policy in the set conns, its
-   SSL* made from context's SSL_CTX (None with --client), whose SNI callback becomes
-   servername_cb(), calling sni (or None); closes are accounted here (closed_in_c()) unless
-   notify is set; accept_stop(errno) when accepting stops (0: at max_conns). */
+/* serve(policy, conns, max_conns, log_fd, log_level, accept_stop): from now on the listen()ed
+   sockets are accepted in C, each connection a Conn of policy in the set conns; closes are
+   accounted here (closed_in_c()) unless notify is set; accept_stop(errno) when accepting stops
+   (0: at max_conns). */
 static PyObject *Poller_serve(Poller *self, PyObject *args) {
-    PyObject *policy, *conns, *context, *sni, *accept_stop;
+    PyObject *policy, *conns, *accept_stop;
     Py_ssize_t max_conns;
     int log_fd, log_level;
-    if (!PyArg_ParseTuple(args, "OO!OniiOO:serve", &policy, &PySet_Type, &conns, &context,
-                          &max_conns, &log_fd, &log_level, &sni, &accept_stop))
+    if (!PyArg_ParseTuple(args, "OO!niiO:serve", &policy, &PySet_Type, &conns, &max_conns,
+                          &log_fd, &log_level, &accept_stop))
         return NULL;
     if (!self->backend_len) {
         PyErr_SetString(PyExc_RuntimeError, "configure() comes first");
-        return NULL;
-    }
-    if ((context == Py_None) != (self->client_wrap != NULL)) {
-        PyErr_SetString(PyExc_ValueError, "context None for --client (only)");
         return NULL;
     }
     if (!PyCallable_Check(accept_stop)) {
         PyErr_SetString(PyExc_TypeError, "accept_stop must be callable");
         return NULL;
     }
-    SSL_CTX *ctx = context == Py_None ? NULL : ctx_of(context);
-    if (context != Py_None && !ctx)
-        return NULL;
-    if (ctx)
-        SSL_CTX_callback_ctrl_(ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, (generic_cb)servername_cb);
     Py_XSETREF(self->policy, Py_NewRef(policy));
     Py_XSETREF(self->conns, Py_NewRef(conns));
-    Py_XSETREF(self->context, context == Py_None ? NULL : Py_NewRef(context));
-    Py_XSETREF(self->sni, sni == Py_None ? NULL : Py_NewRef(sni));
     Py_XSETREF(self->accept_stop, Py_NewRef(accept_stop));
-    self->ctx = ctx;
     self->max_conns = max_conns;
     self->log_fd = log_fd;
     self->log_level = log_level;
@@ -1655,19 +1663,51 @@ static PyObject *Poller_serve(Poller *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* listen(fd, family): accept on fd in C (after serve()); listen(fd, 0): no more. */
-static PyObject *Poller_listen(Poller *self, PyObject *args) {
-    int fd, family;
-    if (!PyArg_ParseTuple(args, "ii:listen", &fd, &family))
+/* The listener of fd (added if new); NULL: too many (error set). */
+static Listener *listener_of(Poller *self, int fd) {
+    for (int i = 0; i < self->nlisteners; i++)
+        if (self->listeners[i].fd == fd)
+            return &self->listeners[i];
+    if (self->nlisteners == MAX_LISTENERS) {
+        PyErr_SetString(PyExc_ValueError, "too many listening sockets");
         return NULL;
-    if (family && !self->conns) {
+    }
+    Listener *l = &self->listeners[self->nlisteners++];
+    *l = (Listener){.fd = fd};
+    return l;
+}
+
+/* listen(fd, context, sni): accept on fd in C (after serve()), each handshake starting on
+   context (None with --client), whose SNI callback becomes servername_cb(), calling sni (None:
+   no choice to make); listen(fd, None, None, False): no more. */
+static PyObject *Poller_listen(Poller *self, PyObject *args) {
+    int fd, on = 1;
+    PyObject *context, *sni;
+    if (!PyArg_ParseTuple(args, "iOO|p:listen", &fd, &context, &sni, &on))
+        return NULL;
+    if (on && !self->conns) {
         PyErr_SetString(PyExc_RuntimeError, "serve() comes first");
         return NULL;
     }
-    Slot *s = slot_of(self, fd);
-    if (!s || poller_mask(self, s, fd, family ? EPOLLIN : 0) < 0)
+    if (on && (context == Py_None) != (self->client_wrap != NULL)) {
+        PyErr_SetString(PyExc_ValueError, "context None for --client (only)");
         return NULL;
-    s->family = family;
+    }
+    SSL_CTX *ctx = on && context != Py_None ? ctx_of(context) : NULL;
+    if (on && context != Py_None && !ctx)
+        return NULL;
+    Slot *s = slot_of(self, fd);
+    Listener *l = on ? listener_of(self, fd) : NULL;
+    if (!s || (on && !l) || poller_mask(self, s, fd, on ? EPOLLIN : 0) < 0)
+        return NULL;
+    s->listener = on ? (int)(l - self->listeners) + 1 : 0;
+    if (!on)
+        Py_RETURN_NONE;
+    if (ctx)
+        SSL_CTX_callback_ctrl_(ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, (generic_cb)servername_cb);
+    Py_XSETREF(l->context, context == Py_None ? NULL : Py_NewRef(context));
+    Py_XSETREF(l->sni, sni == Py_None ? NULL : Py_NewRef(sni));
+    l->ctx = ctx;
     Py_RETURN_NONE;
 }
 
@@ -1690,6 +1730,56 @@ static int set_bounds(Hist *h, PyObject *bounds) {
         return -1;
     *h = fresh;
     return 0;
+}
+
+/* The backend address from a family and a sockaddr as getaddrinfo() gives it for AF_INET or
+   AF_INET6 (numeric), or a UNIX socket's path for AF_UNIX; -1: error set. */
+static int set_backend(Poller *self, int family, PyObject *sa) {
+    const char *host;
+    int port;
+    unsigned int flowinfo = 0, scope = 0;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    socklen_t len;
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        if (!PyArg_ParseTuple(sa, "si", &host, &port))
+            return -1;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+            goto bad;
+        len = sizeof *in;
+    } else if (family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        if (!PyArg_ParseTuple(sa, "si|II", &host, &port, &flowinfo, &scope))
+            return -1;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        in6->sin6_flowinfo = htonl(flowinfo);
+        in6->sin6_scope_id = scope;
+        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+            goto bad;
+        len = sizeof *in6;
+    } else if (family == AF_UNIX) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&ss;
+        Py_ssize_t n;
+        const char *path = PyUnicode_Check(sa) ? PyUnicode_AsUTF8AndSize(sa, &n) : NULL;
+        if (!path || n <= 0 || (size_t)n >= sizeof un->sun_path || strlen(path) != (size_t)n)
+            goto bad;
+        un->sun_family = AF_UNIX;
+        memcpy(un->sun_path, path, (size_t)n + 1);
+        len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n + 1);
+    } else
+        goto bad;
+    self->backend = ss;
+    self->backend_len = len;
+    return 0;
+bad:
+    PyErr_Clear();
+    PyErr_SetString(PyExc_ValueError,
+                    "backend: a numeric IPv4 or IPv6 address, or a UNIX socket's path");
+    return -1;
 }
 
 /* configure(backend_family, backend_sockaddr, handshake_timeout, connect_timeout, header,
@@ -1718,36 +1808,8 @@ static PyObject *Poller_configure(Poller *self, PyObject *args, PyObject *kwds) 
     if (set_bounds(&self->stats.handshake_seconds, hs_buckets) < 0 ||
         set_bounds(&self->stats.connect_seconds, ct_buckets) < 0)
         return NULL;
-    const char *host;
-    int port;
-    unsigned int flowinfo = 0, scope = 0;
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    socklen_t len;
-    if (family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-        if (!PyArg_ParseTuple(sa, "si", &host, &port))
-            return NULL;
-        in->sin_family = AF_INET;
-        in->sin_port = htons((uint16_t)port);
-        if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
-            goto bad;
-        len = sizeof *in;
-    } else if (family == AF_INET6) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-        if (!PyArg_ParseTuple(sa, "si|II", &host, &port, &flowinfo, &scope))
-            return NULL;
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons((uint16_t)port);
-        in6->sin6_flowinfo = htonl(flowinfo);
-        in6->sin6_scope_id = scope;
-        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
-            goto bad;
-        len = sizeof *in6;
-    } else
-        goto bad;
-    self->backend = ss;
-    self->backend_len = len;
+    if (set_backend(self, family, sa) < 0)
+        return NULL;
     self->timeout[K_HANDSHAKE] = hs;
     self->timeout[K_CONNECT] = ct;
     if (!self->kwnames && !(self->kwnames = Py_BuildValue("(s)", "owner")))
@@ -1757,9 +1819,16 @@ static PyObject *Poller_configure(Poller *self, PyObject *args, PyObject *kwds) 
     Py_XSETREF(self->sock_type, sock_type == Py_None ? NULL : Py_NewRef(sock_type));
     Py_XSETREF(self->client_wrap, client_wrap == Py_None ? NULL : Py_NewRef(client_wrap));
     Py_RETURN_NONE;
-bad:
-    PyErr_SetString(PyExc_ValueError, "backend: a numeric IPv4 or IPv6 address is needed");
-    return NULL;
+}
+
+/* set_backend(family, sockaddr): where Conns connect from now on (-R: its name resolved
+   again), as configure() takes it. */
+static PyObject *Poller_set_backend(Poller *self, PyObject *args) {
+    int family;
+    PyObject *sa;
+    if (!PyArg_ParseTuple(args, "iO:set_backend", &family, &sa) || set_backend(self, family, sa) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 /* [bucket counts...] of a histogram, or NULL. */

@@ -29,7 +29,10 @@
 #define SSL_CTRL_SET_TLSEXT_SERVERNAME_CB 53
 #define SSL_CTRL_GET_TLSEXT_TICKET_KEYS 58
 #define SSL_CTRL_SET_TLSEXT_TICKET_KEYS 59
+#define SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB 63
+#define SSL_CTRL_SET_TLSEXT_STATUS_REQ_OCSP_RESP 71
 #define SSL_CTRL_SET_GROUPS_LIST 92
+#define SSL_CTRL_GET_TLSEXT_STATUS_REQ_TYPE 127
 
 /* SSL_CTRL_MODE bits (the two _ssl sets on its own connections) */
 #define SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER 0x2
@@ -48,10 +51,12 @@
 /* Options (a uint64_t in OpenSSL 3) */
 #define SSL_OP_NO_TICKET 0x4000
 
-/* The servername callback */
+/* The servername and status (OCSP stapling) callbacks */
 #define TLSEXT_NAMETYPE_host_name 0
+#define TLSEXT_STATUSTYPE_ocsp 1 /* SSL_get_tlsext_status_type() when a client asks */
 #define SSL_TLSEXT_ERR_OK 0
 #define SSL_TLSEXT_ERR_ALERT_FATAL 2
+#define SSL_TLSEXT_ERR_NOACK 3
 #define SSL_AD_INTERNAL_ERROR 80
 
 /* Ex data: index 0 of an SSL is its "app data", where _ssl keeps its _SSLSocket (and a
@@ -70,10 +75,12 @@ typedef struct ssl_session_st SSL_SESSION;
 typedef struct ssl_cipher_st SSL_CIPHER;
 typedef struct evp_md_st EVP_MD;
 typedef struct engine_st ENGINE;
+typedef struct x509_st X509;
 typedef int (*new_session_cb)(SSL *, SSL_SESSION *);
 typedef SSL_SESSION *(*get_session_cb)(SSL *, const unsigned char *, int, int *);
 typedef void (*remove_session_cb)(SSL_CTX *, SSL_SESSION *);
 typedef void (*generic_cb)(void);
+typedef int (*status_cb)(SSL *, void *); /* sslext's, set through SSL_CTX_callback_ctrl */
 
 /* libssl: X(return type, name, (parameter types)) */
 #define STUD_OPENSSL_LIBSSL(X)                                                                  \
@@ -114,7 +121,8 @@ typedef void (*generic_cb)(void);
     X(const unsigned char *, SSL_SESSION_get_id, (const SSL_SESSION *, unsigned int *))         \
     X(long, SSL_SESSION_get_time, (const SSL_SESSION *))                                        \
     X(long, SSL_SESSION_get_timeout, (const SSL_SESSION *))                                     \
-    X(void, SSL_SESSION_free, (SSL_SESSION *))
+    X(void, SSL_SESSION_free, (SSL_SESSION *))                                                  \
+    X(X509 *, SSL_get_certificate, (const SSL *))
 
 /* libcrypto */
 #define STUD_OPENSSL_LIBCRYPTO(X)                                                               \
@@ -126,7 +134,10 @@ typedef void (*generic_cb)(void);
       (const EVP_MD *, const void *, int, const unsigned char *, size_t, unsigned char *,       \
        unsigned int *))                                                                         \
     X(const EVP_MD *, EVP_sha1, (void))                                                         \
-    X(int, CRYPTO_memcmp, (const void *, const void *, size_t))
+    X(int, CRYPTO_memcmp, (const void *, const void *, size_t))                                 \
+    X(void *, CRYPTO_malloc, (size_t, const char *, int))                                       \
+    X(void, CRYPTO_free, (void *, const char *, int))                                           \
+    X(int, i2d_X509, (const X509 *, unsigned char **))
 
 /* libcrypto, only where OpenSSL was built with engines (-e/--ssl-engine); Python only */
 #define STUD_OPENSSL_ENGINE(X)                                                                  \

@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass
 
 MAX_HOST = 255  # longest DNS name; anything longer is a typo or an attack on the parser
+MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the NUL
 
 
 class AddrError(ValueError):
@@ -26,6 +27,27 @@ class Addr:
 
     def __str__(self) -> str:
         return f"[{'*' if self.host is None else self.host}]:{self.port}"
+
+
+@dataclass(frozen=True)
+class Unix:
+    """A UNIX socket's path (a backend: ``-b /run/varnish.sock``, as hitch)."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def parse_backend(text: str) -> Addr | Unix:
+    """A backend: an absolute path is a UNIX socket, anything else an address."""
+    s = text.strip()
+    if s.startswith("/"):
+        if "\0" in s or len(s.encode()) > MAX_UNIX_PATH:
+            raise AddrError(f"invalid UNIX socket path '{text[:60]}': NUL, or longer than "
+                            f"{MAX_UNIX_PATH} bytes")
+        return Unix(s)
+    return parse(text)
 
 
 def parse(text: str, *, wildcard: bool = False) -> Addr:
@@ -76,11 +98,14 @@ def has_ipv6() -> bool:
     return True
 
 
-def resolve(addr: Addr, *, passive: bool = False) -> tuple[int, tuple]:
+def resolve(addr: Addr | Unix, *, passive: bool = False) -> tuple[int, tuple | str]:
     """Resolve once, as stud did: the first getaddrinfo result wins.
 
     The wildcard binds every address: ``[::]`` dual-stack where IPv6 exists, else ``0.0.0.0``.
+    A UNIX socket is (AF_UNIX, its path).
     """
+    if isinstance(addr, Unix):
+        return socket.AF_UNIX, addr.path
     if addr.host is None:
         if has_ipv6():
             return socket.AF_INET6, ("::", addr.port, 0, 0)

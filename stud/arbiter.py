@@ -11,6 +11,7 @@ master keeps them, so that a later reload can re-read root-only keys and bind pr
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -19,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from stud import metrics, sesscache, startup
+from stud import certs, metrics, sesscache, stapling, startup
 from stud.config import Config, ConfigError, Exit, parse_args
 from stud.daemon import configure_log, drop_privileges
 from stud.log import log
@@ -54,6 +55,8 @@ class Arbiter:
         self.updates = sesscache.open_updates(cfg)  # -U: session cache updates (workers send)
         self.current = startup.prepare_generation(cfg, None, self.listeners, self.updates)
         startup.commit(self.current, self.listeners)
+        self.stapling = stapling.Stapling()
+        self.stapling.update(cfg, self.current.setup.certs())
         self.children: dict[int, Child] = {}
         self.failures: dict[int, int] = {}
         self.respawn_at: dict[int, float] = {}             # slot -> monotonic time
@@ -66,6 +69,8 @@ class Arbiter:
         self.pipe_r, self.pipe_w = os.pipe()
         self.board = metrics.Board()
         self.pem_stamps = pem_stamps(cfg)
+        self.refresh_at = time.monotonic() + cfg.backend_refresh  # -R
+        self.refresh_failed = False
 
     @property
     def cfg(self) -> Config:
@@ -106,6 +111,8 @@ class Arbiter:
                 if self.reload_wanted and self.retire is None and not self.retiring:
                     self.reload()  # waits while an old generation drains: two at most
                 self._respawn_due()
+                self._refresh_backend(now)
+                self._to_workers(self.stapling.tick())
                 self._retire_old()
             for gen, at in list(self.retiring.items()):
                 if not any(c.gen == gen for c in self.children.values()):
@@ -114,15 +121,56 @@ class Arbiter:
                 elif now > at:
                     self._kill(signal.SIGKILL, gen)
             self._sleep()
+        self.stapling.close()
         log.info("{core} all workers exited; bye.")
         return 0
+
+    def _refresh_backend(self, now: float) -> None:
+        """-R: resolve the backend's name again; new connections use a new address (also in
+        workers forked later); a failure keeps the old one, said once until it resolves."""
+        if not self.cfg.backend_refresh or now < self.refresh_at:
+            return
+        self.refresh_at = now + self.cfg.backend_refresh
+        setup = self.current.setup
+        try:
+            backend = startup.resolve_backend(self.cfg)
+        except ConfigError as e:
+            if not self.refresh_failed:
+                log.error(f"{{core}} backend-refresh: {e}; still connecting to "
+                          f"{addr_text(setup.backend)}")
+            self.refresh_failed = True
+            return
+        self.refresh_failed = False
+        if backend == setup.backend:
+            return
+        log.info(f"{{core}} backend {self.cfg.backend} now resolves to {addr_text(backend)}")
+        setup.backend = backend
+        message = b"B" + json.dumps(backend).encode()
+        for c in self.children.values():
+            if c.gen == self.gen:
+                try:
+                    c.ctl.send(message)
+                except OSError:
+                    pass  # (gone: its replacement is forked with the new address)
+
+    def _to_workers(self, staples: list[tuple[str, bytes | None, bytes]]) -> None:
+        """New staples (OCSP) for the running workers; those forked later have them."""
+        for path, der, leaf in staples:
+            message = stapling.message(path, der, leaf)
+            for c in self.children.values():
+                try:
+                    c.ctl.send(message)
+                except OSError:
+                    pass  # (gone: reap() sees to it)
 
     def _sleep(self) -> None:
         timeout = 1.0 if self.retire is None else 0.05
         if self.respawn_at:
             timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
+        if (wake := self.stapling.wake()) is not None:
+            timeout = min(timeout, wake)
         ctls = {c.ctl: c for c in self.children.values()}
-        extra = [s for s in (self.metrics_sock, self.updates) if s]
+        extra = [s for s in (self.metrics_sock, self.updates, self.stapling.fileno()) if s]
         try:
             readable, _, _ = select.select([self.pipe_r, *ctls, *extra], [], [], timeout)
         except InterruptedError:
@@ -137,8 +185,12 @@ class Arbiter:
                         break
             elif r is self.updates:
                 sesscache.receive()
+            elif r == self.stapling.fileno():
+                self._to_workers(self.stapling.receive())
             elif r is self.metrics_sock:
-                self.board.gauges.update(workers=len(self.children), generation=self.gen)
+                served = self.current.setup.served
+                self.board.gauges.update(workers=len(self.children), generation=self.gen,
+                                         certificates_skipped=len(served.skipped) if served else 0)
                 metrics.serve_one(r, self.board)
             else:
                 self._from_worker(ctls[r])
@@ -209,6 +261,7 @@ class Arbiter:
             if new != old:
                 log.error(f"{{core}} reload: a new {what} needs a restart; it stays {old}")
         startup.commit(gen, self.listeners)
+        self.stapling.update(cfg, gen.setup.certs())
         self.board.master_counters["reloads_ok"] += 1
         old, self.gen = self.gen, self.gen + 1
         self.current = gen
@@ -310,14 +363,16 @@ class Arbiter:
             mine.close()
             if self.metrics_sock:
                 self.metrics_sock.close()
+            if self.stapling.fetcher:
+                self.stapling.fetcher.sock.close()
             for c in self.children.values():
                 c.ctl.close()
             for sock in self.listeners.unused(self.current.listeners):
                 sock.close()
             drop_privileges(self.cfg)
             s = self.current.setup
-            code = Worker(self.cfg, self.current.listeners, s.ssl_context, s.client_context,
-                          s.backend, theirs).run()
+            code = Worker(self.cfg, self.current.served(), s.client_context, s.backend,
+                          theirs, stapling.by_file(s.certs())).run()
         except BaseException:
             log.error(f"{{core}} worker {os.getpid()} crashed: "
                       + traceback.format_exc().strip().replace("\n", " | "))
@@ -326,12 +381,24 @@ class Arbiter:
 
 
 def pem_stamps(cfg: Config) -> list[tuple]:
-    """What --reload-on-cert-change watches: each pem-file's identity, size and mtime."""
+    """What --reload-on-cert-change watches: each certificate and key file's identity, size and
+    mtime (pem-dir's files too, and which there are)."""
+    try:
+        listed = certs.pem_dir_files(cfg)
+    except ConfigError:
+        listed = []  # (an unreadable pem-dir: the reload it prompts will say why)
+    pems = [*cfg.pem_file, *(p for f in cfg.frontend for p in f.pems), *listed]
     out = []
-    for path in cfg.pem_file:
+    for path in (p for pem in pems for p in (pem.cert, pem.key) if p):
         try:
             st = os.stat(path)
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            out.append((path, st.st_ino, st.st_size, st.st_mtime_ns))
         except OSError:
-            out.append(None)
+            out.append((path, None))
     return out
+
+
+def addr_text(backend: tuple[int, tuple | str]) -> str:
+    """A resolved backend as the log shows it: [host]:port, or a UNIX socket's path."""
+    _, sa = backend
+    return sa if isinstance(sa, str) else f"[{sa[0]}]:{sa[1]}"

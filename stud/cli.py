@@ -29,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.ssl_engine:
             tls.load_engine(cfg.ssl_engine)
         if cfg.test:
-            startup.prepare(cfg)  # everything start-up checks, short of binding
-            print("stud configuration looks ok.")
+            setup = startup.prepare(cfg)  # everything start-up checks, short of binding
+            skipped = setup.served.skipped if setup.served else []
+            for why in skipped:
+                print(f"stud: skipped: {one_line(why)}", file=sys.stderr)
+            print("stud configuration looks ok" + (f"; {len(skipped)} certificate file(s) of "
+                                                   "pem-dir will be skipped." if skipped else "."))
             return 0
         return run(args, cfg)
     except config.ConfigError as e:  # start-up errors: before any daemonizing

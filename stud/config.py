@@ -8,6 +8,7 @@ names the option, or the file and line.
 
 from __future__ import annotations
 
+import copy
 import grp
 import ipaddress
 import os
@@ -16,10 +17,10 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stud import __version__, addr
+from stud import __version__, addr, hitchconf
 
 TRUE = frozenset({"on", "yes", "y", "true", "t", "1"})
 FALSE = frozenset({"off", "no", "n", "false", "f", "0"})
@@ -28,11 +29,15 @@ FACILITIES = ("auth", "authpriv", "cron", "daemon", "ftp", "local0", "local1", "
               "uucp")
 PROTOS = ("TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 MODERN = "TLSv1.2 TLSv1.3"
-LOG_LEVELS = ("error", "info", "conn", "debug")
+LOG_LEVELS = ("silent", "error", "info", "conn", "debug")
+HITCH_LOG_LEVELS = {"0": "silent", "1": "error", "2": "info"}  # hitch's -L 0|1|2
 MAX_PEERS = 15
 MAX_KEEPIDLE = 32767   # Linux refuses a longer TCP_KEEPIDLE (every client would be dropped)
 MAX_INT = 2**31 - 1    # listen() takes a C int
-CLIENT_ADDR_MODES = ("write-ip", "write-proxy", "write-proxy-v2", "proxy-proxy")
+CLIENT_ADDR_MODES = ("write-ip", "write-proxy-v1", "write-proxy-v2", "proxy-proxy")
+# --write-proxy is PROXY v1 in stud and v2 in hitch: said once, where a file or argv uses it.
+WRITE_PROXY_WARNING = ("write-proxy means PROXY v1 here (as in stud; hitch reads it as v2): "
+                       "write write-proxy-v1 or write-proxy-v2 to say which")
 
 
 class ConfigError(Exception):
@@ -45,6 +50,52 @@ class Exit(Exception):  # noqa: N818 - a control-flow signal, not an error
     def __init__(self, text: str) -> None:
         super().__init__(text)
         self.text = text
+
+
+@dataclass(frozen=True)
+class Pem:
+    """A certificate to serve: ``pem-file = PATH`` (certificate, chain and key in one file) or
+    hitch's block ``pem-file = { cert = ... private-key = ... ocsp-resp-file = ... }``."""
+
+    cert: str
+    key: str | None = None             # private-key: a separate key file
+    ocsp_resp_file: str | None = None  # a staple kept up to date by someone else
+    ocsp_verify: bool | None = None    # None: the global ocsp-verify-staple
+    # The cert path as the configuration wrote it (hitch names its OCSP cache after that text).
+    written: str | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return self.cert
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """A listening address and what is served there: ``[HOST]:PORT[+CERT]``, ``HOST,PORT``, or
+    hitch's block ``frontend = { host = ... port = ... pem-file = ... }``. None: the global
+    setting applies."""
+
+    addr: addr.Addr
+    pems: tuple[Pem, ...] = ()            # its own certificates (the last is its default)
+    match_global_certs: bool | None = None  # None: hitch's rule, on when it has none of its own
+    sni_nomatch_abort: bool | None = None
+    tls_protos: str | None = None
+    ciphers: str | None = None
+    ciphersuites: str | None = None
+    prefer_server_ciphers: bool | None = None
+
+    def __str__(self) -> str:
+        return f"{self.addr}+{self.pems[0]}" if len(self.pems) == 1 else str(self.addr)
+
+    @property
+    def simple(self) -> bool:
+        """Whether the one-line form says all of it."""
+        return (len(self.pems) <= 1 and all(p == Pem(p.cert) for p in self.pems)
+                and self == Frontend(self.addr, self.pems))
+
+    @property
+    def global_certs(self) -> bool:
+        """Whether the global certificates serve here too (after its own)."""
+        return (not self.pems) if self.match_global_certs is None else self.match_global_certs
 
 
 @dataclass(frozen=True)
@@ -62,6 +113,7 @@ class Option:
     repeat: bool = False      # values accumulate (pem-file, shared-cache-peer, frontend)
     check: Callable[[Any], str | None] | None = None  # returns a reason when the value is bad
     wildcard: bool = False    # addr: '*' allowed
+    blank: bool = False       # "" is a value of its own (off), not the default
 
     @property
     def dest(self) -> str:
@@ -80,12 +132,17 @@ def _backlog(v: int) -> str | None:
     return None if -1 <= v <= MAX_INT else f"must be -1 (system maximum) to {MAX_INT}"
 
 
+def _bufsize(v: int) -> str | None:
+    return None if v == -1 or 1 <= v <= MAX_INT else f"must be -1 (the system's) or 1 to {MAX_INT}"
+
+
 def _keepalive(v: int) -> str | None:
     return None if 0 <= v <= MAX_KEEPIDLE else f"must be 0 to {MAX_KEEPIDLE}"
 
 
 def _log_level(v: str) -> str | None:
-    return None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
+    return None if v in LOG_LEVELS else (f"must be one of {', '.join(LOG_LEVELS)} "
+                                         "(or hitch's 0, 1, 2)")
 
 
 def _facility(v: str) -> str | None:
@@ -175,11 +232,24 @@ OPTIONS: tuple[Option, ...] = (
       metavar="LIST", section=ENC),
     Op("sni-nomatch-abort", "bool", False, "Refuse unknown SNI names (unrecognized_name alert)",
       section=ENC),
+    Op("match-global-certs", "bool", False, "In a frontend block (hitch's syntax): the global "
+       "certificates serve there too (default: only when it has none of its own)",
+       cli=False, file=False),
     Op("client", "bool", False, "Enable client proxy mode", section=SOCK),
-    Op("backend", "addr", addr.Addr("127.0.0.1", 8000), "Backend [connect]", short="b",
+    Op("backend", "backend", addr.Addr("127.0.0.1", 8000),
+      "Backend [connect]: an address, or the path of a UNIX socket", short="b",
       metavar="HOST,PORT", section=SOCK),
-    Op("frontend", "addr", (addr.Addr(None, 8443),), "Frontend [bind], repeatable", short="f",
-      metavar="HOST,PORT", section=SOCK, repeat=True, wildcard=True),
+    Op("frontend", "frontend", (Frontend(addr.Addr(None, 8443)),),
+      "Frontend [bind], repeatable; +CERT serves that certificate there", short="f",
+      metavar="[HOST]:PORT[+CERT]", section=SOCK, repeat=True, wildcard=True),
+    Op("backend-refresh", "float", 0.0, "Resolve the backend's name again this often (0: once)",
+      short="R", metavar="SECS", section=SOCK, check=_non_negative),
+    Op("recv-bufsize", "int", -1, "SO_RCVBUF of client sockets (-1: the system's)",
+      metavar="SIZE", section=SOCK, check=_bufsize),
+    Op("send-bufsize", "int", -1, "SO_SNDBUF of client sockets (-1: the system's)",
+      metavar="SIZE", section=SOCK, check=_bufsize),
+    Op("enable-tcp-fastopen", "bool", False, "TCP Fast Open on the listening sockets",
+      section=SOCK, aliases=("tcp-fastopen",)),
     Op("shared-cache-listen", "addr", None, "Accept cache updates on UDP", short="U",
       metavar="HOST,PORT", section=SOCK, wildcard=True),
     Op("shared-cache-peer", "addr", (), "Send cache updates to peer (repeatable)", short="P",
@@ -222,27 +292,45 @@ OPTIONS: tuple[Option, ...] = (
       short="s", section=LOG),
     Op("syslog-facility", "str", "daemon", "Syslog facility to use", metavar="FACILITY",
       section=LOG, check=_facility),
-    Op("log-level", "str", "info",
-       "error, info, conn (one line per connection) or debug (failed handshakes too)",
-       short="L", metavar="LEVEL", section=LOG, check=_log_level),
+    Op("log-level", "loglevel", "info",
+       "silent, error, info, conn (one line per connection) or debug (failed handshakes "
+       "too); hitch's 0, 1, 2 are silent, error, info", short="L", metavar="LEVEL", section=LOG,
+       check=_log_level),
     Op("log-file", "outfile", "", "Append log lines to FILE (reopened on SIGUSR1)",
-       short="l", metavar="FILE", section=LOG),
+       short="l", metavar="FILE", section=LOG, aliases=("log-filename",)),
     Op("metrics", "addr", None, "Serve Prometheus metrics on this address",
        metavar="HOST,PORT", section=LOG, wildcard=True),
     Op("daemon", "bool", False, "Fork into background and become a daemon"),
     Op("pidfile", "outfile", "", "Write the master's PID to FILE", short="p", metavar="FILE"),
     Op("write-ip", "bool", False, "Write 1 octet with the IP family followed by the IP address "
       "in 4 (IPv4) or 16 (IPv6) octets (network order) to backend before the actual data"),
-    Op("write-proxy", "bool", False, "Write HAProxy's PROXY v1 line before actual data",
-      aliases=("write-proxy-v1",)),
+    Op("write-proxy-v1", "bool", False, "Write HAProxy's PROXY v1 line before actual data "
+      "(--write-proxy too; hitch reads that as v2)", aliases=("write-proxy",)),
     Op("write-proxy-v2", "bool", False, "Write a binary PROXY v2 header (with ALPN, SNI and "
       "TLS TLVs) before actual data"),
+    Op("proxy-tlv", "bool", True, "PROXY v2: send the TLS TLV (version, cipher)"),
+    Op("proxy-authority", "bool", True, "PROXY v2: send the SNI name (AUTHORITY TLV)"),
     Op("proxy-proxy", "bool", False, "Pass on a PROXY v1/v2 header sent by the client"),
     Op("test", "action", None, "Test configuration and exit", short="t", file=False),
     Op("version", "action", None, "Print program version and exit", short="V", file=False),
     Op("help", "action", None, "This help message", short="h", file=False),
-    Op("pem-file", "path", (), "x509 certificate and key file(s); the last one is the default",
+    Op("pem-file", "pem", (), "x509 certificate and key file(s); the last one is the default",
       metavar="PEM", cli=False, repeat=True),
+    Op("pem-dir", "dir", "", "Also serve every certificate file in DIR (lexicographic order; "
+       "one that does not load is skipped and logged)", metavar="DIR", section=ENC),
+    Op("pem-dir-glob", "str", "", "Only the files of pem-dir matching this pattern",
+       metavar="GLOB", section=ENC),
+    Op("ocsp-dir", "str", "/var/lib/stud/", "Fetch OCSP staples from the responder each "
+       "certificate names, cached in DIR with hitch's file names (\"\": no fetching)",
+       metavar="DIR", section=ENC, blank=True),
+    Op("ocsp-connect-tmo", "float", 4.0, "OCSP responder connect timeout", metavar="SECS",
+       section=ENC, check=_above_zero),
+    Op("ocsp-resp-tmo", "float", 10.0, "OCSP responder response timeout", metavar="SECS",
+       section=ENC, check=_above_zero),
+    Op("ocsp-refresh-interval", "float", 1800.0, "Refresh staples without a nextUpdate this "
+       "often", metavar="SECS", section=ENC, check=_above_zero),
+    Op("ocsp-verify-staple", "bool", False, "hitch's switch, accepted: stud verifies every "
+       "staple against its certificate's issuer, set or not", section=ENC),
 )
 BY_NAME: dict[str, Option] = {n: o for o in OPTIONS for n in (o.name, *o.aliases)}
 BY_SHORT: dict[str, Option] = {o.short: o for o in OPTIONS if o.short}
@@ -259,6 +347,19 @@ class Config:
         self.config_file: str | None = None
         self.cli_protocol: str | None = None   # --tls/--ssl on the command line win over files
         self._repeat_source: dict[str, object] = {}
+        self.hitch_files: list[str] = []  # config files read in hitch's syntax
+
+    def for_frontend(self, f: Frontend) -> Config:
+        """These settings as frontend f has them (its own where it sets them)."""
+        out = copy.copy(self)
+        for name in FRONTEND_SETTINGS:
+            if (value := getattr(f, name)) is not None:
+                setattr(out, name, value)
+        return out
+
+    def tls_settings(self) -> tuple:
+        """What a server context is made of, besides its certificate (frontends may differ)."""
+        return tuple(getattr(self, n) for n in FRONTEND_SETTINGS if n != "sni_nomatch_abort")
 
     @property
     def client_addr_mode(self) -> str | None:
@@ -274,13 +375,17 @@ class Config:
 
     def set(self, opt: Option, raw: str | None, source: object, base: str) -> None:
         """Set ``opt`` from ``raw`` (None: a bare flag); ``base`` anchors relative paths."""
-        value = convert(opt, raw, base)
+        self.set_value(opt, convert(opt, raw, base), source, raw)
+
+    def set_value(self, opt: Option, value: Any, source: object, raw: object = None) -> None:
+        """Set ``opt`` to a converted value (a repeated option's value is added)."""
         if opt.repeat:
             old = getattr(self, opt.dest)
             # Within one source (argv or one file) values accumulate; a later source replaces an
             # earlier one, so `-f` on the command line overrides the file as in stud.
-            if self._repeat_source.get(opt.name) is not source and opt.name == "frontend":
-                old = ()
+            last = self._repeat_source.get(opt.name)
+            if last is not source and opt.name == "frontend" and last not in self.hitch_files:
+                old = ()  # (hitch adds the command line's frontends to its file's)
             self._repeat_source[opt.name] = source
             value = (*old, value) if value is not None else old
         # Defaults are valid as they are (user "" means none); anything else is checked, so
@@ -288,7 +393,7 @@ class Config:
         if opt.check and value is not None and value != opt.default:
             reason = opt.check(value)
             if reason:
-                raise ConfigError(f"{opt.name}: '{raw}': {reason}")
+                raise ConfigError(f"{opt.name}: '{raw if raw is not None else value}': {reason}")
         setattr(self, opt.dest, value)
 
 
@@ -315,13 +420,22 @@ def convert(opt: Option, raw: str | None, base: str) -> Any:
             return float(raw.strip())
         except ValueError:
             raise ConfigError(f"{opt.name}: '{raw}' is not a number") from None
-    if opt.kind == "addr":
+    if opt.kind == "loglevel":
+        return HITCH_LOG_LEVELS.get(raw.strip(), raw.strip())
+    if opt.kind in ("addr", "backend", "frontend"):
         if opt.repeat and raw == "":
             return None
         try:
+            if opt.kind == "frontend":
+                return parse_frontend(raw, base)
+            if opt.kind == "backend":
+                return addr.parse_backend(raw)
             return addr.parse(raw, wildcard=opt.wildcard)
         except addr.AddrError as e:
             raise ConfigError(f"{opt.name}: {e}") from None
+    if opt.kind == "pem":
+        path = convert(replace(opt, kind="path"), raw, base)
+        return None if path is None else Pem(path, written=raw)
     if opt.kind in ("path", "dir", "outfile"):
         if raw == "":
             return None if opt.repeat else ""
@@ -329,6 +443,18 @@ def convert(opt: Option, raw: str | None, base: str) -> Any:
         _check_path(opt, path, raw)
         return path
     return raw
+
+
+def parse_frontend(text: str, base: str) -> Frontend:
+    """``[HOST]:PORT+CERT`` (hitch: the certificate served there only), or an address."""
+    close = text.find("]") if text.lstrip().startswith("[") else 0
+    plus = text.find("+", max(close, 0))
+    if plus < 0:
+        return Frontend(addr.parse(text, wildcard=True))
+    cert = convert(BY_NAME["pem-file"], text[plus + 1:], base)
+    if cert is None:
+        raise addr.AddrError(f"invalid frontend '{text}': no certificate after '+'")
+    return Frontend(addr.parse(text[:plus], wildcard=True), (cert,))
 
 
 def _check_path(opt: Option, path: str, raw: str) -> None:
@@ -406,14 +532,23 @@ def parse_args(argv: list[str]) -> Config:
     cfg = Config()
     cwd = os.getcwd()
     pems: list[str | None] = []
-    for opt, value in _argv_items(argv):
+    if any(a.partition("=")[0] == "--write-proxy" for a in argv):
+        warn(WRITE_PROXY_WARNING)
+    items = list(_argv_items(argv))
+    # A file in hitch's syntax is read as hitch reads it: before the command line, whatever
+    # its place there (its frontends then add to those of the command line).
+    hitch_files = [v for opt, v in items if opt and opt.name == "config" and _is_hitch(v)]
+    for path in hitch_files:
+        parse_file(cfg, path)
+    for opt, value in items:
         if opt is None:
             pems.append(value)
         elif opt.kind != "action":
             cfg.set(opt, value, argv, cwd)
         elif opt.name == "config":
             # As in stud: the file is read at its position, so later options override it.
-            parse_file(cfg, value or "-")
+            if value not in hitch_files:
+                parse_file(cfg, value or "-")
         elif opt.name in ("tls", "ssl"):
             if cfg.cli_protocol and cfg.cli_protocol != opt.name:
                 raise ConfigError("Options --tls and --ssl are mutually exclusive.")
@@ -434,10 +569,25 @@ def parse_args(argv: list[str]) -> Config:
     return cfg
 
 
+def warn(message: str) -> None:
+    """A configuration that works, but perhaps not as meant (every time it is read)."""
+    print(f"stud: warning: {message}", file=sys.stderr)
+
+
+def _is_hitch(path: str | None) -> bool:
+    """Whether --config's file is in hitch's syntax (unreadable: no; parse_file() says why)."""
+    if not path or path == "-":
+        return False
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return hitchconf.looks_like_hitch(f.read(), path)
+    except (OSError, ValueError):
+        return False
+
+
 def _set_protocol(cfg: Config, which: str) -> None:
     if which == "ssl":
-        print("stud: warning: --ssl: SSLv3 is gone; accepting TLSv1.0 to TLSv1.3 where OpenSSL "
-              "allows", file=sys.stderr)
+        warn("--ssl: SSLv3 is gone; accepting TLSv1.0 to TLSv1.3 where OpenSSL allows")
         cfg.tls_protos = " ".join(PROTOS)
     else:
         cfg.tls_protos = MODERN
@@ -450,17 +600,21 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"Options --{modes[0]} and --{modes[1]} are mutually exclusive.")
     if not cfg.frontend:
         raise ConfigError("frontend: no address to listen on")
-    if not cfg.pem_file and not cfg.client:
-        raise ConfigError("No x509 certificate PEM file specified!")
     if cfg.shared_cache_listen and not cfg.shared_cache:
         raise ConfigError("Shared cache update listener is defined, but shared cache is disabled.")
     if cfg.shared_cache_peer and not cfg.shared_cache_listen:
         raise ConfigError("shared-cache-peer needs shared-cache-listen to send updates from")
     seen = set()
     for f in cfg.frontend:
-        if f in seen:
-            raise ConfigError(f"frontend: {f} is listed twice")
-        seen.add(f)
+        if f.addr in seen:
+            raise ConfigError(f"frontend: {f.addr} is listed twice")
+        seen.add(f.addr)
+        if cfg.client:
+            continue
+        if not f.pems and not f.global_certs:
+            raise ConfigError(f"No certificate configured for frontend '{f.addr}'")
+        if not f.pems and not (cfg.pem_file or cfg.pem_dir):
+            raise ConfigError("No x509 certificate PEM file specified!")
 
 
 def _unquote(raw: str) -> tuple[str, bool]:
@@ -480,7 +634,9 @@ def _unquote(raw: str) -> tuple[str, bool]:
 
 
 def parse_file(cfg: Config, path: str) -> None:
-    """Read a stud config file (``key = value`` lines) into cfg; '-' reads standard input."""
+    """Read a config file into cfg, in stud's syntax (``key = value`` lines) or hitch's
+    (hitch.conf(5): blocks, free form; see hitchconf.looks_like_hitch()); '-' reads standard
+    input."""
     try:
         if path == "-":
             text, base, shown = sys.stdin.read(), os.getcwd(), "<stdin>"
@@ -496,41 +652,183 @@ def parse_file(cfg: Config, path: str) -> None:
         raise ConfigError(f"configuration file '{path}' is not UTF-8 text") from None
     except ValueError as e:  # a NUL in the path
         raise ConfigError(f"Unable to open configuration file {path!r}: {e}") from None
-    for lineno, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        where = f"{shown} line {lineno}"
-        key, eq, raw = stripped.partition("=")
-        key = key.strip()
-        if not eq:
-            raise ConfigError(f"{where}: expected 'key = value', got '{stripped[:60]}'")
+    source = FileSource(cfg, path, base, shown)
+    if hitchconf.looks_like_hitch(text, path):
+        cfg.hitch_files.append(path)
+        source.read_hitch(text)
+    else:
+        source.read_stud(text)
+
+
+@dataclass
+class FileSource:
+    """One configuration file being read into cfg."""
+
+    cfg: Config
+    path: str
+    base: str   # relative paths are relative to the file
+    shown: str  # the file's name in messages
+
+    def where(self, line: int) -> str:
+        return f"{self.shown} line {line}"
+
+    def read_stud(self, text: str) -> None:
+        for lineno, line in enumerate(text.splitlines(), 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            where = self.where(lineno)
+            key, eq, raw = stripped.partition("=")
+            key = key.strip()
+            if not eq:
+                raise ConfigError(f"{where}: expected 'key = value', got '{stripped[:60]}'")
+            try:
+                value, quoted = _unquote(raw)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {key}: {e}") from None
+            if not value and not quoted:
+                raise ConfigError(f"{where}: {key}: missing value (write \"\" for an empty one)")
+            if value.startswith("{") and not quoted:
+                raise ConfigError(f"{where}: {key}: a block: write the file in hitch's syntax "
+                                  "(see hitch.conf(5))")
+            if key == "write-proxy":
+                warn(f"{where}: {WRITE_PROXY_WARNING}")
+            self.set(key, value, where)
+
+    def read_hitch(self, text: str) -> None:
         try:
-            value, quoted = _unquote(raw)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {key}: {e}") from None
-        if not value and not quoted:
-            raise ConfigError(f"{where}: {key}: missing value (write \"\" for an empty one)")
-        if value.startswith("{") and not quoted:
-            raise ConfigError(f"{where}: {key}: block values are not supported")
+            items = hitchconf.parse(text)
+        except hitchconf.HitchConfError as e:
+            raise ConfigError(f"{self.shown} {e}") from None
+        for item in items:
+            where = self.where(item.line)
+            key = "write-proxy-v2" if item.key == "write-proxy" else item.key  # hitch's meaning
+            if item.block is None:
+                self.set(key, _joined(item), where)
+                continue
+            try:
+                if key == "frontend":
+                    value = self.frontend(item)
+                elif key == "pem-file":
+                    value = self.pem(item)
+                else:
+                    raise ConfigError(f"{key}: a block is not allowed here")
+                self.cfg.set_value(BY_NAME[key], value, self.path)
+            except ConfigError as e:
+                raise self.located(e, where) from None
+
+    def set(self, key: str, value: str, where: str) -> None:
+        """One ``key = value`` ("" sets the default)."""
         opt = BY_NAME.get(key)
+        if key in NOT_YET and value not in ("", "none", "off"):
+            raise ConfigError(f"{where}: {key}: {NOT_YET[key]}")
         if opt is None or not opt.file:
-            print(f"stud: warning: ignoring unknown configuration key '{key}' in {where}",
-                  file=sys.stderr)
-            continue
+            warn(f"ignoring unknown configuration key '{key}' in {where}")
+            return
+        cfg = self.cfg
         try:
             if opt.name in ("tls", "ssl"):
-                if convert(replace(opt, kind="bool"), value, base):  # errors name tls/ssl
+                if convert(replace(opt, kind="bool"), value, self.base):  # errors name tls/ssl
                     _set_protocol(cfg, opt.name)
-            elif value:
-                cfg.set(opt, value, path, base)
-            elif opt.kind in ("str", "path", "dir", "outfile", "addr"):  # "" means the default
+            elif value or opt.blank:
+                cfg.set(opt, value, self.path, self.base)
+            elif opt.kind in ("str", "path", "dir", "outfile", "addr", "backend", "frontend",
+                              "pem", "loglevel"):
                 if not opt.repeat:
                     setattr(cfg, opt.dest, opt.default)
             else:
                 raise ConfigError(f"{key}: missing value")
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
+
+    def frontend(self, item: hitchconf.Item) -> Frontend:
+        """hitch's ``frontend = { host = ... port = ... <frontend options> }``."""
+        host, port, pems, fields = "*", None, [], {}
+        for it in item.block:
+            where = self.where(it.line)
+            try:
+                if it.key == "pem-file":
+                    pems.append(self.pem(it) if it.block is not None else
+                                self.checked("pem-file", _joined(it)))
+                    continue
+                if it.block is not None:
+                    raise ConfigError(f"{it.key}: a block is not allowed here")
+                value = _joined(it)
+                if it.key == "host":
+                    host = value or "*"
+                elif it.key == "port":
+                    port = value
+                elif it.key in FRONTEND_KEYS:
+                    fields[it.key.replace("-", "_")] = self.checked(it.key, value)
+                elif it.key in NOT_YET and value in ("", "none", "off"):
+                    pass
+                elif it.key in NOT_YET:
+                    raise ConfigError(f"{it.key}: {NOT_YET[it.key]}")
+                else:
+                    raise ConfigError(f"{it.key}: not allowed in a frontend block")
+            except ConfigError as e:
+                raise self.located(e, where) from None
+        if port is None:
+            raise ConfigError("frontend: a block needs a port")
+        try:
+            where = addr.parse(f"[{host}]:{port}", wildcard=True)
+        except addr.AddrError as e:
+            raise ConfigError(f"frontend: {e}") from None
+        return Frontend(where, tuple(pems), **fields)
+
+    def pem(self, item: hitchconf.Item) -> Pem:
+        """hitch's ``pem-file = { cert = ... private-key = ... ocsp-resp-file = ... }``."""
+        fields: dict[str, Any] = {}
+        for it in item.block:
+            where = self.where(it.line)
+            try:
+                if it.block is not None or it.key not in PEM_KEYS:
+                    raise ConfigError(f"{it.key}: not allowed in a pem-file block")
+                value = _joined(it)
+                if it.key == "ocsp-verify-staple":
+                    fields["ocsp_verify"] = self.checked(it.key, value)
+                elif value:
+                    fields[PEM_KEYS[it.key]] = self.checked("pem-file", value).cert
+                    if it.key == "cert":
+                        fields["written"] = value
+            except ConfigError as e:
+                raise self.located(e, where) from None
+        if "cert" not in fields:
+            raise ConfigError("pem-file: a block needs a cert")
+        return Pem(**fields)
+
+    def located(self, e: ConfigError, where: str) -> ConfigError:
+        """e with where it happened, unless it already names its line (a block's inner one)."""
+        return e if str(e).startswith(f"{self.shown} line ") else ConfigError(f"{where}: {e}")
+
+    def checked(self, key: str, raw: str) -> Any:
+        """raw as option key's value, converted and checked."""
+        opt = BY_NAME[key]
+        value = convert(opt, raw, self.base)
+        reason = opt.check(value) if opt.check and value is not None else None
+        if reason:
+            raise ConfigError(f"{key}: '{raw}': {reason}")
+        return value
+
+
+# hitch 1.8 settings stud does not have yet, where ignoring them would let in clients the
+# operator meant to keep out: refused, not skipped.
+NOT_YET = {k: "client certificates are not supported yet; stud refuses to start rather than "
+              "accept clients without verifying them" for k in ("client-verify",
+                                                                  "client-verify-ca")}
+# What a frontend may set for itself (None: the global setting), as attributes.
+FRONTEND_SETTINGS = ("tls_protos", "ciphers", "ciphersuites", "prefer_server_ciphers",
+                     "sni_nomatch_abort")
+# What a hitch frontend block may set for itself, and a pem-file block.
+FRONTEND_KEYS = frozenset({"match-global-certs", "sni-nomatch-abort", "tls-protos", "ciphers",
+                           "ciphersuites", "prefer-server-ciphers"})
+PEM_KEYS = {"cert": "cert", "private-key": "key", "ocsp-resp-file": "ocsp_resp_file",
+            "ocsp-verify-staple": "ocsp_verify"}
+
+
+def _joined(item: hitchconf.Item) -> str:
+    """An item's value as one string (tls-protos' tokens joined by spaces)."""
+    return " ".join(item.value) if isinstance(item.value, tuple) else item.value
 
 
 def _show(opt: Option, value: Any) -> list[str]:
@@ -542,8 +840,29 @@ def _show(opt: Option, value: Any) -> list[str]:
     if opt.repeat:
         if not value:
             return [f'{opt.name} = ""']
-        return [f'{opt.name} = "{v}"' for v in value]
+        return [line for v in value for line in _show_one(opt.name, v)]
     return [f'{opt.name} = "{"" if value is None else value}"']
+
+
+def _show_one(name: str, v: Any) -> list[str]:
+    """One value of a repeated option: hitch's block form where the one-line form says less."""
+    if isinstance(v, Frontend) and not v.simple:
+        host = "*" if v.addr.host is None else v.addr.host
+        inner = [f'host = "{host}"', f'port = "{v.addr.port}"']
+        inner += [line for p in v.pems for line in _show_one("pem-file", p)]
+        for key in sorted(FRONTEND_KEYS):
+            field = getattr(v, key.replace("-", "_"))
+            if field is not None:
+                inner += _show(BY_NAME[key], field)
+    elif isinstance(v, Pem) and v != Pem(v.cert):
+        inner = [f'cert = "{v.cert}"']
+        inner += [f'{k} = "{getattr(v, f)}"' for k, f in PEM_KEYS.items()
+                  if k not in ("cert", "ocsp-verify-staple") and getattr(v, f) is not None]
+        if v.ocsp_verify is not None:
+            inner += [f"ocsp-verify-staple = {'on' if v.ocsp_verify else 'off'}"]
+    else:
+        return [f'{name} = "{v}"']
+    return [f"{name} = {{", *(f"    {line}" for line in inner), "}"]
 
 
 def default_config(cfg: Config) -> str:
@@ -556,9 +875,7 @@ def default_config(cfg: Config) -> str:
             continue
         out.append(f"# {opt.help}.")
         out.append("#")
-        kind = {"addr": "string", "path": "string", "dir": "string", "str": "string",
-                "outfile": "string",
-                "float": "number", "int": "integer", "bool": "boolean"}[opt.kind]
+        kind = {"float": "number", "int": "integer", "bool": "boolean"}.get(opt.kind, "string")
         out.append(f"# type: {kind}" + (f"; syntax: {opt.metavar}" if opt.metavar else ""))
         if opt.repeat:
             out.append("# (may be given several times)")
@@ -573,7 +890,7 @@ def _default_text(opt: Option, value: Any) -> str:
         return ""
     if opt.repeat:
         return f" (Default: {' '.join(str(v) for v in value)})"
-    quoted = opt.kind in ("str", "addr", "path", "outfile")
+    quoted = opt.kind not in ("int", "float", "dir")
     return f' (Default: "{value}")' if quoted else f" (Default: {value})"
 
 

@@ -76,12 +76,13 @@ def daemonize() -> None:
     log.info(f"Successfully daemonized as pid {os.getpid()}.")
 
 
-def drop_privileges(cfg: Config) -> None:
-    """chroot, then setgroups, setgid, setuid: for workers, before any client is served."""
+def drop_privileges(cfg: Config, jail: bool = True) -> None:
+    """chroot (unless not jail: the OCSP fetcher needs the resolver's files), then setgroups,
+    setgid, setuid: for workers, before any client is served."""
     # Look the names up before chroot: the jail usually has no /etc/passwd.
     pw = pwd.getpwnam(cfg.user) if cfg.user else None
     gid = grp.getgrnam(cfg.group).gr_gid if cfg.group else pw.pw_gid if pw else None
-    if cfg.chroot:
+    if cfg.chroot and jail:
         os.chroot(cfg.chroot)
         os.chdir("/")
     if gid is None:

@@ -19,14 +19,10 @@ _TOKEN = re.compile(r"""
   | "(?P<string>[^"\n]*)"
   | (?P<bare>[A-Za-z0-9._\-]+)
 """, re.X)
-# Keys only hitch's syntax has (stud's own file never holds them): a file with one, or with a
-# block, is read as hitch's (see looks_like_hitch()).
-HITCH_ONLY = frozenset({
-    "log-filename", "write-proxy-v1", "tcp-fastopen", "pem-dir", "pem-dir-glob", "ocsp-dir",
-    "ocsp-resp-tmo", "ocsp-connect-tmo", "ocsp-refresh-interval", "ocsp-verify-staple",
-    "backend-refresh", "match-global-certs", "proxy-tlv", "proxy-authority", "private-key",
-    "recv-bufsize", "send-bufsize", "ring-slots", "ring-data-len", "client-verify",
-    "client-verify-ca", "proxy-client-cert"})
+# Keys as only hitch's syntax spells them (stud's own files say enable-tcp-fastopen and
+# log-file): a file with one, or with a block, is read as hitch's (see looks_like_hitch()).
+HITCH_ONLY = frozenset({"log-filename", "tcp-fastopen", "ring-slots", "ring-data-len",
+                        "proxy-client-cert"})
 
 
 class HitchConfError(ValueError):
@@ -112,10 +108,12 @@ def _value(toks: list[Token], pos: int, key: Token) -> tuple[Item, int]:
     return Item(key.text, values[0] if len(values) == 1 else tuple(values), key.line), pos
 
 
-def looks_like_hitch(text: str) -> bool:
-    """Whether a configuration file is in hitch's syntax: it has a block, or a key only hitch's
-    syntax knows. (Both syntaxes read most files alike; the difference that matters is
-    write-proxy, PROXY v2 in hitch's and v1 in stud's.)"""
+def looks_like_hitch(text: str, name: str = "") -> bool:
+    """Whether a configuration file is in hitch's syntax: its name says hitch, or it has a
+    block, or a key as only hitch spells it. (Both syntaxes read most files alike; the
+    difference that matters is write-proxy: PROXY v2 in hitch's, v1 in stud's.)"""
+    if "hitch" in name.rpartition("/")[2].lower():
+        return True
     for line in text.splitlines():
         key, eq, value = line.split("#", 1)[0].partition("=")
         if eq and (value.strip().startswith("{") or key.strip() in HITCH_ONLY):

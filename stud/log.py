@@ -11,8 +11,9 @@ import time
 
 # info: what stud logged (start-up, reloads, workers); conn: also one line per connection;
 # debug: also the failed handshakes. A connection line carries ERROR, CONN or DEBUG.
-DEBUG, CONN, INFO, ERROR = 3, 2, 1, 0
-LEVELS = {"error": ERROR, "info": INFO, "conn": CONN, "debug": DEBUG}
+# silent (hitch's -L 0): nothing at all.
+DEBUG, CONN, INFO, ERROR, SILENT = 3, 2, 1, 0, -1
+LEVELS = {"silent": SILENT, "error": ERROR, "info": INFO, "conn": CONN, "debug": DEBUG}
 
 
 class Log:
@@ -72,7 +73,8 @@ class Log:
             syslog.syslog(prio, msg)
 
     def error(self, msg: str) -> None:
-        self._emit(self.stderr, syslog.LOG_ERR, msg)
+        if self.level >= ERROR:
+            self._emit(self.stderr, syslog.LOG_ERR, msg)
 
     def info(self, msg: str) -> None:
         if self.level >= INFO:

@@ -120,7 +120,7 @@ class Board:
     def __init__(self) -> None:
         self.live: dict[int, dict] = {}
         self.gone: dict = {}
-        self.gauges = {"workers": 0, "generation": 1}
+        self.gauges = {"workers": 0, "generation": 1, "certificates_skipped": 0}
         self.master_counters = {"worker_restarts": 0, "reloads_ok": 0, "reloads_failed": 0}
 
     def update(self, pid: int, message: bytes) -> None:
@@ -149,6 +149,9 @@ class Board:
                                 value=self.gauges["workers"])
         yield GaugeMetricFamily("stud_generation", "Configuration generation (1 + reloads)",
                                 value=self.gauges["generation"])
+        yield GaugeMetricFamily("stud_certificates_skipped",
+                                "pem-dir files that did not load (this generation)",
+                                value=self.gauges["certificates_skipped"])
         yield CounterMetricFamily("stud_worker_restarts", "Workers replaced after dying",
                                   value=self.master_counters["worker_restarts"])
         reloads = CounterMetricFamily("stud_reloads", "Reloads (SIGHUP), by result",

@@ -24,13 +24,12 @@ Connection = Relay | Conn if Conn else Relay
 class ConnPolicy:
     """relay.Hooks, for every connection of a worker."""
 
-    def __init__(self, cfg: Config, ssl_context: ssl.SSLContext | None,
-                 client_context: ssl.SSLContext | None, backend: tuple[int, tuple],
-                 gone: Callable[[Connection], None]) -> None:
-        self.ssl_context = ssl_context
+    def __init__(self, cfg: Config, client_context: ssl.SSLContext | None,
+                 backend: tuple[int, tuple | str], gone: Callable[[Connection], None]) -> None:
         self.client_context = client_context
         self.backend = backend
         self.mode = cfg.client_addr_mode
+        self.proxy_tlv, self.proxy_authority = cfg.proxy_tlv, cfg.proxy_authority
         self.client_mode = cfg.client
         self.limiter = (EmptyConnLimiter(cfg.empty_conn_limit, cfg.empty_conn_window)
                         if cfg.empty_conn_limit else None)
@@ -96,10 +95,13 @@ class ConnPolicy:
         peer, local = conn.peer[:2], conn.local[:2]
         if mode == "write-ip":
             return proxyproto.write_ip(peer[0])
-        if mode == "write-proxy":
+        if mode == "write-proxy-v1":
             return proxyproto.v1(peer, local)
         version, cipher, sni, alpn, _ = conn.tls_info or (None, None, None, None, None)
-        return proxyproto.v2(peer, local, alpn=alpn.encode() if alpn else None, authority=sni,
+        if not self.proxy_tlv:
+            version = cipher = None
+        return proxyproto.v2(peer, local, alpn=alpn.encode() if alpn else None,
+                             authority=sni if self.proxy_authority else None,
                              ssl_version=version, ssl_cipher=cipher)
 
     def closed(self, conn: Connection, why: str, level: int, up: int, down: int) -> None:

@@ -358,9 +358,8 @@ class Hooks(Protocol):
     the counters. A Relay calls every hook; a stud._flow.Conn counts its handshakes and
     connects itself and calls the last five (by these names)."""
 
-    ssl_context: ssl.SSLContext | None      # the default server context (None with --client)
     client_context: ssl.SSLContext | None   # --client: towards the backend
-    backend: tuple[int, tuple]              # (family, sockaddr)
+    backend: tuple[int, tuple | str]        # (family, sockaddr, or a UNIX socket's path)
     mode: str | None                        # the client-address header: config's mode
     client_mode: bool
 
@@ -376,13 +375,14 @@ class Hooks(Protocol):
 class Relay:
     """The life of one client connection, from accept to the close log line."""
 
-    __slots__ = ("policy", "watch", "front", "back", "peer", "local", "armed",
+    __slots__ = ("policy", "watch", "context", "front", "back", "peer", "local", "armed",
                  "started", "active", "closed", "flows", "tls_info", "pbuf", "hs_end", "hs_next",
                  "connecting")
 
     def __init__(self, watch: LoopWatch, policy: Hooks, sock: Sock, peer: tuple,
-                 local: tuple) -> None:
-        self.watch, self.policy = watch, policy
+                 local: tuple, context: ssl.SSLContext | None) -> None:
+        """context: where the client's handshake starts (its frontend's), None with --client."""
+        self.watch, self.policy, self.context = watch, policy, context
         self.peer, self.local = peer, local
         self.front = End(sock, "client")
         self.back: End | None = None
@@ -439,7 +439,7 @@ class Relay:
             self._start_tls(self.front, server=True, then=self._connect)
 
     def _start_tls(self, end: End, *, server: bool, then: Callable[[], None]) -> None:
-        ctx = self.policy.ssl_context if server else self.policy.client_context
+        ctx = self.context if server else self.policy.client_context
         try:
             end.tls = ctx._wrap_socket(end.sock, server, None, owner=end)
         except OSError as e:
@@ -482,7 +482,8 @@ class Relay:
         except OSError as e:
             self.close(f"backend socket: {reason(e)}", ERROR)
             return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.back = End(sock, "backend")
         self.connecting = _now()
         err = sock.connect_ex(sockaddr)

@@ -172,9 +172,9 @@ def update_config(cfg: Config, sock: socket.socket) -> tuple[int, bytes, list[tu
             raise ConfigError("Share host and peers inet family differs")
         peers.append(sockaddr)
     try:
-        key = update_key(cfg.pem_file[0])
-    except (OSError, ValueError, TypeError) as e:
-        raise ConfigError(f"shared-cache: no update key from '{cfg.pem_file[0]}': {e}") from None
+        key = update_key(cfg.pem_file[0].key or cfg.pem_file[0].cert)
+    except (OSError, ValueError, TypeError, IndexError) as e:
+        raise ConfigError(f"shared-cache: no update key from the first pem-file: {e}") from None
     return sock.fileno(), key, peers
 
 

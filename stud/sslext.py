@@ -18,13 +18,14 @@ import socket
 import ssl
 import sys
 import sysconfig
+import weakref
 
 from stud import opensslabi
 
 __all__ = [
     "ABI", "addresses", "ctx_pointer", "flow_layout", "get_ticket_keys", "keep_session",
     "load_engine", "openssl_version", "queued_error", "servername", "set_ciphersuites",
-    "set_groups", "set_ticket_keys", "shutdown_once", "ssl_pointer",
+    "set_groups", "set_ocsp_staple", "set_ticket_keys", "shutdown_once", "ssl_pointer",
 ]
 
 _P = ctypes.c_void_p
@@ -218,6 +219,83 @@ def get_ticket_keys(ctx: ssl.SSLContext) -> bytes:
     buf = (ctypes.c_char * _C["SSL_TICKET_KEYS_LENGTH"])()
     _ticket_keys_ctrl(ctx, "SSL_CTRL_GET_TLSEXT_TICKET_KEYS", buf)
     return bytes(buf)
+
+
+# -- OCSP stapling: one status callback for every context, the staples by SSL_CTX* ------------
+# A dict, not per-context callbacks: a refresh replaces the bytes while workers serve, and
+# the SSL* a handshake runs on (_ssl's, or a Conn's own) leads to its SSL_CTX after any SNI
+# switch, so the staple of the certificate actually sent is the one found.
+# Per context, the staples by certificate (its DER; None: whichever it serves): a context may
+# hold an RSA and an ECDSA certificate for the same names, each with its own response.
+_staples: dict[int, dict[bytes | None, bytes]] = {}
+_NOACK, _OK = _C["SSL_TLSEXT_ERR_NOACK"], _C["SSL_TLSEXT_ERR_OK"]
+_GET_STATUS_TYPE, _OCSP = _C["SSL_CTRL_GET_TLSEXT_STATUS_REQ_TYPE"], _C["TLSEXT_STATUSTYPE_ocsp"]
+_SET_OCSP_RESP = _C["SSL_CTRL_SET_TLSEXT_STATUS_REQ_OCSP_RESP"]
+
+
+@ctypes.CFUNCTYPE(ctypes.c_int, _P, _P)
+def _status_cb(p: int, _arg: int) -> int:
+    # OpenSSL calls this only when the client sent status_request; what it returns is final:
+    # an exception would reach OpenSSL as 0 (OK) after a traceback on stderr, so none may leave.
+    try:
+        by_cert = _staples.get(_F["SSL_get_SSL_CTX"](p))
+        if not by_cert or _F["SSL_ctrl"](p, _GET_STATUS_TYPE, 0, None) != _OCSP:
+            return _NOACK
+        der = by_cert.get(None) or by_cert.get(_served_cert(p))
+        if not der:
+            return _NOACK
+        # OpenSSL takes the buffer and frees it with the SSL (OPENSSL_free): its own memory.
+        buf = _F["CRYPTO_malloc"](len(der), None, 0)
+        if not buf:
+            return _NOACK
+        ctypes.memmove(buf, der, len(der))
+        if _F["SSL_ctrl"](p, _SET_OCSP_RESP, len(der), buf) != 1:
+            _F["CRYPTO_free"](buf, None, 0)
+            return _NOACK
+        return _OK
+    except BaseException:  # (see above)
+        return _NOACK
+
+
+def _served_cert(p: int) -> bytes:
+    """The DER of the certificate SSL* p serves (OpenSSL chose it by what the client
+    supports)."""
+    x = _F["SSL_get_certificate"](p)
+    n = _F["i2d_X509"](x, None) if x else -1
+    if n <= 0:
+        return b""
+    buf = ctypes.create_string_buffer(n)
+    out = _P(ctypes.addressof(buf))  # (i2d_X509 moves the pointer on: a copy of it)
+    return buf.raw if _F["i2d_X509"](x, ctypes.addressof(out)) == n else b""
+
+
+def set_ocsp_staple(ctx: ssl.SSLContext, der: bytes | None, cert: bytes | None = None) -> None:
+    """Staple the DER OCSP response ``der`` to ``ctx``'s certificate ``cert`` (its DER; None:
+    whichever it serves) for clients that ask (status_request), from the next handshake on,
+    replacing any before; None staples nothing.
+
+    Stapling is the caller's word: check the response first (stud.ocsp.check). The status
+    callback is installed once per context and forgotten with it.
+    """
+    if der is not None:
+        der = bytes(der)
+        if not der:
+            raise ValueError("empty OCSP response (None removes the staple)")
+    p = ctx_pointer(ctx)
+    if p not in _staples:
+        if der is None:
+            return
+        _F["ERR_clear_error"]()
+        if _F["SSL_CTX_callback_ctrl"](p, _C["SSL_CTRL_SET_TLSEXT_STATUS_REQ_CB"],
+                                       ctypes.cast(_status_cb, _P).value) != 1:
+            raise _ssl_error(ssl.SSLError, _C["SSL_ERROR_SSL"], "setting the status callback")
+        # Before OpenSSL frees this SSL_CTX (and may hand its address to a new one).
+        weakref.finalize(ctx, _staples.pop, p, None)
+        _staples[p] = {}
+    if der is None:
+        _staples[p].pop(cert, None)
+    else:
+        _staples[p][cert] = der
 
 
 def addresses() -> dict[str, int]:

@@ -12,8 +12,8 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from stud import addr, sesscache, tls
-from stud.config import Config, ConfigError
+from stud import addr, certs, sesscache, tls
+from stud.config import Config, ConfigError, Frontend
 from stud.log import log
 
 Key = tuple[int, tuple]  # (family, sockaddr) of a listening socket
@@ -23,15 +23,22 @@ Key = tuple[int, tuple]  # (family, sockaddr) of a listening socket
 class Setup:
     """Everything -t verifies: the resolved addresses and the TLS contexts."""
 
-    backend: tuple[int, tuple]
-    frontends: list[tuple[addr.Addr, int, tuple]]
-    ssl_context: ssl.SSLContext | None
+    backend: tuple[int, tuple | str]
+    frontends: list[tuple[Frontend, int, tuple]]
+    served: certs.Served | None      # each frontend's certificates (None with --client)
     client_context: ssl.SSLContext | None
-    sni: tls.SniTable | None
 
     def contexts(self) -> list[ssl.SSLContext]:
-        """The server contexts (one per certificate)."""
-        return [c.context for c in self.sni.certs] if self.sni else []
+        """The server contexts (one per certificate and frontend settings)."""
+        return [c.context for c in self.certs()]
+
+    def certs(self) -> list[certs.Cert]:
+        """Every certificate served, once per context."""
+        return self.served.certs() if self.served else []
+
+    def context_of(self, f: Frontend) -> ssl.SSLContext | None:
+        """Where f's handshakes start (its default certificate), None with --client."""
+        return self.served.tables[f.addr].default if self.served else None
 
 
 def prepare(cfg: Config, previous: Setup | None = None) -> Setup:
@@ -39,22 +46,35 @@ def prepare(cfg: Config, previous: Setup | None = None) -> Setup:
 
     On reload, certificates whose file is unchanged keep their session-ticket keys.
     """
-    try:
-        backend = addr.resolve(cfg.backend)
-    except addr.AddrError as e:
-        raise ConfigError(f"backend: {e}") from None
+    backend = resolve_backend(cfg)
     frontends = []
     for f in cfg.frontend:
         try:
-            frontends.append((f, *addr.resolve(f, passive=True)))
+            frontends.append((f, *addr.resolve(f.addr, passive=True)))
         except addr.AddrError as e:
             raise ConfigError(f"frontend: {e}") from None
     if cfg.client:
-        return Setup(backend, frontends, None, tls.client_context(cfg), None)
-    table = tls.build(cfg)
-    if previous is not None and previous.sni is not None:
-        tls.carry_ticket_keys(previous.sni, table)
-    return Setup(backend, frontends, table.default, None, table)
+        return Setup(backend, frontends, None, tls.client_context(cfg))
+    served = certs.build(cfg)
+    if previous is not None and previous.served is not None:
+        certs.carry_ticket_keys(previous.served, served)
+    return Setup(backend, frontends, served, None)
+
+
+def resolve_backend(cfg: Config) -> tuple[int, tuple | str]:
+    """The backend as the workers connect to it: a UNIX socket's path inside --chroot is the
+    path seen from inside (as hitch 1.8)."""
+    try:
+        family, sockaddr = addr.resolve(cfg.backend)
+    except addr.AddrError as e:
+        raise ConfigError(f"backend: {e}") from None
+    if family == socket.AF_UNIX and cfg.chroot:
+        root = cfg.chroot.rstrip("/")
+        if not sockaddr.startswith(root + "/"):
+            raise ConfigError(f"backend: the UNIX socket '{sockaddr}' is outside chroot "
+                              f"'{cfg.chroot}', where the workers cannot reach it")
+        sockaddr = sockaddr[len(root):]
+    return family, sockaddr
 
 
 def bind(front: addr.Addr, family: int, sockaddr: tuple, cfg: Config) -> socket.socket:
@@ -67,6 +87,9 @@ def bind(front: addr.Addr, family: int, sockaddr: tuple, cfg: Config) -> socket.
         if not cfg.client:
             # Wake workers only once the ClientHello is there (idle connects cost nothing).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+        buffer_sizes(sock, cfg)  # (before listen(): the window scale is agreed in the SYN)
+        if cfg.enable_tcp_fastopen:
+            fast_open(sock, front, cfg.backlog)
         sock.listen(cfg.backlog)
         sock.setblocking(False)
     except OSError as e:
@@ -75,11 +98,28 @@ def bind(front: addr.Addr, family: int, sockaddr: tuple, cfg: Config) -> socket.
     return sock
 
 
+def buffer_sizes(sock: socket.socket, cfg: Config) -> None:
+    """--recv-bufsize / --send-bufsize of the client sockets (accepted ones inherit them)."""
+    for size, opt in ((cfg.recv_bufsize, socket.SO_RCVBUF), (cfg.send_bufsize, socket.SO_SNDBUF)):
+        if size > 0:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+
+
+def fast_open(sock: socket.socket, front: addr.Addr, backlog: int) -> None:
+    """--enable-tcp-fastopen: where the kernel refuses it, a warning, not a failure."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, max(backlog, 1))
+    except OSError as e:
+        log.error(f"{{core}} frontend {front}: TCP Fast Open refused ({e.strerror}); "
+                  "serving without it")
+
+
 def accepted_options(sock: socket.socket, cfg: Config) -> None:
     """TCP_NODELAY and keepalive for the connections sock accepts. Linux copies them from the
     listening socket to each accepted one, which saves three system calls per connection;
     set again on every reload, so a changed keepalive applies to new connections."""
     keepalive = cfg.keepalive
+    buffer_sizes(sock, cfg)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(keepalive > 0))
     if keepalive > 0:
@@ -103,7 +143,7 @@ class Listeners:
                 key = (family, sockaddr)
                 sock = self.by_key.get(key) or fresh.get(key)
                 if sock is None:
-                    sock = fresh[key] = bind(front, family, sockaddr, cfg)
+                    sock = fresh[key] = bind(front.addr, family, sockaddr, cfg)
                 out.append(sock)
         except ConfigError:
             release(fresh)
@@ -148,6 +188,11 @@ class Generation:
     listeners: list[socket.socket]
     fresh: dict[Key, socket.socket]  # bound for it and not yet adopted
     cache: sesscache.Plan
+
+    def served(self) -> list[tuple[socket.socket, ssl.SSLContext | None]]:
+        """Each listening socket with where its handshakes start (what workers serve)."""
+        return [(sock, self.setup.context_of(f))
+                for sock, (f, _, _) in zip(self.listeners, self.setup.frontends, strict=True)]
 
 
 def prepare_generation(cfg: Config, previous: Setup | None, listeners: Listeners,

@@ -13,6 +13,7 @@ import asyncio
 import encodings.idna  # noqa: F401 - SNI names may need it after chroot, where imports fail
 import errno
 import gc
+import json
 import os
 import signal
 import socket
@@ -20,13 +21,13 @@ import ssl
 import time
 import traceback
 
-from stud import proxyproto
+from stud import proxyproto, stapling
+from stud.certs import sni_hook
 from stud.config import Config
 from stud.log import DEBUG, log
 from stud.metrics import CONNECT_BUCKETS, HS_BUCKETS
 from stud.policy import Connection, ConnPolicy
 from stud.relay import Conn, Relay, Sock, new_watch, reason
-from stud.tls import sni_hook
 
 try:  # imported by the master: after chroot the worker could not import it any more
     import uvloop
@@ -47,13 +48,17 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 class Worker:
-    def __init__(self, cfg: Config, listeners: list[socket.socket], ssl_context: ssl.SSLContext,
-                 client_context: ssl.SSLContext | None, backend: tuple[int, tuple],
-                 ctl: socket.socket) -> None:
-        self.listeners = listeners
-        self.families = {lsock: int(lsock.family) for lsock in listeners}
-        self.policy = policy = ConnPolicy(cfg, None if cfg.client else ssl_context,
-                                          client_context, backend, self._gone)
+    def __init__(self, cfg: Config, listeners: list[tuple[socket.socket, ssl.SSLContext | None]],
+                 client_context: ssl.SSLContext | None, backend: tuple[int, tuple | str],
+                 ctl: socket.socket, stapled: dict | None = None) -> None:
+        """listeners: each listening socket with where its handshakes start (its frontend's
+        default context; None with --client); stapled: the contexts of each certificate file
+        (Pem), for the OCSP staples the master sends."""
+        self.stapled = {pem.cert: ctxs for pem, ctxs in (stapled or {}).items()}
+        self.listeners = [lsock for lsock, _ in listeners]
+        self.contexts = dict(listeners)
+        self.families = {lsock: int(lsock.family) for lsock in self.listeners}
+        self.policy = policy = ConnPolicy(cfg, client_context, backend, self._gone)
         self.drain_timeout = cfg.drain_timeout
         self.idle_timeout = cfg.idle_timeout
         self.max_conns = cfg.max_connections or None
@@ -81,9 +86,8 @@ class Worker:
         # every one.
         self.accept_in_c = bool(Conn) and not policy.limiter and not log.use_syslog
         if self.accept_in_c:
-            self.watch.serve(policy, self.conns, policy.ssl_context, self.max_conns or 0,
-                             log.stdout, log.level,
-                             None if cfg.client else sni_hook(ssl_context), self._accept_stop)
+            self.watch.serve(policy, self.conns, self.max_conns or 0, log.stdout, log.level,
+                             self._accept_stop)
 
     def run(self) -> int:
         # What the master built is never garbage: keep the cycle collector off it (shorter
@@ -134,13 +138,23 @@ class Worker:
 
     def _from_master(self) -> None:
         try:
-            data, fds, _, _ = socket.recv_fds(self.ctl, 64, 1)
+            data, fds, _, _ = socket.recv_fds(self.ctl, stapling.MAX_MESSAGE, 1)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data, fds = b"", []
         for fd in fds:  # b"L": the log file, reopened by the master (SIGUSR1)
             log.adopt(fd)
+        if data.startswith(b"B"):  # -R: the backend's name resolved to another address
+            family, sockaddr = json.loads(data[1:])
+            backend = (family, tuple(sockaddr) if isinstance(sockaddr, list) else sockaddr)
+            self.policy.backend = backend
+            if Conn:
+                self.watch.set_backend(*backend)
+        if data.startswith(b"O") and stapling.sslext:  # a certificate's new OCSP staple
+            path, der, leaf = stapling.read_message(data)
+            for ctx in self.stapled.get(path, ()):
+                stapling.sslext.set_ocsp_staple(ctx, der, leaf)
         if not data:
             self.loop.remove_reader(self.ctl.fileno())
             log.error(f"{{core}} Process {os.getpid()} detected parent death, closing listener.")
@@ -175,7 +189,8 @@ class Worker:
         self.accepting = on
         for lsock in self.listeners:
             if self.accept_in_c:
-                self.watch.listen(lsock.fileno(), self.families[lsock] if on else 0)
+                ctx = self.contexts[lsock]
+                self.watch.listen(lsock.fileno(), ctx, ctx and sni_hook(ctx), on)
             elif on:
                 self.loop.add_reader(lsock.fileno(), self._accept, lsock)
             else:
@@ -208,15 +223,15 @@ class Worker:
             self.policy.stats.accepted += 1
             sock.setblocking(False)  # TCP_NODELAY and keepalive come from the listener
             if limiter and limiter.limited(peer[0], time.monotonic()):
-                self._park(sock, peer)
+                self._park(sock, peer, lsock)
             else:
-                self._serve(sock, peer)
+                self._serve(sock, peer, lsock)
             # Parked (delayed) connections count: they are served when their delay ends.
             if self.max_conns and len(self.conns) + len(self.parked) >= self.max_conns:
                 self._accepting(False)  # never fail open: the kernel queues the rest
                 return
 
-    def _serve(self, sock: Sock, peer: tuple) -> None:
+    def _serve(self, sock: Sock, peer: tuple, lsock: socket.socket) -> None:
         policy = self.policy
         try:
             local = sock.getsockname() if policy.mode else ()
@@ -224,7 +239,7 @@ class Worker:
             sock.close()
             return
         if Conn is None:
-            relay = Relay(self.watch, policy, sock, peer, local)
+            relay = Relay(self.watch, policy, sock, peer, local, self.contexts[lsock])
             self.conns.add(relay)
             relay.start()
             return
@@ -234,13 +249,13 @@ class Worker:
             conn.start(None)  # in clear from the client: the backend connect begins
             return
         try:
-            tls = policy.ssl_context._wrap_socket(sock, True, None, owner=conn)
+            tls = self.contexts[lsock]._wrap_socket(sock, True, None, owner=conn)
         except OSError as e:
             conn.close(f"client {reason(e)}", DEBUG)
             return
         conn.start(tls)
 
-    def _park(self, sock: Sock, peer: tuple) -> None:
+    def _park(self, sock: Sock, peer: tuple, lsock: socket.socket) -> None:
         """Delay a limited client: its socket waits, un-handshaked, then is served as usual."""
         self.policy.stats.rate_limited += 1
         log.info(f"{{client}} delaying connection from {peer[0]} by {self.delay:g} s "
@@ -249,11 +264,11 @@ class Worker:
             oldest = next(iter(self.parked))
             self.parked.pop(oldest).cancel()
             oldest.close()
-        self.parked[sock] = self.loop.call_later(self.delay, self._unpark, sock, peer)
+        self.parked[sock] = self.loop.call_later(self.delay, self._unpark, sock, peer, lsock)
 
-    def _unpark(self, sock: Sock, peer: tuple) -> None:
+    def _unpark(self, sock: Sock, peer: tuple, lsock: socket.socket) -> None:
         del self.parked[sock]
-        self._serve(sock, peer)
+        self._serve(sock, peer, lsock)
 
     def _out_of_fds(self, e: OSError) -> None:
         # The original busy-looped here: pause instead, and retry by itself.

@@ -7,6 +7,7 @@ need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v ss >/dev/null || need+=(iproute2)
+[ -x /usr/sbin/hitch ] || need+=(hitch)  # the oracle of the hitch compatibility tests
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi

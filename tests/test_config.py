@@ -17,12 +17,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stud import __version__, addr, config
-from stud.addr import Addr, AddrError
-from stud.config import BY_NAME, OPTIONS, Config, ConfigError, Exit, parse_args, parse_file
+from stud.addr import Addr, AddrError, Unix
+from stud.config import (
+    BY_NAME,
+    OPTIONS,
+    Config,
+    ConfigError,
+    Exit,
+    Frontend,
+    Pem,
+    parse_args,
+    parse_file,
+)
 
 MODERN = "TLSv1.2 TLSv1.3"
 ALL_PROTOS = "TLSv1.0 TLSv1.1 TLSv1.2 TLSv1.3"
-DEFAULT_FRONTEND = (Addr(None, 8443),)
+DEFAULT_FRONTEND = (Frontend(Addr(None, 8443)),)
 DEFAULT_BACKEND = Addr("127.0.0.1", 8000)
 FILE_OPTIONS = [o for o in OPTIONS if o.file and o.kind != "action"]
 LOOPBACK_IF = "lo"
@@ -163,7 +173,7 @@ def test_addr_ip_literals_resolve_to_themselves_without_dns(ip, port, form):
     (["-n", "4"], {"workers": "4"}),
     (["--workers=auto"], {"workers": "auto"}),
     (["--workers", "2"], {"workers": "2"}),
-    (["--front=127.0.0.1,1"], {"frontend": (Addr("127.0.0.1", 1),)}),  # unambiguous prefix
+    (["--front=127.0.0.1,1"], {"frontend": (Frontend(Addr("127.0.0.1", 1)),)}),  # a prefix
     (["--keep", "60", "--backend", "[::1]:80"], {"keepalive": 60, "backend": Addr("::1", 80)}),
     (["--work=3"], {"workers": "3"}),
     (["-q", "--quiet=off"], {"quiet": False}),
@@ -189,11 +199,11 @@ def test_addr_ip_literals_resolve_to_themselves_without_dns(ip, port, form):
      {"alpn_protos": "h2,http/1.1", "sni_nomatch_abort": True}),
     (["--ssl-handshake-timeout=2.5", "--backend-connect-timeout=1"],
      {"ssl_handshake_timeout": 2.5, "backend_connect_timeout": 1.0}),
-    (["--write-proxy-v1"], {"write_proxy": True, "client_addr_mode": "write-proxy"}),
+    (["--write-proxy-v1"], {"write_proxy_v1": True, "client_addr_mode": "write-proxy-v1"}),
     (["--write-proxy-v2"], {"client_addr_mode": "write-proxy-v2"}),
     (["--write-ip"], {"client_addr_mode": "write-ip"}),
     (["--proxy-proxy"], {"client_addr_mode": "proxy-proxy"}),
-    (["--write-ip", "--write-ip=off", "--write-proxy"], {"client_addr_mode": "write-proxy"}),
+    (["--write-ip", "--write-ip=off", "--write-proxy"], {"client_addr_mode": "write-proxy-v1"}),
     (["--daemon", "--syslog-facility=local3"], {"daemon": True, "syslog_facility": "local3"}),
     (["-u", pwd.getpwuid(os.getuid()).pw_name, "-g", grp.getgrgid(os.getgid()).gr_name, "-r", "/"],
      {"user": pwd.getpwuid(os.getuid()).pw_name, "chroot": "/"}),
@@ -204,14 +214,14 @@ def test_addr_ip_literals_resolve_to_themselves_without_dns(ip, port, form):
 def test_parse_args(argv, expected, pem):
     cfg = parse_args([*argv, pem])
     assert {k: getattr(cfg, k) for k in expected} == expected
-    assert cfg.pem_file == (pem,)
+    assert cfg.pem_file == (Pem(pem),)
 
 
 def test_positional_pems_after_double_dash_keep_order(tmp_path, pem):
     dashed = tmp_path / "-odd.pem"
     dashed.write_text("x")
     cfg = parse_args([pem, "-q", "--", str(dashed)])
-    assert cfg.pem_file == (pem, str(dashed)) and cfg.quiet
+    assert cfg.pem_file == (Pem(pem), Pem(str(dashed))) and cfg.quiet
 
 
 def test_client_mode_needs_no_pem():
@@ -269,7 +279,7 @@ def test_client_mode_needs_no_pem():
     (["-r", "/dev/null"], "chroot: '/dev/null' is not a directory"),
     (["--tls", "--ssl"], "Options --tls and --ssl are mutually exclusive."),
     (["--ssl", "--tls"], "Options --tls and --ssl are mutually exclusive."),
-    (["--write-proxy-v1", "--write-proxy-v2"], "Options --write-proxy and --write-proxy-v2"),
+    (["--write-proxy-v1", "--write-proxy-v2"], "Options --write-proxy-v1 and --write-proxy-v2"),
     *[([f"--{a}", f"--{b}"], f"Options --{a} and --{b} are mutually exclusive.")
       for a, b in itertools.combinations(config.CLIENT_ADDR_MODES, 2)],
 ])
@@ -338,9 +348,9 @@ def test_default_config_and_help_show_values_parsed_so_far():
     ("\ufeffquiet = on\n", {"quiet": True}),                      # a BOM before the first key
     ("backend = [::1]:443\n", {"backend": Addr("::1", 443)}),
     ("backend = ::1,443\n", {"backend": Addr("::1", 443)}),
-    ("frontend = *,443\n", {"frontend": (Addr(None, 443),)}),
+    ("frontend = *,443\n", {"frontend": (Frontend(Addr(None, 443)),)}),
     ("frontend = [::1]:1\nfrontend = 127.0.0.1,1\n",
-     {"frontend": (Addr("::1", 1), Addr("127.0.0.1", 1))}),
+     {"frontend": (Frontend(Addr("::1", 1)), Frontend(Addr("127.0.0.1", 1)))}),
     ("shared-cache-peer = 10.0.0.1,1\nshared-cache-peer = 10.0.0.2,1\n",
      {"shared_cache_peer": (Addr("10.0.0.1", 1), Addr("10.0.0.2", 1))}),
     ("backlog = -1\nkeepalive = 60\nsession-cache = 9\n",
@@ -349,7 +359,7 @@ def test_default_config_and_help_show_values_parsed_so_far():
      {"ssl_handshake_timeout": 0.5, "drain_timeout": 0.0}),
     ("ec-curve = secp384r1\n", {"ec_curve": "secp384r1"}),       # Voxer's key
     ("ecdh-curve = X25519\n", {"ec_curve": "X25519"}),
-    ("write-proxy-v1 = yes\n", {"write_proxy": True}),
+    ("write-proxy-v1 = yes\n", {"write_proxy_v1": True}),
     ("ssl = on\n", {"tls_protos": ALL_PROTOS}),
     ("ssl = on\ntls = on\n", {"tls_protos": MODERN}),              # the last one wins
     ("ssl = off\n", {"tls_protos": MODERN}),                       # off means off here
@@ -386,7 +396,8 @@ def test_booleans_in_every_spelling(word, value, write, pem):
     ('backlog = ""\n', 1, "backlog: missing value"),
     ('ciphers = "HIGH\n', 1, "ciphers: unbalanced quote"),
     ('ciphers = "HIGH" LOW\n', 1, "ciphers: unbalanced quote"),
-    ("frontend = {\n", 1, "frontend: block values are not supported"),
+    ("frontend = {\n", 1, "a block is not closed with '}'"),  # (hitch's syntax)
+    ("frontend = a{\n", 1, "frontend: invalid address 'a{'"),
     ("backlog = many\n", 1, "backlog: 'many' is not an integer"),
     ("keepalive = 1.5\n", 1, "keepalive: '1.5' is not an integer"),
     ("workers = 0\n", 1, "workers: '0'"),
@@ -438,7 +449,7 @@ def test_relative_paths_resolve_against_the_files_directory(tmp_path, write, mon
                  "etc/stud.conf")
     monkeypatch.chdir("/")
     cfg = load(path)
-    assert cfg.pem_file == (str(certs / "a.pem"), str(certs / "b.pem"))  # they accumulate
+    assert cfg.pem_file == (Pem(str(certs / "a.pem")), Pem(str(certs / "b.pem")))  # accumulate
     assert cfg.chroot == str(tmp_path)
 
 
@@ -446,7 +457,7 @@ def test_config_file_pems_come_before_positional_ones(write, pem, tmp_path):
     other = tmp_path / "other.pem"
     other.write_text("x")
     cfg = parse_args([pem, f"--config={write(f'pem-file = {other}')}"])
-    assert cfg.pem_file == (str(other), pem)  # positionals last: the last one is the default
+    assert cfg.pem_file == (Pem(str(other)), Pem(pem))  # positionals last: the default
 
 
 # --- --config at its position in argv -------------------------------------------------------
@@ -487,7 +498,7 @@ def test_frontend_repeat_semantics(argv, expected, write, pem):
     files = {"conf": write("frontend = 127.0.0.1,10\nfrontend = 127.0.0.1,11\n", "f.conf"),
              "empty": write("ciphers = HIGH\n", "e.conf")}
     cfg = parse_args([a.format(**files) for a in argv] + [pem])
-    assert cfg.frontend == tuple(Addr("127.0.0.1", p) for p in expected)
+    assert cfg.frontend == tuple(Frontend(Addr("127.0.0.1", p)) for p in expected)
 
 
 def test_shared_cache_peers_accumulate_across_file_and_command_line(write, pem):
@@ -536,20 +547,42 @@ ADDRS = st.builds(Addr, HOSTS.filter(lambda h: h != "*"), st.integers(1, 65535))
 WILD_ADDRS = st.builds(Addr, HOSTS.map(lambda h: None if h == "*" else h), st.integers(1, 65535))
 
 
-def value_strategies(d: Path) -> dict[str, st.SearchStrategy]:
-    """A valid value for every option a config file can set."""
-    text = st.text(LINE_SAFE, max_size=30)
+def value_strategies(d: Path, blocks: bool = False) -> dict[str, st.SearchStrategy]:
+    """A valid value for every option a config file can set. With blocks, frontends and
+    certificates that only hitch's block syntax can write, and text hitch's syntax can hold (no
+    double quote: it has no escapes)."""
+    text = st.text(LINE_SAFE.filter(lambda c: c != '"') if blocks else LINE_SAFE, max_size=30)
     flag = st.booleans()
+    pems = st.sampled_from(sorted(str(p) for p in d.glob("*.pem")))
+    pem = st.builds(Pem, pems)
+    if blocks:
+        pem = st.builds(Pem, pems, st.none() | pems, st.none() | pems, st.none() | flag)
+    frontend = st.builds(Frontend, WILD_ADDRS, st.lists(pem, max_size=1).map(tuple))
+    if blocks:
+        frontend = st.builds(
+            Frontend, WILD_ADDRS, st.lists(pem, max_size=3).map(tuple), st.none() | flag,
+            st.none() | flag, st.none() | st.sampled_from(["TLSv1.2", "TLSv1.2 TLSv1.3"]),
+            st.none() | st.sampled_from(["HIGH", "ECDHE+AESGCM:!aNULL"]),
+            st.none() | st.just("TLS_AES_128_GCM_SHA256"), st.none() | flag)
+    timeout = st.floats(0, 1e6, exclude_min=True)
     return {
+        "backend-refresh": st.floats(0, 1e6),
+        "recv-bufsize": st.just(-1) | st.integers(1, config.MAX_INT),
+        "send-bufsize": st.just(-1) | st.integers(1, config.MAX_INT),
+        "enable-tcp-fastopen": flag, "proxy-tlv": flag, "proxy-authority": flag,
+        "pem-dir": st.sampled_from(["", str(d)]), "pem-dir-glob": st.sampled_from(["", "*.pem"]),
+        "ocsp-dir": st.sampled_from(["", str(d)]), "ocsp-connect-tmo": timeout,
+        "ocsp-resp-tmo": timeout, "ocsp-refresh-interval": timeout, "ocsp-verify-staple": flag,
         "tls-protos": st.lists(st.sampled_from(config.PROTOS), min_size=1, unique=True)
                         .map(" ".join),
         "ciphers": text, "ciphersuites": text, "ssl-engine": text, "ec-curve": text,
         "alpn-protos": text,
         "prefer-server-ciphers": flag, "sni-nomatch-abort": flag, "client": flag, "quiet": flag,
-        "syslog": flag, "daemon": flag, "write-ip": flag, "write-proxy": flag,
+        "syslog": flag, "daemon": flag, "write-ip": flag, "write-proxy-v1": flag,
         "write-proxy-v2": flag, "proxy-proxy": flag,
-        "backend": ADDRS,
-        "frontend": st.lists(WILD_ADDRS, min_size=1, max_size=4, unique=True).map(tuple),
+        "backend": ADDRS | st.sampled_from(["/run/varnish.sock", "/tmp/b.sock"]).map(Unix),
+        "frontend": st.lists(frontend, min_size=1, max_size=4,
+                             unique_by=lambda f: f.addr).map(tuple),
         "shared-cache-listen": st.none() | WILD_ADDRS,
         "shared-cache-peer": st.lists(ADDRS, max_size=config.MAX_PEERS).map(tuple),
         "shared-cache-if": st.sampled_from(["", "*", LOOPBACK_IF, f"{LOOPBACK_IF},3",
@@ -577,8 +610,7 @@ def value_strategies(d: Path) -> dict[str, st.SearchStrategy]:
         "syslog-facility": st.sampled_from(config.FACILITIES),
         "pidfile": st.just("") | st.text(string.ascii_letters + "._-", min_size=1, max_size=10)
                      .filter(lambda s: s not in (".", "..")).map(lambda s: str(d / "run" / s)),
-        "pem-file": st.lists(st.sampled_from(sorted(str(p) for p in d.glob("*.pem"))),
-                             max_size=4).map(tuple),
+        "pem-file": st.lists(pem, max_size=4).map(tuple),
     }
 
 
@@ -588,8 +620,9 @@ def test_value_strategies_cover_every_file_option(rt_dir):
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
-def test_default_config_round_trips_every_option(data, rt_dir):
-    values = data.draw(st.fixed_dictionaries(value_strategies(rt_dir)))
+@pytest.mark.parametrize("blocks", [False, True], ids=["stud-syntax", "hitch-blocks"])
+def test_default_config_round_trips_every_option(data, rt_dir, blocks):
+    values = data.draw(st.fixed_dictionaries(value_strategies(rt_dir, blocks)))
     cfg = Config()
     for name, value in values.items():
         setattr(cfg, BY_NAME[name].dest, value)
@@ -634,3 +667,82 @@ def test_parse_args_raises_only_config_error(argv):
         parse_args(argv)
     except (ConfigError, Exit):
         pass
+
+
+# --- hitch's syntax -------------------------------------------------------------------------
+
+def test_hitch_blocks_make_frontends_and_certificates(write, pem, tmp_path):
+    key = tmp_path / "server.key"
+    key.write_text("k")
+    cfg = load(write(f'''
+        pem-file = "{pem}"
+        frontend = {{ host = "127.0.0.1" port = "443"
+            pem-file = {{ cert = "server.pem" private-key = "server.key"
+                         ocsp-resp-file = "server.pem" ocsp-verify-staple = on }}
+            match-global-certs = on  sni-nomatch-abort = off
+            tls-protos = TLSv1.2 TLSv1.3 ciphers = "HIGH" prefer-server-ciphers = on }}
+        frontend = "[*]:8443+server.pem"
+        frontend = {{ port = "80" }}
+        write-proxy = on
+    '''))
+    own = Pem(pem, str(key), pem, True)
+    assert cfg.frontend == (
+        Frontend(Addr("127.0.0.1", 443), (own,), True, False, "TLSv1.2 TLSv1.3", "HIGH", None,
+                 True),
+        Frontend(Addr(None, 8443), (Pem(pem),)),
+        Frontend(Addr(None, 80)))
+    assert cfg.pem_file == (Pem(pem),)
+    assert cfg.write_proxy_v2 and not cfg.write_proxy_v1  # hitch's meaning in hitch's syntax
+    assert [f.global_certs for f in cfg.frontend] == [True, False, True]
+
+
+def test_write_proxy_in_studs_syntax_is_v1_with_a_warning(write, capsys):
+    cfg = load(write("write-proxy = on\n"))
+    assert cfg.write_proxy_v1 and not cfg.write_proxy_v2
+    assert "write-proxy means PROXY v1 here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, line, why", [
+    ('frontend = { host = "*" }', 1, "frontend: a block needs a port"),
+    ('frontend = {\n port = "443"\n ecdh-curve = "P-256" }', 3,
+     "ecdh-curve: not allowed in a frontend block"),
+    ('frontend = { port = "443" pem-file = { private-key = "server.pem" } }', 1,
+     "pem-file: a block needs a cert"),
+    ('frontend = { port = "443"\n pem-file = { cert = "missing.pem" } }', 2,
+     "pem-file: cannot use 'missing.pem'"),
+    ('frontend = { port = "99999" }', 1, "frontend: invalid port '99999'"),
+    ('frontend = { port = "1" tls-protos = SSLv3 }', 1, "tls-protos: 'SSLv3'"),
+    ('backend = { port = "1" }', 1, "backend: a block is not allowed here"),
+    ('frontend = { port = "1"\n\n client-verify = required }', 3,
+     "client-verify: client certificates are not supported yet"),
+    ("client-verify = optional", 1, "client-verify: client certificates are not supported yet"),
+    ("frontend = { port = 1 } }", 1, "'}' without a block to close"),
+])
+def test_hitch_syntax_errors_name_the_line(text, line, why, write, pem):
+    path = write(text + "\n")
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(e.value).startswith(f"{path} line {line}: "), str(e.value)
+    assert why in str(e.value)
+
+
+def test_two_frontends_on_one_address_are_refused(write, pem):
+    twice = write("frontend = { port = 443 }\nfrontend = { port = 443 }\n")
+    with pytest.raises(ConfigError, match=r"frontend: \[\*\]:443 is listed twice"):
+        parse_args([f"--config={twice}", pem])
+    none = write("frontend = { port = 443 match-global-certs = off }\n")
+    with pytest.raises(ConfigError, match="No certificate configured for frontend"):
+        parse_args([f"--config={none}", pem])
+
+
+def test_a_file_in_hitchs_syntax_is_read_first_and_adds_frontends(write, pem):
+    """hitch's rule for its files: read before the command line (which overrides them and adds
+    its frontends), wherever --config stands; stud's files keep stud's rule (above)."""
+    hitch = write('workers = 2\nfrontend = "[127.0.0.1]:2"\n', "hitch.conf")
+    cfg = parse_args(["-n", "1", "-f", "127.0.0.1,1", f"--config={hitch}", pem])
+    assert cfg.workers == "1"
+    assert [f.addr.port for f in cfg.frontend] == [2, 1]
+    stud = write('workers = 2\nfrontend = "[127.0.0.1]:2"\n', "stud.conf")
+    cfg = parse_args(["-n", "1", "-f", "127.0.0.1,1", f"--config={stud}", pem])
+    assert cfg.workers == "2"
+    assert [f.addr.port for f in cfg.frontend] == [2]

@@ -88,15 +88,17 @@ def test_errors_name_the_line(text, line, message):
     assert (info.value.line, str(info.value)) == (line, f"line {line}: {message}")
 
 
-@pytest.mark.parametrize("text, hitch", [
-    ("frontend = {\n}\n", True),
-    ("pem-dir = /etc/hitch/cert.d\n", True),
-    ("log-filename = /var/log/hitch.log\n", True),
-    ("backend = 127.0.0.1,8080\nwrite-proxy = on\n", False),  # stud's syntax, or either
-    ("# frontend = {\nworkers = 2\n", False),
+@pytest.mark.parametrize("text, name, hitch", [
+    ("frontend = {\n}\n", "stud.conf", True),
+    ('log-filename = "/var/log/hitch.log"\n', "stud.conf", True),
+    ("tcp-fastopen = on\n", "x", True),
+    ("backend = 127.0.0.1,8080\nwrite-proxy = on\n", "/etc/stud/stud.conf", False),  # either
+    ("backend = 127.0.0.1,8080\nwrite-proxy = on\n", "/etc/hitch/hitch.conf", True),
+    ("pem-dir = /etc/stud/certs\n", "stud.conf", False),  # stud has pem-dir too
+    ("# frontend = {\nworkers = 2\n", "", False),
 ])
-def test_which_syntax(text, hitch):
-    assert looks_like_hitch(text) is hitch
+def test_which_syntax(text, name, hitch):
+    assert looks_like_hitch(text, name) is hitch
 
 
 KEYS = st.from_regex(r"[a-z][a-z0-9\-]{0,15}", fullmatch=True)

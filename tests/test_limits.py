@@ -184,7 +184,7 @@ def test_worker_resumes_accepting_even_if_its_pause_timer_fires_early(monkeypatc
     lsock.listen(8)
     lsock.setblocking(False)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    w = worker.Worker(cfg, [lsock], ssl.create_default_context(), None,
+    w = worker.Worker(cfg, [(lsock, ssl.create_default_context())], None,
                       (socket.AF_INET, ("127.0.0.1", 9)), a)
     try:
         w._accepting(True)

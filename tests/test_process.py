@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -219,3 +220,35 @@ def test_repeated_frontends_and_wildcard(stud, backend, pem):
             c.sendall(host.encode())
             assert c.recv(20) == host.encode()
     assert s.output().count("Listening on") == 3
+
+
+@root_only
+def test_unix_socket_backend_inside_chroot(stud, pem, tmp_path):
+    """-b /JAIL/run/echo.sock with --chroot=/JAIL: the workers, chrooted and unprivileged,
+    connect to /run/echo.sock (hitch 1.8's rule); a socket outside the jail is an error."""
+    jail = tmp_path / "jail"
+    (jail / "run").mkdir(parents=True)
+    path = jail / "run" / "echo.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    os.chmod(path, 0o777)  # (the workers run as nobody)
+    server.listen(8)
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    try:
+        s = stud(f"--chroot={jail}", "--user=nobody", "-b", str(path), pem)
+        worker = wait_for(s.workers)[0]
+        assert os.readlink(f"/proc/{worker}/root") == str(jail)
+        assert echo_works(s.port)
+    finally:
+        server.close()
+    r = subprocess.run(STUD + [f"--chroot={jail}", "-t", "-b", "/run/elsewhere.sock", pem],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1
+    assert "backend: the UNIX socket '/run/elsewhere.sock' is outside chroot" in r.stderr

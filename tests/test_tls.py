@@ -133,9 +133,12 @@ def test_ciphersuites_and_ec_curve(stud, backend, pem):
     s = stud(pem, "--ciphersuites=TLS_CHACHA20_POLY1305_SHA256", backend_port=backend("echo"))
     with tls_connect(s.port) as c:
         assert c.cipher()[0] == "TLS_CHACHA20_POLY1305_SHA256"
-    out = s_client(s.port, "-groups", "P-384").output  # default groups: X25519 and P-256 only
-    assert "Cipher is (NONE)" in out or "handshake failure" in out
+    # The default groups are Mozilla's intermediate ones: X25519, P-256 and P-384.
+    assert "Server Temp Key: ECDH, secp384r1" in s_client(s.port, "-groups", "P-384").output
     assert "X25519" in s_client(s.port, "-groups", "X25519:P-256").output
+    s = stud(pem, "--ec-curve=X25519:P-256", backend_port=backend("echo"))
+    out = s_client(s.port, "-groups", "P-384").output
+    assert "Cipher is (NONE)" in out or "handshake failure" in out
 
 
 def test_ec_curve_config_key(stud, backend, pem, tmp_path):
@@ -220,3 +223,35 @@ def test_keepalive_idle_is_applied(stud, backend, pem):
     m = re.search(r"keepalive,(?:(\d+)min)?(\d+)sec", out)
     assert m, out
     assert 60 < int(m.group(1) or 0) * 60 + int(m.group(2)) <= 77, out  # not the kernel's 2 h
+
+
+def served_key(c: ssl.SSLSocket) -> str:
+    """The algorithm of the certificate's key the server sent: "rsa" or "ec"."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    cert = x509.load_der_x509_certificate(c.getpeercert(binary_form=True))
+    return "rsa" if isinstance(cert.public_key(), rsa.RSAPublicKey) else "ec"
+
+
+@pytest.mark.parametrize("sni", ["dual.test", None], ids=["by-name", "default"])
+def test_an_rsa_and_an_ecdsa_certificate_for_the_same_names_are_both_served(
+        stud, backend, pki, sni):
+    """Both in one context: each client gets the one it supports (before, the first PEM won
+    and an RSA-only client failed its handshake)."""
+    rsa_pem = pki.make(["dual.test"], key="rsa")
+    ec_pem = pki.make(["dual.test"], key="ec")
+    other = pki.make(["other.test"])
+    pems = [other, rsa_pem, ec_pem] if sni else [other, ec_pem, rsa_pem]
+    s = stud(*pems, backend_port=backend("echo"))
+    with tls_connect(s.port, sni=sni) as c:
+        assert served_key(c) == "ec"  # (an ordinary client offers ECDSA first)
+    rsa_only = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
+    rsa_only.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    with tls_connect(s.port, sni=sni, ctx=rsa_only) as c:
+        assert served_key(c) == "rsa"
+        c.sendall(b"ping")
+        assert c.recv(4) == b"ping"
+    out = s_client(s.port, *(["-servername", sni] if sni else ["-noservername"]),
+                   "-sigalgs", "rsa_pss_rsae_sha256:rsa_pss_pss_sha256").output
+    assert "Server public key is 2048 bit" in out and "TLSv1.3" in out, out[-800:]
