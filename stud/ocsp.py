@@ -8,12 +8,7 @@ blocking :func:`fetch`: the caller owns the clock, the threads and the log. hitc
 from __future__ import annotations
 
 import hashlib
-import http.client
-import io
 import os
-import socket
-import time
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +23,8 @@ from cryptography.x509.oid import (
     ExtendedKeyUsageOID,
     SignatureAlgorithmOID,
 )
+
+from stud import httpfetch
 
 __all__ = [
     "MAX_RESPONSE", "OcspError", "Revoked", "Staple", "Stapler", "Step", "check", "fetch",
@@ -45,7 +42,6 @@ SKEW = 300.0
 # A response is a few hundred bytes to a few KiB (with a responder chain); past this it is not
 # one, and reading on would let a responder make us buffer without limit.
 MAX_RESPONSE = 64 * 1024
-_MAX_HEADERS = 16 * 1024
 
 _LONG_AGO = datetime.min.replace(tzinfo=UTC)
 _OCSP_REQUEST = "application/ocsp-request"
@@ -286,98 +282,21 @@ def refresh_at(staple: Staple, now: datetime, interval: float = REFRESH_INTERVAL
 # -------------------------------------------------------------------------------- fetching
 
 
-class _Received:
-    """What http.client parses a response from: the bytes already read, as a socket's file."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def makefile(self, *_: object, **__: object) -> io.BytesIO:
-        return io.BytesIO(self._data)
-
-
-def _read_to_eof(sock: socket.socket, deadline: float, limit: int) -> bytes:
-    """What the peer sends until it closes, cut off past ``limit`` bytes; TimeoutError at the
-    deadline."""
-    buf = bytearray()
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        sock.settimeout(left)
-        chunk = sock.recv(65536)
-        if not chunk:
-            return bytes(buf)
-        buf += chunk
-        if len(buf) > limit:
-            return bytes(buf)
-
-
-def _host_header(parts: urllib.parse.SplitResult) -> str:
-    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else str(parts.hostname)
-    return f"{host}:{parts.port}" if parts.port else host
-
-
 def fetch(url: str, request: bytes, connect_timeout: float = CONNECT_TIMEOUT,
           response_timeout: float = RESPONSE_TIMEOUT, max_size: int = MAX_RESPONSE) -> bytes:
     """POST ``request`` to the responder at ``url``; its DER response (unchecked).
 
     Blocking, bounded: ``connect_timeout`` for the TCP connection, then ``response_timeout``
     for all of the rest (the whole response is read against one deadline, so a responder
-    that trickles bytes cannot hold the caller longer), at most ``max_size`` bytes of body.
-    The host name is resolved first, which no timeout covers (getaddrinfo has none).
-    Raises OcspError naming the responder: refused, timed out, not HTTP 200, not
-    application/ocsp-response, too big or cut short.
+    that trickles bytes cannot hold the caller longer), at most ``max_size`` bytes of body
+    (httpfetch.exchange). The host name is resolved first, which no timeout covers.
+    Raises OcspError naming the responder: refused, timed out, not HTTP 200,
+    not application/ocsp-response, too big or cut short.
     """
-    def error(why: str) -> OcspError:
-        return OcspError(f"OCSP responder {url}: {why}")
-
-    parts = urllib.parse.urlsplit(url)
-    try:
-        port = parts.port or 80
-    except ValueError:
-        raise error("bad port") from None
-    if parts.scheme.lower() != "http" or not parts.hostname:
-        raise error("not an http:// URL")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    conn = http.client.HTTPConnection(parts.hostname, port, timeout=connect_timeout)
-    try:
-        try:
-            conn.connect()
-        except TimeoutError:
-            raise error(f"connect timed out after {connect_timeout:g} s") from None
-        except OSError as e:
-            raise error(f"cannot connect: {e.strerror or e}") from None
-        sock = conn.sock
-        deadline = time.monotonic() + response_timeout
-        sock.settimeout(response_timeout)
-        conn.request("POST", path, body=request, headers={
-            "Host": _host_header(parts), "Content-Type": _OCSP_REQUEST,
-            "Accept": _OCSP_RESPONSE, "Connection": "close"})
-        raw = _read_to_eof(sock, deadline, max_size + _MAX_HEADERS)
-        if len(raw) > max_size + _MAX_HEADERS:
-            raise error(f"response larger than {max_size} bytes")
-        resp = http.client.HTTPResponse(_Received(raw))  # type: ignore[arg-type]
-        resp.begin()
-        if resp.status != 200:
-            raise error(f"HTTP {resp.status} {resp.reason}".rstrip())
-        ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype != _OCSP_RESPONSE:
-            raise error(f"content type {ctype or 'missing'!r}, not {_OCSP_RESPONSE}")
-        body = resp.read()
-    except TimeoutError:
-        raise error(f"no complete response within {response_timeout:g} s") from None
-    except http.client.IncompleteRead as e:
-        raise error(f"response cut short ({len(e.partial)} bytes)") from None
-    except (OSError, http.client.HTTPException) as e:
-        raise error(f"{type(e).__name__}: {e}") from None
-    finally:
-        conn.close()
-    if len(body) > max_size:
-        raise error(f"response larger than {max_size} bytes")
-    if not body:
-        raise error("empty response")
-    return body
+    return httpfetch.exchange(
+        url, "POST", request, {"Content-Type": _OCSP_REQUEST, "Accept": _OCSP_RESPONSE},
+        connect_timeout=connect_timeout, response_timeout=response_timeout, max_size=max_size,
+        error=lambda why: OcspError(f"OCSP responder {url}: {why}"), content_type=_OCSP_RESPONSE)
 
 
 # ---------------------------------------------------------------------------- the schedule
