@@ -1441,6 +1441,16 @@ static int Conn_set_context(Conn *c, PyObject *v, void *unused) {
     return PyObject_SetAttr(c->tls, s_context, v);
 }
 
+/* The address of the client side's SSL* (0 before the handshake starts, or with --client),
+   for stud.sslext's functions, as relay.End.ssl. */
+static PyObject *Conn_get_ssl(Conn *c, void *unused) {
+    return PyLong_FromVoidPtr(c->tls_side == FRONT && c->state != ST_CLOSED ? (void *)c->ssl : NULL);
+}
+
+static PyObject *Conn_get_fd(Conn *c, void *unused) {
+    return PyLong_FromLong(c->state != ST_CLOSED ? c->fd[FRONT] : -1);
+}
+
 static PyObject *Conn_get_pbuf(Conn *c, void *unused) {
     return c->pbuf ? Py_NewRef(c->pbuf) : PyBytes_FromStringAndSize(NULL, 0);
 }
@@ -1455,6 +1465,8 @@ static PyGetSetDef Conn_getset[] = {
     {"connecting", (getter)Conn_get_flag, NULL, "the backend connect is pending", (void *)1},
     {"relaying", (getter)Conn_get_flag, NULL, "past the handshake and connected", (void *)2},
     {"context", (getter)Conn_get_context, (setter)Conn_set_context, "the TLS context", NULL},
+    {"ssl", (getter)Conn_get_ssl, NULL, "the client side's SSL* (an address; 0: none)", NULL},
+    {"fd", (getter)Conn_get_fd, NULL, "the client's socket (-1 once closed)", NULL},
     {NULL},
 };
 

@@ -76,11 +76,16 @@ typedef struct ssl_cipher_st SSL_CIPHER;
 typedef struct evp_md_st EVP_MD;
 typedef struct engine_st ENGINE;
 typedef struct x509_st X509;
+typedef struct x509_crl_st X509_CRL;
+typedef struct x509_store_st X509_STORE;
+typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
+typedef struct x509_store_ctx_st X509_STORE_CTX;
 typedef int (*new_session_cb)(SSL *, SSL_SESSION *);
 typedef SSL_SESSION *(*get_session_cb)(SSL *, const unsigned char *, int, int *);
 typedef void (*remove_session_cb)(SSL_CTX *, SSL_SESSION *);
 typedef void (*generic_cb)(void);
 typedef int (*status_cb)(SSL *, void *); /* sslext's, set through SSL_CTX_callback_ctrl */
+typedef int (*verify_cb)(int, X509_STORE_CTX *); /* always NULL: OpenSSL's own verdict */
 
 /* libssl: X(return type, name, (parameter types)) */
 #define STUD_OPENSSL_LIBSSL(X)                                                                  \
@@ -122,7 +127,19 @@ typedef int (*status_cb)(SSL *, void *); /* sslext's, set through SSL_CTX_callba
     X(long, SSL_SESSION_get_time, (const SSL_SESSION *))                                        \
     X(long, SSL_SESSION_get_timeout, (const SSL_SESSION *))                                     \
     X(void, SSL_SESSION_free, (SSL_SESSION *))                                                  \
-    X(X509 *, SSL_get_certificate, (const SSL *))
+    X(X509 *, SSL_get_certificate, (const SSL *))                                              \
+    X(int, SSL_CTX_add_client_CA, (SSL_CTX *, X509 *))                                          \
+    X(void, SSL_CTX_set_cert_store, (SSL_CTX *, X509_STORE *))                                  \
+    X(void, SSL_CTX_set_verify_depth, (SSL_CTX *, int))                                         \
+    X(int, SSL_CTX_set_session_id_context, (SSL_CTX *, const unsigned char *, unsigned int))    \
+    X(int, SSL_CTX_get_verify_mode, (const SSL_CTX *))                                          \
+    X(X509_VERIFY_PARAM *, SSL_CTX_get0_param, (SSL_CTX *))                                     \
+    X(X509 *, SSL_get0_peer_certificate, (const SSL *))                                         \
+    X(long, SSL_get_verify_result, (const SSL *))                                               \
+    X(void, SSL_set_verify, (SSL *, int, verify_cb))                                            \
+    X(X509_VERIFY_PARAM *, SSL_get0_param, (SSL *))                                             \
+    X(SSL_SESSION *, SSL_get_session, (const SSL *))                                            \
+    X(const unsigned char *, SSL_SESSION_get0_id_context, (const SSL_SESSION *, unsigned int *))
 
 /* libcrypto */
 #define STUD_OPENSSL_LIBCRYPTO(X)                                                               \
@@ -137,7 +154,17 @@ typedef int (*status_cb)(SSL *, void *); /* sslext's, set through SSL_CTX_callba
     X(int, CRYPTO_memcmp, (const void *, const void *, size_t))                                 \
     X(void *, CRYPTO_malloc, (size_t, const char *, int))                                       \
     X(void, CRYPTO_free, (void *, const char *, int))                                           \
-    X(int, i2d_X509, (const X509 *, unsigned char **))
+    X(int, i2d_X509, (const X509 *, unsigned char **))                                          \
+    X(X509 *, d2i_X509, (X509 **, const unsigned char **, long))                                \
+    X(void, X509_free, (X509 *))                                                                \
+    X(X509_CRL *, d2i_X509_CRL, (X509_CRL **, const unsigned char **, long))                    \
+    X(void, X509_CRL_free, (X509_CRL *))                                                        \
+    X(X509_STORE *, X509_STORE_new, (void))                                                     \
+    X(void, X509_STORE_free, (X509_STORE *))                                                    \
+    X(int, X509_STORE_add_cert, (X509_STORE *, X509 *))                                         \
+    X(int, X509_STORE_add_crl, (X509_STORE *, X509_CRL *))                                      \
+    X(int, X509_VERIFY_PARAM_set1, (X509_VERIFY_PARAM *, const X509_VERIFY_PARAM *))            \
+    X(const char *, X509_verify_cert_error_string, (long))
 
 /* libcrypto, only where OpenSSL was built with engines (-e/--ssl-engine); Python only */
 #define STUD_OPENSSL_ENGINE(X)                                                                  \

@@ -20,8 +20,8 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from stud import certs, metrics, sesscache, stapling, startup
-from stud.config import Config, ConfigError, Exit, parse_args
+from stud import certs, metrics, sesscache, stapling, startup, trust
+from stud.config import Config, ConfigError, Exit, file_stamp, parse_args
 from stud.daemon import configure_log, drop_privileges
 from stud.log import log
 from stud.worker import Worker
@@ -113,6 +113,7 @@ class Arbiter:
                 self._respawn_due()
                 self._refresh_backend(now)
                 self._to_workers(self.stapling.tick())
+                self._crls_to_workers()
                 self._retire_old()
             for gen, at in list(self.retiring.items()):
                 if not any(c.gen == gen for c in self.children.values()):
@@ -162,6 +163,25 @@ class Arbiter:
                     c.ctl.send(message)
                 except OSError:
                     pass  # (gone: reap() sees to it)
+
+    def _crls_to_workers(self) -> None:
+        """Changed CRL files (client-verify-crl), read again and checked, to the current
+        generation's workers: in a memfd, each reading it whole at offset 0."""
+        served = self.current.setup.served
+        for key, crls in served.trusts.tick() if served else ():
+            data = memoryview(trust.message(key, crls))
+            fd = os.memfd_create("stud-crls", os.MFD_CLOEXEC)
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                for c in self.children.values():
+                    if c.gen == self.gen:
+                        try:
+                            socket.send_fds(c.ctl, [b"V"], [fd])
+                        except OSError:
+                            pass  # (gone, or busy: its replacement is forked with them)
+            finally:
+                os.close(fd)
 
     def _sleep(self) -> None:
         timeout = 1.0 if self.retire is None else 0.05
@@ -372,7 +392,8 @@ class Arbiter:
             drop_privileges(self.cfg)
             s = self.current.setup
             code = Worker(self.cfg, self.current.served(), s.client_context, s.backend,
-                          theirs, stapling.by_file(s.certs())).run()
+                          theirs, stapling.by_file(s.certs()),
+                          s.served.trusts if s.served else None).run()
         except BaseException:
             log.error(f"{{core}} worker {os.getpid()} crashed: "
                       + traceback.format_exc().strip().replace("\n", " | "))
@@ -388,14 +409,7 @@ def pem_stamps(cfg: Config) -> list[tuple]:
     except ConfigError:
         listed = []  # (an unreadable pem-dir: the reload it prompts will say why)
     pems = [*cfg.pem_file, *(p for f in cfg.frontend for p in f.pems), *listed]
-    out = []
-    for path in (p for pem in pems for p in (pem.cert, pem.key) if p):
-        try:
-            st = os.stat(path)
-            out.append((path, st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((path, None))
-    return out
+    return [(path, file_stamp(path)) for pem in pems for path in (pem.cert, pem.key) if path]
 
 
 def addr_text(backend: tuple[int, tuple | str]) -> str:

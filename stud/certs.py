@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from stud import tls
 from stud.config import Config, ConfigError, Frontend, Pem
 from stud.log import log
+from stud.trust import Trust, Trusts
 
 KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
                        re.S)
@@ -122,6 +123,7 @@ class SniTable:
 
     certs: list[Cert]
     default: ssl.SSLContext
+    trusts: Trusts = field(default_factory=Trusts)
     exact: dict[str, ssl.SSLContext] = field(default_factory=dict)
     wild: dict[str, ssl.SSLContext] = field(default_factory=dict)
 
@@ -145,13 +147,21 @@ class SniTable:
 
     def install(self, abort: bool) -> None:
         """Make the default context choose by SNI name (it is where every handshake starts)."""
-        def on_sni(sslsock: ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        sid = self.trusts.sid
+        # Client verification that differs between names (hitch's per pem-file setting) is
+        # taken over by the connection when its name switches the context (OpenSSL copies it
+        # from the first context only).
+        mixed = len({sid(c.context) for c in self.certs} | {sid(self.default)}) > 1
+
+        def on_sni(conn: object, name: str | None, _ctx: ssl.SSLContext) -> int | None:
             if name is None:
                 return None
             ctx = self.lookup(name)
             if ctx is not None:
                 if ctx is not self.default:
-                    sslsock.context = ctx
+                    conn.context = ctx
+                    if mixed and not tls.sslext.adopt_verify(conn.ssl, ctx, sid(ctx)):
+                        return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
             elif abort:
                 return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
             return None
@@ -179,6 +189,7 @@ class Served:
 
     tables: dict[object, SniTable]  # Frontend.addr -> its table
     skipped: list[str]               # pem-dir files that did not load: "path: reason"
+    trusts: Trusts = field(default_factory=Trusts)  # client verification, where asked
 
     def certs(self) -> list[Cert]:
         seen: dict[int, Cert] = {}
@@ -195,6 +206,7 @@ class _Builder:
         self.cfg = cfg
         self.contexts: dict[tuple, Cert] = {}
         self.skipped: list[str] = []
+        self.trusts = Trusts()
         self.global_pems = list(cfg.pem_file)
         self.dir_pems = pem_dir_files(cfg)
 
@@ -203,9 +215,10 @@ class _Builder:
         instead of failing (pem-dir)."""
         k = (key, pem)
         if k not in self.contexts:
+            trust = Trust.of(fcfg, pem)  # (a setting's error is not the file's: never skipped)
             try:
                 names, digest, kind = read_pem(pem)
-                self.contexts[k] = Cert(pem, names, digest, tls.server_context(fcfg, pem), kind)
+                ctx = tls.server_context(fcfg, pem)
             except ConfigError as e:
                 if not skip:
                     raise
@@ -213,6 +226,9 @@ class _Builder:
                     log.error(f"{{core}} skipped: {e}")
                     self.skipped.append(str(e))
                 self.contexts[k] = None
+            else:
+                self.trusts.attach(ctx, trust)
+                self.contexts[k] = Cert(pem, names, digest, ctx, kind)
         return self.contexts[k]
 
     def table(self, f: Frontend, key: tuple) -> SniTable:
@@ -231,7 +247,7 @@ class _Builder:
         else:
             default = glob[len(self.global_pems) - 1] if self.global_pems else glob[0]
         pair_twins(own + glob)
-        return SniTable(own + glob, default.context)
+        return SniTable(own + glob, default.context, self.trusts)
 
 
 def pair_twins(certs: list[Cert]) -> None:
@@ -266,7 +282,7 @@ def build(cfg: Config) -> Served:
             by_key[key] = b.table(f, key)
             by_key[key].install(fcfg.sni_nomatch_abort)
         tables[f.addr] = by_key[key]
-    return Served(tables, b.skipped)
+    return Served(tables, b.skipped, b.trusts)
 
 
 def carry_ticket_keys(old: Served, new: Served) -> None:

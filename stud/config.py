@@ -34,6 +34,8 @@ HITCH_LOG_LEVELS = {"0": "silent", "1": "error", "2": "info"}  # hitch's -L 0|1|
 MAX_PEERS = 15
 MAX_KEEPIDLE = 32767   # Linux refuses a longer TCP_KEEPIDLE (every client would be dropped)
 MAX_INT = 2**31 - 1    # listen() takes a C int
+CLIENT_VERIFY = ("none", "optional", "required")
+MAX_DEPTH = 100        # OpenSSL's own default limit
 CLIENT_ADDR_MODES = ("write-ip", "write-proxy-v1", "write-proxy-v2", "proxy-proxy")
 # --write-proxy is PROXY v1 in stud and v2 in hitch: said once, where a file or argv uses it.
 WRITE_PROXY_WARNING = ("write-proxy means PROXY v1 here (as in stud; hitch reads it as v2): "
@@ -61,6 +63,8 @@ class Pem:
     key: str | None = None             # private-key: a separate key file
     ocsp_resp_file: str | None = None  # a staple kept up to date by someone else
     ocsp_verify: bool | None = None    # None: the global ocsp-verify-staple
+    client_verify: str | None = None   # None: the frontend's (else the global) setting
+    client_verify_ca: str | None = None
     # The cert path as the configuration wrote it (hitch names its OCSP cache after that text).
     written: str | None = field(default=None, compare=False)
 
@@ -82,6 +86,8 @@ class Frontend:
     ciphers: str | None = None
     ciphersuites: str | None = None
     prefer_server_ciphers: bool | None = None
+    client_verify: str | None = None
+    client_verify_ca: str | None = None
 
     def __str__(self) -> str:
         return f"{self.addr}+{self.pems[0]}" if len(self.pems) == 1 else str(self.addr)
@@ -177,6 +183,18 @@ def _protos(v: str) -> str | None:
     return None
 
 
+def _client_verify(v: str) -> str | None:
+    return None if v in CLIENT_VERIFY else f"must be one of {', '.join(CLIENT_VERIFY)}"
+
+
+def _crl_check(v: str) -> str | None:
+    return None if v in ("chain", "leaf") else "must be chain or leaf"
+
+
+def _depth(v: int) -> str | None:
+    return None if 0 <= v <= MAX_DEPTH else f"must be 0 to {MAX_DEPTH}"
+
+
 def _workers(v: str) -> str | None:
     if v == "auto" or (v.isascii() and v.isdigit() and int(v) >= 1):
         return None
@@ -207,9 +225,9 @@ def _shared_cache_if(v: str) -> str | None:
 
 
 Op = Option
-ENC, SOCK, PERF, TIME, LIMITS, SEC, LOG = (
-    "ENCRYPTION METHODS", "SOCKET", "PERFORMANCE", "TIMEOUTS", "LIMITS AND RELOAD", "SECURITY",
-    "LOGGING")
+ENC, MTLS, SOCK, PERF, TIME, LIMITS, SEC, LOG = (
+    "ENCRYPTION METHODS", "CLIENT CERTIFICATES", "SOCKET", "PERFORMANCE", "TIMEOUTS",
+    "LIMITS AND RELOAD", "SECURITY", "LOGGING")
 OPTIONS: tuple[Option, ...] = (
     Op("config", "action", None, "Load configuration from specified file.", metavar="FILE",
       section="CONFIGURATION", file=False),
@@ -235,6 +253,19 @@ OPTIONS: tuple[Option, ...] = (
     Op("match-global-certs", "bool", False, "In a frontend block (hitch's syntax): the global "
        "certificates serve there too (default: only when it has none of its own)",
        cli=False, file=False),
+    Op("client-verify", "str", "none", "Ask clients for a certificate: none, optional (one "
+       "that does not verify is refused) or required", metavar="MODE", section=MTLS,
+       check=_client_verify),
+    Op("client-verify-ca", "path", "", "The CA certificates client certificates must chain "
+       "to (PEM); the certificate request names them", metavar="FILE", section=MTLS),
+    Op("client-verify-depth", "int", 9, "At most this many CA certificates between a client "
+       "certificate and a trusted one", metavar="NUM", section=MTLS, check=_depth),
+    Op("client-verify-crl", "path", (), "CRLs to check client certificates against (PEM or "
+       "DER, several per file; repeatable); read again when a file changes",
+       metavar="FILE", section=MTLS, repeat=True),
+    Op("client-verify-crl-check", "str", "chain", "Check CRLs for every certificate of the "
+       "chain, or the client's only (leaf); a CRL past its nextUpdate refuses the clients it "
+       "covers", metavar="chain|leaf", section=MTLS, check=_crl_check),
     Op("client", "bool", False, "Enable client proxy mode", section=SOCK),
     Op("backend", "backend", addr.Addr("127.0.0.1", 8000),
       "Backend [connect]: an address, or the path of a UNIX socket", short="b",
@@ -311,6 +342,10 @@ OPTIONS: tuple[Option, ...] = (
     Op("proxy-tlv", "bool", True, "PROXY v2: send the TLS TLV (version, cipher)"),
     Op("proxy-authority", "bool", True, "PROXY v2: send the SNI name (AUTHORITY TLV)"),
     Op("proxy-proxy", "bool", False, "Pass on a PROXY v1/v2 header sent by the client"),
+    Op("proxy-client-cert", "bool", False, "PROXY v2: send the client certificate as PEM in "
+       "TLV 0xE0 (hitch's) instead of DER in the SSL TLV (0x28)"),
+    Op("proxy-identity-tlvs", "bool", False, "PROXY v2: also send the client certificate's "
+       "SAN URIs, SHA-256 fingerprint, serial and notAfter in TLVs of their own (0xE1-0xE4)"),
     Op("test", "action", None, "Test configuration and exit", short="t", file=False),
     Op("version", "action", None, "Print program version and exit", short="V", file=False),
     Op("help", "action", None, "This help message", short="h", file=False),
@@ -366,6 +401,14 @@ class Config:
         """Which of write-ip / write-proxy / write-proxy-v2 / proxy-proxy is on, if any."""
         on = [m for m in CLIENT_ADDR_MODES if getattr(self, m.replace("-", "_"))]
         return on[0] if on else None
+
+    @property
+    def verifies_clients(self) -> bool:
+        """Whether any frontend or certificate asks clients for a certificate."""
+        settings = [self.client_verify, *(f.client_verify for f in self.frontend),
+                    *(p.client_verify for f in self.frontend for p in f.pems),
+                    *(p.client_verify for p in self.pem_file)]
+        return any(v not in (None, "none") for v in settings)
 
     @property
     def worker_count(self) -> int:
@@ -455,6 +498,16 @@ def parse_frontend(text: str, base: str) -> Frontend:
     if cert is None:
         raise addr.AddrError(f"invalid frontend '{text}': no certificate after '+'")
     return Frontend(addr.parse(text[:plus], wildcard=True), (cert,))
+
+
+def file_stamp(path: str) -> tuple | None:
+    """What a file is now (identity, size, mtime): a change means it was written or replaced;
+    None when it cannot be seen."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _check_path(opt: Option, path: str, raw: str) -> None:
@@ -720,8 +773,6 @@ class FileSource:
     def set(self, key: str, value: str, where: str) -> None:
         """One ``key = value`` ("" sets the default)."""
         opt = BY_NAME.get(key)
-        if key in NOT_YET and value not in ("", "none", "off"):
-            raise ConfigError(f"{where}: {key}: {NOT_YET[key]}")
         if opt is None or not opt.file:
             warn(f"ignoring unknown configuration key '{key}' in {where}")
             return
@@ -760,10 +811,6 @@ class FileSource:
                     port = value
                 elif it.key in FRONTEND_KEYS:
                     fields[it.key.replace("-", "_")] = self.checked(it.key, value)
-                elif it.key in NOT_YET and value in ("", "none", "off"):
-                    pass
-                elif it.key in NOT_YET:
-                    raise ConfigError(f"{it.key}: {NOT_YET[it.key]}")
                 else:
                     raise ConfigError(f"{it.key}: not allowed in a frontend block")
             except ConfigError as e:
@@ -787,6 +834,8 @@ class FileSource:
                 value = _joined(it)
                 if it.key == "ocsp-verify-staple":
                     fields["ocsp_verify"] = self.checked(it.key, value)
+                elif it.key.startswith("client-verify"):
+                    fields[PEM_KEYS[it.key]] = self.checked(it.key, value) if value else None
                 elif value:
                     fields[PEM_KEYS[it.key]] = self.checked("pem-file", value).cert
                     if it.key == "cert":
@@ -811,19 +860,16 @@ class FileSource:
         return value
 
 
-# hitch 1.8 settings stud does not have yet, where ignoring them would let in clients the
-# operator meant to keep out: refused, not skipped.
-NOT_YET = {k: "client certificates are not supported yet; stud refuses to start rather than "
-              "accept clients without verifying them" for k in ("client-verify",
-                                                                  "client-verify-ca")}
 # What a frontend may set for itself (None: the global setting), as attributes.
 FRONTEND_SETTINGS = ("tls_protos", "ciphers", "ciphersuites", "prefer_server_ciphers",
-                     "sni_nomatch_abort")
+                     "client_verify", "client_verify_ca", "sni_nomatch_abort")
 # What a hitch frontend block may set for itself, and a pem-file block.
 FRONTEND_KEYS = frozenset({"match-global-certs", "sni-nomatch-abort", "tls-protos", "ciphers",
-                           "ciphersuites", "prefer-server-ciphers"})
+                           "ciphersuites", "prefer-server-ciphers", "client-verify",
+                           "client-verify-ca"})
 PEM_KEYS = {"cert": "cert", "private-key": "key", "ocsp-resp-file": "ocsp_resp_file",
-            "ocsp-verify-staple": "ocsp_verify"}
+            "ocsp-verify-staple": "ocsp_verify", "client-verify": "client_verify",
+            "client-verify-ca": "client_verify_ca"}
 
 
 def _joined(item: hitchconf.Item) -> str:

@@ -21,8 +21,7 @@ _TOKEN = re.compile(r"""
 """, re.X)
 # Keys as only hitch's syntax spells them (stud's own files say enable-tcp-fastopen and
 # log-file): a file with one, or with a block, is read as hitch's (see looks_like_hitch()).
-HITCH_ONLY = frozenset({"log-filename", "tcp-fastopen", "ring-slots", "ring-data-len",
-                        "proxy-client-cert"})
+HITCH_ONLY = frozenset({"log-filename", "tcp-fastopen", "ring-slots", "ring-data-len"})
 
 
 class HitchConfError(ValueError):

@@ -10,7 +10,8 @@ import syslog
 import time
 
 # info: what stud logged (start-up, reloads, workers); conn: also one line per connection;
-# debug: also the failed handshakes. A connection line carries ERROR, CONN or DEBUG.
+# debug: also the failed handshakes. A connection line carries ERROR, INFO (a client refused
+# on its certificate), CONN or DEBUG.
 # silent (hitch's -L 0): nothing at all.
 DEBUG, CONN, INFO, ERROR, SILENT = 3, 2, 1, 0, -1
 LEVELS = {"silent": SILENT, "error": ERROR, "info": INFO, "conn": CONN, "debug": DEBUG}

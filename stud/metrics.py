@@ -42,6 +42,10 @@ COUNTERS = {
     "timeouts": ("Connections closed by a timeout, by kind", "kind"),
     "rate_limited": ("Connections delayed by the empty-connection limit", None),
     "accept_errors": ("accept() failures (file descriptors exhausted)", None),
+    "client_certificates": ("Handshakes by client certificate verification: ok, none (optional) "
+                            "or why it was refused", "result"),
+    "client_identities": ("Verified client certificates by identity (SAN URI, else subject)",
+                          "identity"),
 }
 
 

@@ -7,18 +7,28 @@ log line and the empty-connection limiter's record.
 
 from __future__ import annotations
 
+import os
+import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 
-from stud import proxyproto
+from stud import identity, proxyproto
 from stud.config import Config
-from stud.log import CONN, DEBUG, log, quoted
+from stud.identity import Identity
+from stud.log import CONN, DEBUG, INFO, log, quoted
 from stud.metrics import Stats
 from stud.ratelimit import EmptyConnLimiter
 from stud.relay import Conn, Relay, handshake_error, reason, short_reason
+from stud.tls import sslext
 
 Connection = Relay | Conn if Conn else Relay
+# OpenSSL's reasons for a handshake that ended on the client's certificate.
+CERT_REFUSED = frozenset({"CERTIFICATE_VERIFY_FAILED", "PEER_DID_NOT_RETURN_A_CERTIFICATE"})
+MAX_IDENTITIES = 1000  # distinct client identities counted by name; the rest as "other"
+LINGER = 2.0           # seconds a refused client's socket stays open after the alert
+MAX_LINGERING = 1024   # refused clients lingering at once; more are closed at once
 
 
 class ConnPolicy:
@@ -35,6 +45,11 @@ class ConnPolicy:
                         if cfg.empty_conn_limit else None)
         self.stats = Stats()
         self.gone = gone  # the worker's: after a close is accounted for
+        # Client certificates: read once a connection is through its handshake (the
+        # client_header() step), for the log line at its close.
+        self.verifying = cfg.verifies_clients
+        self.identities: dict[Connection, Identity | None] = {}
+        self.lingering: deque[tuple[float, socket.socket]] = deque()
 
     def handshaken(self, conn: Relay, tls: object, name: bytes | None) -> None:
         """A relay's handshake completed on tls (name: the SNI name the client sent, if any).
@@ -56,9 +71,64 @@ class ConnPolicy:
         """err: what ssl raised, or a failed state of stud._flow's handshake step."""
         if isinstance(err, int):
             err = handshake_error(conn.tls, err)
-        # Scanners and broken clients fail here all day: below the default log level.
         self.stats.handshakes_failed[short_reason(err)] += 1
+        if self.verifying and getattr(err, "reason", None) in CERT_REFUSED:
+            why = self.refusal(conn, err)
+            self.stats.client_certificates[why] += 1
+            self.linger(conn)
+            # A client refused on its certificate is worth a line at the default level.
+            conn.close(f"client certificate refused: {why}", INFO)
+            return
+        # Scanners and broken clients fail here all day: below the default log level.
         conn.close(f"handshake failed: {reason(err)}", DEBUG)
+
+    def linger(self, conn: Connection) -> None:
+        """Keep a refused client's socket open a moment after our alert (with a FIN after it).
+        Closed at once, what the client sent after its Finished (a TLS 1.3 client writes at
+        once) makes the close a reset, and a reset can discard the alert at the client before
+        it reads why it was refused."""
+        fd = conn.fd
+        if fd < 0 or len(self.lingering) >= MAX_LINGERING:
+            return
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        self.lingering.append((time.monotonic() + LINGER, sock))
+
+    def end_lingering(self, now: float) -> None:
+        """Close the refused clients' sockets whose moment is over (the worker, each second)."""
+        while self.lingering and self.lingering[0][0] <= now:
+            self.lingering.popleft()[1].close()
+
+    @staticmethod
+    def refusal(conn: Connection, err: ssl.SSLError) -> str:
+        """Why OpenSSL refused the client's certificate, as its verify result names it."""
+        if err.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return "no certificate"
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return err.verify_message
+        return sslext.verify_result(conn.ssl)[1] if conn.ssl else "certificate verify failed"
+
+    def client_identity(self, conn: Connection) -> Identity | None:
+        """The verified certificate of a client past its handshake (or the one its session
+        carries), counted; None without one (client-verify optional)."""
+        der = sslext.peer_certificate(conn.ssl) if conn.ssl else None
+        ident = identity.of(der) if der else None
+        stats = self.stats
+        stats.client_certificates["ok" if ident else "none"] += 1
+        if ident:
+            name, seen = ident.name, stats.client_identities
+            if name not in seen and len(seen) >= MAX_IDENTITIES:
+                name = "other"
+            stats.client_identities[name] += 1
+        self.identities[conn] = ident
+        return ident
 
     def backend_failed(self, conn: Connection, why: str) -> None:
         self.stats.backend_connect_failed += 1
@@ -87,6 +157,8 @@ class ConnPolicy:
 
     def client_header(self, conn: Connection) -> bytes:
         """What the backend reads first: the client's address, as the mode has it."""
+        if self.verifying:
+            self.client_identity(conn)
         mode = self.mode
         if mode is None:
             return b""
@@ -110,6 +182,7 @@ class ConnPolicy:
         stats = self.stats
         stats.bytes_up += up
         stats.bytes_down += down
+        ident = self.identities.pop(conn, None) if self.verifying else None
         if log.level >= level:
             version, cipher, sni, alpn, resumed = conn.tls_info or ("-", "-", None, None, False)
             # The connection log line, formatted directly (a generic key=value writer cost twice
@@ -118,10 +191,20 @@ class ConnPolicy:
                      f"sni={quoted(sni) if sni else '-'} tls={version or '-'} "
                      f"cipher={cipher or '-'} alpn={alpn or '-'} resumed={int(resumed)} "
                      f"up={up} down={down} "
-                     f"duration={time.monotonic() - conn.started:.3f} reason={quoted(why)}")
+                     f"duration={time.monotonic() - conn.started:.3f} reason={quoted(why)}"
+                     + (identity_fields(ident) if self.verifying else ""))
         if self.limiter and conn.tls_info:
             self.limiter.record(conn.peer[0], up == 0, time.monotonic())
         self.gone(conn)
+
+
+def identity_fields(ident: Identity | None) -> str:
+    """The client certificate's fields of the connection log line."""
+    if ident is None:
+        return " client_cert=-"
+    uri = ",".join(ident.san_uris)
+    return (f" client_cert={quoted(ident.subject)} client_uri={quoted(uri) if uri else '-'} "
+            f"client_sha256={ident.sha256.hex()} client_serial={ident.serial:x}")
 
 
 def addr_text(sa: tuple) -> str:

@@ -569,6 +569,16 @@ class Relay:
         if up.done and down.done:
             self.close("closed")
 
+    @property
+    def ssl(self) -> int | None:
+        """The client side's SSL* (as a Conn's), None before its handshake or without sslext."""
+        return self.front.ssl
+
+    @property
+    def fd(self) -> int:
+        """The client's socket, as a Conn's (-1 once closed)."""
+        return -1 if self.closed else self.front.fd
+
     def close(self, why: str, level: int = CONN) -> None:
         if self.closed:
             return

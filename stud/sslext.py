@@ -23,9 +23,10 @@ import weakref
 from stud import opensslabi
 
 __all__ = [
-    "ABI", "addresses", "ctx_pointer", "flow_layout", "get_ticket_keys", "keep_session",
-    "load_engine", "openssl_version", "queued_error", "servername", "set_ciphersuites",
-    "set_groups", "set_ocsp_staple", "set_ticket_keys", "shutdown_once", "ssl_pointer",
+    "ABI", "addresses", "adopt_verify", "ctx_pointer", "flow_layout", "get_ticket_keys",
+    "keep_session", "load_engine", "openssl_version", "peer_certificate", "queued_error",
+    "servername", "set_ciphersuites", "set_client_verify", "set_groups", "set_ocsp_staple",
+    "set_ticket_keys", "set_verify_store", "shutdown_once", "ssl_pointer", "verify_result",
 ]
 
 _P = ctypes.c_void_p
@@ -260,13 +261,17 @@ def _status_cb(p: int, _arg: int) -> int:
 def _served_cert(p: int) -> bytes:
     """The DER of the certificate SSL* p serves (OpenSSL chose it by what the client
     supports)."""
-    x = _F["SSL_get_certificate"](p)
+    return _der_of(_F["SSL_get_certificate"](p)) or b""
+
+
+def _der_of(x: int | None) -> bytes | None:
+    """An X509*'s DER encoding (None for NULL or a failed encoding)."""
     n = _F["i2d_X509"](x, None) if x else -1
     if n <= 0:
-        return b""
+        return None
     buf = ctypes.create_string_buffer(n)
     out = _P(ctypes.addressof(buf))  # (i2d_X509 moves the pointer on: a copy of it)
-    return buf.raw if _F["i2d_X509"](x, ctypes.addressof(out)) == n else b""
+    return buf.raw if _F["i2d_X509"](x, ctypes.addressof(out)) == n else None
 
 
 def set_ocsp_staple(ctx: ssl.SSLContext, der: bytes | None, cert: bytes | None = None) -> None:
@@ -296,6 +301,87 @@ def set_ocsp_staple(ctx: ssl.SSLContext, der: bytes | None, cert: bytes | None =
         _staples[p].pop(cert, None)
     else:
         _staples[p][cert] = der
+
+
+# -- Client certificates: the trust store (CAs and CRLs) and what a handshake verified ---------
+def _d2i(d2i: ctypes._CFuncPtr, der: bytes) -> int:
+    """An OpenSSL object (X509 or X509_CRL) from its DER; the caller frees it."""
+    src = ctypes.create_string_buffer(der, len(der))
+    cursor = _P(ctypes.addressof(src))  # (d2i moves the pointer on: a copy of it)
+    _F["ERR_clear_error"]()
+    obj = d2i(None, ctypes.addressof(cursor), len(der))
+    if not obj:
+        raise ValueError(f"not a DER certificate or CRL: {_reason()}")
+    return obj
+
+
+def _add(store: int, obj: int, add: ctypes._CFuncPtr, free: ctypes._CFuncPtr) -> None:
+    ok = add(store, obj)  # (the store takes its own reference)
+    free(obj)
+    if ok != 1:
+        raise ValueError(f"adding to the trust store: {_reason()}")
+
+
+def set_verify_store(ctx: ssl.SSLContext, cas: list[bytes], crls: list[bytes]) -> None:
+    """Make ``ctx`` verify clients against a new store of the CA certificates ``cas`` and the
+    CRLs ``crls`` (DER each), replacing the old one whole: a CRL that was replaced or
+    withdrawn is gone from the next handshake on (the stdlib can only add to a store)."""
+    store = _F["X509_STORE_new"]()
+    if not store:
+        raise MemoryError("X509_STORE_new")
+    try:
+        for der in cas:
+            _add(store, _d2i(_F["d2i_X509"], der), _F["X509_STORE_add_cert"], _F["X509_free"])
+        for der in crls:
+            _add(store, _d2i(_F["d2i_X509_CRL"], der), _F["X509_STORE_add_crl"],
+                 _F["X509_CRL_free"])
+    except BaseException:
+        _F["X509_STORE_free"](store)
+        raise
+    _F["SSL_CTX_set_cert_store"](ctx_pointer(ctx), store)  # frees the old store
+
+
+def set_client_verify(ctx: ssl.SSLContext, cas: list[bytes], depth: int, sid: bytes) -> None:
+    """What the stdlib cannot set for client verification: the CA names the certificate
+    request lists (so a client picks the certificate that fits), the chain depth, and the
+    session ID context ``sid`` (a session made under other verify settings cannot resume
+    here). The mode and the store are set apart (verify_mode, set_verify_store())."""
+    p = ctx_pointer(ctx)
+    for der in cas:  # (the list keeps a copy of each subject name)
+        _add(p, _d2i(_F["d2i_X509"], der), _F["SSL_CTX_add_client_CA"], _F["X509_free"])
+    _F["SSL_CTX_set_verify_depth"](p, depth)
+    if _F["SSL_CTX_set_session_id_context"](p, sid, len(sid)) != 1:
+        raise ValueError(f"SSL_CTX_set_session_id_context: {_reason()}")
+
+
+def adopt_verify(p: int, ctx: ssl.SSLContext, sid: bytes) -> bool:
+    """After SSL* ``p`` switched to ``ctx`` on its SNI name: take ctx's client verification
+    (OpenSSL copies it from the first context only, when the connection is made). False when
+    the connection resumes a session made under other verify settings (its session ID context
+    is not ``sid``): it must be refused, or a session without a verified client certificate
+    would pass where one is required."""
+    if _F["SSL_session_reused"](p) == 1:
+        sess = _F["SSL_get_session"](p)
+        n = ctypes.c_uint(0)
+        got = _F["SSL_SESSION_get0_id_context"](sess, ctypes.byref(n)) if sess else None
+        if not got or ctypes.string_at(got, n.value) != sid:
+            return False
+    c = ctx_pointer(ctx)
+    _F["SSL_set_verify"](p, _F["SSL_CTX_get_verify_mode"](c), None)
+    return _F["X509_VERIFY_PARAM_set1"](_F["SSL_get0_param"](p), _F["SSL_CTX_get0_param"](c)) == 1
+
+
+def peer_certificate(p: int) -> bytes | None:
+    """The DER of the client certificate of SSL* ``p`` (presented on this connection, or
+    carried by the session it resumed), or None."""
+    return _der_of(_F["SSL_get0_peer_certificate"](p))
+
+
+def verify_result(p: int) -> tuple[int, str]:
+    """The X.509 verification result of SSL* ``p``: (code, OpenSSL's text); (0, "ok") when
+    the client certificate verified (or none was asked for)."""
+    code = _F["SSL_get_verify_result"](p)
+    return code, _F["X509_verify_cert_error_string"](code).decode("ascii", "replace")
 
 
 def addresses() -> dict[str, int]:

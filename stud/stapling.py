@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from stud import ocsp
 from stud.certs import Cert
-from stud.config import Config, Pem
+from stud.config import Config, Pem, file_stamp
 from stud.daemon import drop_privileges
 from stud.log import log
 
@@ -118,7 +118,7 @@ class Stapling:
         now, out = _now(), []
         for path, e in self.entries.items():
             if e.file:
-                stamp = _stamp(e.file)
+                stamp = file_stamp(e.file)
                 if stamp != e.stamp:
                     e.stamp = stamp
                     der = _read(e.file)
@@ -265,14 +265,6 @@ def _now() -> datetime:
 
 def _exists(path: str) -> str | None:
     return path if os.path.isfile(path) else None
-
-
-def _stamp(path: str) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _read(path: str) -> bytes | None:

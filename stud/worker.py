@@ -21,13 +21,14 @@ import ssl
 import time
 import traceback
 
-from stud import proxyproto, stapling
+from stud import proxyproto, stapling, trust
 from stud.certs import sni_hook
 from stud.config import Config
 from stud.log import DEBUG, log
 from stud.metrics import CONNECT_BUCKETS, HS_BUCKETS
 from stud.policy import Connection, ConnPolicy
 from stud.relay import Conn, Relay, Sock, new_watch, reason
+from stud.trust import Trusts
 
 try:  # imported by the master: after chroot the worker could not import it any more
     import uvloop
@@ -50,11 +51,14 @@ def new_loop() -> asyncio.AbstractEventLoop:
 class Worker:
     def __init__(self, cfg: Config, listeners: list[tuple[socket.socket, ssl.SSLContext | None]],
                  client_context: ssl.SSLContext | None, backend: tuple[int, tuple | str],
-                 ctl: socket.socket, stapled: dict | None = None) -> None:
+                 ctl: socket.socket, stapled: dict | None = None,
+                 trusts: Trusts | None = None) -> None:
         """listeners: each listening socket with where its handshakes start (its frontend's
         default context; None with --client); stapled: the contexts of each certificate file
-        (Pem), for the OCSP staples the master sends."""
+        (Pem), for the OCSP staples the master sends; trusts: the client-verify stores, for
+        the CRLs it sends."""
         self.stapled = {pem.cert: ctxs for pem, ctxs in (stapled or {}).items()}
+        self.trusts = trusts
         self.listeners = [lsock for lsock, _ in listeners]
         self.contexts = dict(listeners)
         self.families = {lsock: int(lsock.family) for lsock in self.listeners}
@@ -78,13 +82,15 @@ class Worker:
         if Conn:
             self.watch.configure(
                 *backend, cfg.ssl_handshake_timeout, cfg.backend_connect_timeout,
-                policy.mode is not None, HS_BUCKETS, CONNECT_BUCKETS, sock_type=Sock,
+                policy.mode is not None or policy.verifying, HS_BUCKETS, CONNECT_BUCKETS,
+                sock_type=Sock,
                 proxy=proxyproto.MAX_V2_LENGTH if policy.mode == "proxy-proxy" else 0,
                 client_wrap=client_context._wrap_socket if client_context else None)
-        # Accepted and closed in C too, unless a client may be delayed (the limiter) or the
-        # connection log goes to syslog: then _accept() and the policy's closed() run for
-        # every one.
-        self.accept_in_c = bool(Conn) and not policy.limiter and not log.use_syslog
+        # Accepted and closed in C too, unless a client may be delayed (the limiter), the
+        # connection log goes to syslog or names client certificates: then _accept() and the
+        # policy's closed() run for every one.
+        self.accept_in_c = (bool(Conn) and not policy.limiter and not log.use_syslog
+                            and not policy.verifying)
         if self.accept_in_c:
             self.watch.serve(policy, self.conns, self.max_conns or 0, log.stdout, log.level,
                              self._accept_stop)
@@ -143,8 +149,14 @@ class Worker:
             return
         except OSError:
             data, fds = b"", []
-        for fd in fds:  # b"L": the log file, reopened by the master (SIGUSR1)
-            log.adopt(fd)
+        for fd in fds:
+            if data.startswith(b"V") and self.trusts:  # new CRLs, in a memfd
+                try:
+                    self.trusts.update(*trust.read_message(os.pread(fd, os.fstat(fd).st_size, 0)))
+                finally:
+                    os.close(fd)
+            else:  # b"L": the log file, reopened by the master (SIGUSR1)
+                log.adopt(fd)
         if data.startswith(b"B"):  # -R: the backend's name resolved to another address
             family, sockaddr = json.loads(data[1:])
             backend = (family, tuple(sockaddr) if isinstance(sockaddr, list) else sockaddr)
@@ -169,6 +181,7 @@ class Worker:
             for conn in [c for c in self.conns if c.active < limit and c.relaying]:
                 self.policy.stats.timeouts["idle"] += 1
                 conn.close("idle timeout")
+        self.policy.end_lingering(now)
         if self.policy.limiter and int(now) % 60 == 0:
             self.policy.limiter.prune(now)
         self.loop.call_later(1.0, self._tick)

@@ -4,20 +4,23 @@ here; `bash bench/run.sh` measures them against hitch)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from helpers import memory_bound
+from helpers import memory_bound, tool_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bench_smoke_produces_numbers(tmp_path):
+    # Under a sanitizer only stud gets its runtime (see bench/studbench/procs.py).
+    env = {**tool_env(), "STUD_SANITIZER_PRELOAD": os.environ.get("LD_PRELOAD", "")}
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench.py"), "--smoke", "--no-install",
          "--proxies", "stud,hitch", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=240, cwd=ROOT)
+        capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     results = json.loads((tmp_path / "latest.json").read_text())
     for scenario in ("hs_new", "conn_resumed", "rps_keepalive", "bulk"):

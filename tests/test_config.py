@@ -553,17 +553,20 @@ def value_strategies(d: Path, blocks: bool = False) -> dict[str, st.SearchStrate
     double quote: it has no escapes)."""
     text = st.text(LINE_SAFE.filter(lambda c: c != '"') if blocks else LINE_SAFE, max_size=30)
     flag = st.booleans()
+    modes = st.sampled_from(config.CLIENT_VERIFY)
     pems = st.sampled_from(sorted(str(p) for p in d.glob("*.pem")))
     pem = st.builds(Pem, pems)
     if blocks:
-        pem = st.builds(Pem, pems, st.none() | pems, st.none() | pems, st.none() | flag)
+        pem = st.builds(Pem, pems, st.none() | pems, st.none() | pems, st.none() | flag,
+                        st.none() | modes, st.none() | pems)
     frontend = st.builds(Frontend, WILD_ADDRS, st.lists(pem, max_size=1).map(tuple))
     if blocks:
         frontend = st.builds(
             Frontend, WILD_ADDRS, st.lists(pem, max_size=3).map(tuple), st.none() | flag,
             st.none() | flag, st.none() | st.sampled_from(["TLSv1.2", "TLSv1.2 TLSv1.3"]),
             st.none() | st.sampled_from(["HIGH", "ECDHE+AESGCM:!aNULL"]),
-            st.none() | st.just("TLS_AES_128_GCM_SHA256"), st.none() | flag)
+            st.none() | st.just("TLS_AES_128_GCM_SHA256"), st.none() | flag,
+            st.none() | modes, st.none() | pems)
     timeout = st.floats(0, 1e6, exclude_min=True)
     return {
         "backend-refresh": st.floats(0, 1e6),
@@ -579,7 +582,11 @@ def value_strategies(d: Path, blocks: bool = False) -> dict[str, st.SearchStrate
         "alpn-protos": text,
         "prefer-server-ciphers": flag, "sni-nomatch-abort": flag, "client": flag, "quiet": flag,
         "syslog": flag, "daemon": flag, "write-ip": flag, "write-proxy-v1": flag,
-        "write-proxy-v2": flag, "proxy-proxy": flag,
+        "write-proxy-v2": flag, "proxy-proxy": flag, "proxy-client-cert": flag,
+        "proxy-identity-tlvs": flag, "client-verify": modes,
+        "client-verify-ca": st.just("") | pems, "client-verify-depth": st.integers(0, 100),
+        "client-verify-crl": st.lists(pems, max_size=3).map(tuple),
+        "client-verify-crl-check": st.sampled_from(["chain", "leaf"]),
         "backend": ADDRS | st.sampled_from(["/run/varnish.sock", "/tmp/b.sock"]).map(Unix),
         "frontend": st.lists(frontend, min_size=1, max_size=4,
                              unique_by=lambda f: f.addr).map(tuple),
@@ -713,9 +720,10 @@ def test_write_proxy_in_studs_syntax_is_v1_with_a_warning(write, capsys):
     ('frontend = { port = "99999" }', 1, "frontend: invalid port '99999'"),
     ('frontend = { port = "1" tls-protos = SSLv3 }', 1, "tls-protos: 'SSLv3'"),
     ('backend = { port = "1" }', 1, "backend: a block is not allowed here"),
-    ('frontend = { port = "1"\n\n client-verify = required }', 3,
-     "client-verify: client certificates are not supported yet"),
-    ("client-verify = optional", 1, "client-verify: client certificates are not supported yet"),
+    ('frontend = { port = "1"\n\n client-verify = sometimes }', 3,
+     "client-verify: 'sometimes': must be one of none, optional, required"),
+    ('frontend = { port = "1" pem-file = {\n cert = "server.pem"\n client-verify-ca = "no.pem"'
+     " } }", 3, "client-verify-ca: cannot use 'no.pem'"),
     ("frontend = { port = 1 } }", 1, "'}' without a block to close"),
 ])
 def test_hitch_syntax_errors_name_the_line(text, line, why, write, pem):

@@ -20,7 +20,10 @@ NOFILE = 1 << 20
 # tests/sanitize.sh (which sets STUD_SANITIZER) preloads a sanitizer runtime for stud's C
 # extensions. The tools started here (gcc, tlsload, wrk, nginx, hitch...) are not built for it
 # and some hang with it: it leaves the environment they inherit, and stud alone gets it back.
-STUD_PRELOAD = os.environ.pop("LD_PRELOAD", "") if os.environ.get("STUD_SANITIZER") else ""
+# (The smoke test starts the bench itself without it, matplotlib's C++ aborts under ASan, and
+# names it in STUD_SANITIZER_PRELOAD.)
+STUD_PRELOAD = (os.environ.pop("LD_PRELOAD", "") or os.environ.get("STUD_SANITIZER_PRELOAD", "")
+                if os.environ.get("STUD_SANITIZER") else "")
 
 
 def proc_stat(pid: int) -> tuple[int, int, int] | None:

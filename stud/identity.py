@@ -1,0 +1,62 @@
+"""A client certificate as the connection log, the metrics and the backend's PROXY header name
+it: subject, CN, SAN URIs (SPIFFE IDs), SHA-256 fingerprint, serial and notAfter. Pure: DER
+in, fields out; parsed once per distinct certificate (clients reconnect with the same one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+CACHE_SIZE = 1024  # distinct client certificates kept parsed
+
+
+@dataclass(frozen=True)
+class Identity:
+    der: bytes
+    subject: str                  # RFC 4514, as OpenSSL's -nameopt RFC2253 writes it
+    cn: str | None
+    san_uris: tuple[str, ...]
+    sha256: bytes
+    serial: int
+    not_after: int                # Unix seconds
+
+    @property
+    def name(self) -> str:
+        """Who the client is, in one label: its first SAN URI (a SPIFFE ID), else the
+        subject."""
+        return self.san_uris[0] if self.san_uris else self.subject
+
+
+_cache: OrderedDict[bytes, Identity] = OrderedDict()
+
+
+def of(der: bytes) -> Identity:
+    """The identity in a DER certificate (ValueError if it does not parse)."""
+    got = _cache.get(der)
+    if got is not None:
+        _cache.move_to_end(der)
+        return got
+    got = _parse(der)
+    _cache[der] = got
+    if len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return got
+
+
+def _parse(der: bytes) -> Identity:
+    cert = x509.load_der_x509_certificate(der)
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
+    except x509.ExtensionNotFound:
+        uris = ()
+    return Identity(der=der, subject=cert.subject.rfc4514_string(),
+                    cn=str(cns[0].value) if cns else None, san_uris=uris,
+                    sha256=hashlib.sha256(der).digest(), serial=cert.serial_number,
+                    not_after=int(cert.not_valid_after_utc.timestamp()))

@@ -1,0 +1,301 @@
+"""Client certificates (mTLS): verification in three modes, CRLs read again while serving,
+per-frontend and per-certificate settings, the client's identity in the log and the metrics;
+checked with openssl s_client, curl and Python clients presenting real certificates."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import client_pki
+import pytest
+from helpers import (
+    client_ctx,
+    conn_lines,
+    free_port,
+    recv_exact,
+    run_tool,
+    s_client,
+    scrape,
+    tls_connect,
+    wait_for,
+)
+from ocsp_pki import utcnow
+
+
+@pytest.fixture(scope="module")
+def cpki(tmp_path_factory: pytest.TempPathFactory) -> client_pki.ClientPKI:
+    """One PKI for the tests that only read it."""
+    return client_pki.make(tmp_path_factory.mktemp("client-pki"))
+
+
+def as_client(pki: client_pki.ClientPKI, name: str | None, **kw: object) -> ssl.SSLContext:
+    """A Python client presenting pki's client certificate name (None: none)."""
+    ctx = client_ctx(**kw)
+    if name:
+        ctx.load_cert_chain(pki.path(name, ".crt"), pki.path(name, ".key"))
+    return ctx
+
+
+def round_trip(port: int, ctx: ssl.SSLContext, sni: str | None = None) -> bytes | ssl.SSLError:
+    """What an echo backend sends back through stud, or the TLS error the client got (in TLS
+    1.3 the server refuses a certificate after the client's side of the handshake is done:
+    the alert comes with the first read)."""
+    try:
+        with tls_connect(port, sni=sni, ctx=ctx) as c:
+            c.sendall(b"ping")
+            return recv_exact(c, 4)
+    except ssl.SSLError as e:
+        return e
+
+
+def verify_args(pki: client_pki.ClientPKI, mode: str = "required", *crls: Path) -> list[str]:
+    return [f"--client-verify={mode}", f"--client-verify-ca={pki.ca_bundle}",
+            *(f"--client-verify-crl={c}" for c in crls)]
+
+
+# What OpenSSL tells a client refused on its certificate, and what stud logs (TLS 1.3).
+REFUSED = {
+    "expired": ("CERTIFICATE_EXPIRED", "certificate has expired"),
+    "revoked": ("CERTIFICATE_REVOKED", "certificate revoked"),
+    "selfsigned": ("UNKNOWN_CA", "self-signed certificate"),
+    "other": ("UNKNOWN_CA", "unable to get local issuer certificate"),
+}
+
+
+@pytest.mark.parametrize("mode", ["required", "optional"])
+@pytest.mark.parametrize("name", ["good", "expired", "revoked", "selfsigned", "other", None])
+def test_each_client_certificate_in_each_mode(stud, backend, pem, cpki, mode, name):
+    s = stud(*verify_args(cpki, mode, cpki.crls), pem, backend_port=backend("echo"))
+    got = round_trip(s.port, as_client(cpki, name))
+    if name == "good" or (name is None and mode == "optional"):
+        assert got == b"ping"
+        line = wait_for(lambda: conn_lines(s.output()))[0]
+        if name:
+            assert line["client_cert"] == "CN=client.example,O=Example"
+            assert line["client_uri"] == client_pki.CLIENT_URI
+            assert line["client_serial"] == f"{cpki.good.cert.serial_number:x}"
+        else:
+            assert line["client_cert"] == "-"
+        return
+    alert, why = REFUSED.get(name, ("CERTIFICATE_REQUIRED", "no certificate"))
+    assert isinstance(got, ssl.SSLError) and alert in str(got), got
+    line = wait_for(lambda: conn_lines(s.output()))[0]
+    assert line["reason"] == f"client certificate refused: {why}"
+    assert line["up"] == "0" and line["tls"] == "-"
+
+
+def test_refusals_are_logged_at_the_default_level(stud, backend, pem, cpki):
+    s = stud(*verify_args(cpki), "-L", "info", pem, backend_port=backend("echo"))
+    assert round_trip(s.port, as_client(cpki, "good")) == b"ping"
+    assert isinstance(round_trip(s.port, as_client(cpki, "other")), ssl.SSLError)
+    wait_for(lambda: "refused" in s.output())
+    lines = conn_lines(s.output())
+    assert [ln["reason"] for ln in lines] == [
+        "client certificate refused: unable to get local issuer certificate"]
+
+
+def test_the_certificate_request_names_the_accepted_cas(stud, backend, pem, cpki):
+    s = stud(*verify_args(cpki, "optional"), pem, backend_port=backend("echo"))
+    out = s_client(s.port, "-tls1_2").output
+    names = out.split("Acceptable client certificate CA names", 1)[1].splitlines()[1:3]
+    assert names == ["CN = stud test client root CA", "CN = stud test client intermediate CA"]
+
+
+def test_openssl_s_client_and_curl(stud, backend, pem, cpki):
+    s = stud(*verify_args(cpki, "required", cpki.crls), pem, backend_port=backend("echo"))
+    good = run_tool(["curl", "-sk", "--http0.9", "--max-time", "10",
+                     "--cert", str(cpki.path("good", ".crt")), "--key",
+                     str(cpki.path("good", ".key")), f"https://127.0.0.1:{s.port}/x"],
+                    capture_output=True, text=True, timeout=20)
+    assert good.stdout.startswith("GET /x HTTP/1.1"), good
+    revoked = run_tool(["curl", "-sSk", "--max-time", "10", "--cert", str(cpki.client("revoked")),
+                        f"https://127.0.0.1:{s.port}/"], capture_output=True, text=True,
+                       timeout=20)
+    assert revoked.returncode != 0 and "certificate revoked" in revoked.stderr, revoked
+    out = s_client(s.port, "-cert", str(cpki.path("good", ".crt")), "-key",
+                   str(cpki.path("good", ".key")), "-tls1_2").output
+    assert "Cipher is ECDHE" in out, out
+    lines = wait_for(lambda: len(conn_lines(s.output())) == 3 and conn_lines(s.output()))
+    assert [ln["client_cert"] for ln in lines] == ["CN=client.example,O=Example", "-",
+                                                   "CN=client.example,O=Example"]
+
+
+def test_tls12_resumption_keeps_the_identity(stud, backend, pem, cpki):
+    """A resumed session carries the client certificate it was made with."""
+    s = stud(*verify_args(cpki), pem, backend_port=backend("echo"))
+    ctx = as_client(cpki, "good", maximum_version=ssl.TLSVersion.TLSv1_2)
+    with tls_connect(s.port, ctx=ctx) as c:
+        c.sendall(b"ping")
+        recv_exact(c, 4)
+        session = c.session
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", s.port), timeout=10),
+                         session=session) as c:
+        c.sendall(b"ping")
+        assert recv_exact(c, 4) == b"ping"
+        assert c.session_reused
+    lines = wait_for(lambda: len(conn_lines(s.output())) == 2 and conn_lines(s.output()))
+    assert [ln["resumed"] for ln in lines] == ["0", "1"]
+    assert lines[1]["client_sha256"] == lines[0]["client_sha256"] != "-"
+
+
+def test_a_changed_crl_file_applies_without_a_reload(stud, backend, pem, tmp_path):
+    pki = client_pki.make(tmp_path / "pki")
+    pki.write_crls(inter_revoked=[])  # nobody revoked yet
+    s = stud(*verify_args(pki, "required", pki.crls), pem, backend_port=backend("echo"))
+    workers = s.workers()
+    assert round_trip(s.port, as_client(pki, "revoked")) == b"ping"
+    time.sleep(1.1)  # (a file's mtime is all that changes: let the clock move on)
+    pki.write_crls(inter_revoked=[pki.revoked.cert.serial_number], number=2)
+    wait_for(lambda: isinstance(round_trip(s.port, as_client(pki, "revoked")), ssl.SSLError),
+             timeout=10, step=0.2)
+    assert "CERTIFICATE_REVOKED" in str(round_trip(s.port, as_client(pki, "revoked")))
+    assert round_trip(s.port, as_client(pki, "good")) == b"ping"
+    assert s.workers() == workers  # no reload, no new worker
+    assert "2 CRL(s) now in use" in s.output()
+
+
+def test_a_bad_crl_file_keeps_the_last_good_one(stud, backend, pem, tmp_path):
+    pki = client_pki.make(tmp_path / "pki")
+    s = stud(*verify_args(pki, "required", pki.crls), pem, backend_port=backend("echo"))
+    time.sleep(1.1)
+    pki.crls.write_bytes(b"-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n")
+    wait_for(lambda: "keeping the CRLs last read" in s.output(), timeout=10)
+    assert "CERTIFICATE_REVOKED" in str(round_trip(s.port, as_client(pki, "revoked")))
+    assert round_trip(s.port, as_client(pki, "good")) == b"ping"
+    assert s.proc.poll() is None
+
+
+def test_an_expired_crl_refuses_the_clients_it_covers(stud, backend, pem, tmp_path):
+    """Fail closed: past its nextUpdate a CRL says nothing, and the clients it covers are
+    refused until a newer one is read (logged once, at start)."""
+    pki = client_pki.make(tmp_path / "pki")
+    past = utcnow() - timedelta(days=1)
+    pki.write_crls(this_update=past - timedelta(days=1), next_update=past)
+    s = stud(*verify_args(pki, "required", pki.crls), pem, backend_port=backend("echo"))
+    assert "expired at" in s.output() and "its clients are refused" in s.output()
+    got = round_trip(s.port, as_client(pki, "good"))
+    assert isinstance(got, ssl.SSLError)
+    wait_for(lambda: conn_lines(s.output()))
+    assert conn_lines(s.output())[0]["reason"] == "client certificate refused: CRL has expired"
+
+
+def test_crl_check_leaf_or_chain(stud, backend, pem, cpki):
+    """chain (the default) needs a CRL from every CA of the chain; leaf only the client's."""
+    chain = stud(*verify_args(cpki, "required", cpki.inter_crl), pem,
+                 backend_port=backend("echo"))
+    assert isinstance(round_trip(chain.port, as_client(cpki, "good")), ssl.SSLError)
+    wait_for(lambda: conn_lines(chain.output()))
+    assert conn_lines(chain.output())[0]["reason"] == \
+        "client certificate refused: unable to get certificate CRL"
+    leaf = stud(*verify_args(cpki, "required", cpki.inter_crl),
+                "--client-verify-crl-check=leaf", pem, backend_port=backend("echo"))
+    assert round_trip(leaf.port, as_client(cpki, "good")) == b"ping"
+    assert "CERTIFICATE_REVOKED" in str(round_trip(leaf.port, as_client(cpki, "revoked")))
+
+
+def test_der_crls_and_several_files(stud, backend, pem, tmp_path):
+    pki = client_pki.make(tmp_path / "pki")
+    inter = tmp_path / "inter.der"
+    client_pki.crl(pki.inter, [pki.revoked.cert.serial_number], path=inter, fmt="der")
+    s = stud(*verify_args(pki, "required", inter, pki.root_crl), pem,
+             backend_port=backend("echo"))
+    assert round_trip(s.port, as_client(pki, "good")) == b"ping"
+    assert "CERTIFICATE_REVOKED" in str(round_trip(s.port, as_client(pki, "revoked")))
+
+
+def frontend_block(port: int, pem: str, **settings: str) -> str:
+    inner = "".join(f'  {k} = "{v}"\n' for k, v in settings.items())
+    return (f'frontend = {{\n  host = "127.0.0.1"\n  port = "{port}"\n'
+            f'  pem-file = "{pem}"\n{inner}}}\n')
+
+
+def test_per_frontend_client_verify_in_hitch_syntax(stud, backend, pem, cpki, tmp_path):
+    strict, open_ = free_port(), free_port()
+    conf = tmp_path / "hitch.conf"
+    conf.write_text(frontend_block(strict, pem, **{"client-verify": "required",
+                                                    "client-verify-ca": str(cpki.ca_bundle)})
+                    + frontend_block(open_, pem))
+    stud(f"--config={conf}", pem, backend_port=backend("echo"))
+    assert "CERTIFICATE_REQUIRED" in str(round_trip(strict, as_client(cpki, None)))
+    assert round_trip(strict, as_client(cpki, "good")) == b"ping"
+    assert round_trip(open_, as_client(cpki, None)) == b"ping"
+
+
+def test_per_certificate_client_verify_follows_the_sni_name(stud, backend, pki, cpki,
+                                                            tmp_path):
+    """hitch 1.8's client-verify in a pem-file block: per SNI name. A session made for the
+    name that asks for nothing must not resume into the one that requires a certificate."""
+    secure = pki.make(["secure.example"], name="secure")
+    public = pki.make(["public.example"], name="public")
+    conf = tmp_path / "hitch.conf"
+    conf.write_text(f'pem-file = {{\n  cert = "{secure}"\n  client-verify = required\n'
+                    f'  client-verify-ca = "{cpki.ca_bundle}"\n}}\npem-file = "{public}"\n')
+    s = stud(f"--config={conf}", backend_port=backend("echo"))
+    assert round_trip(s.port, as_client(cpki, None), "public.example") == b"ping"
+    assert "CERTIFICATE_REQUIRED" in str(round_trip(s.port, as_client(cpki, None),
+                                                    "secure.example"))
+    assert round_trip(s.port, as_client(cpki, "good"), "secure.example") == b"ping"
+    # The default certificate (public, the last) asks for nothing either.
+    assert round_trip(s.port, as_client(cpki, None)) == b"ping"
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = as_client(cpki, None, maximum_version=version, minimum_version=version)
+        with tls_connect(s.port, sni="public.example", ctx=ctx) as c:
+            c.sendall(b"ping")
+            recv_exact(c, 4)
+            session = c.session
+        raw = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        if version == ssl.TLSVersion.TLSv1_3:  # the new name holds: refused
+            with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
+                ctx.wrap_socket(raw, server_hostname="secure.example", session=session)
+            raw.close()
+            continue
+        # TLS 1.2: a resumed session keeps the name it was made for (OpenSSL's rule), and so
+        # does stud: the connection is public.example's, as the log and the backend see it.
+        with ctx.wrap_socket(raw, server_hostname="secure.example", session=session) as c:
+            c.sendall(b"ping")
+            assert recv_exact(c, 4) == b"ping" and c.session_reused
+        line = wait_for(lambda: [ln for ln in conn_lines(s.output()) if ln["resumed"] == "1"])
+        assert line[0]["sni"] == "public.example" and line[0]["client_cert"] == "-"
+
+
+def test_metrics_count_results_and_identities(stud, backend, pem, cpki):
+    mport = free_port()
+    s = stud(*verify_args(cpki, "optional", cpki.crls), f"--metrics=127.0.0.1,{mport}", pem,
+             backend_port=backend("echo"))
+    for name in ("good", "good", None, "revoked"):
+        round_trip(s.port, as_client(cpki, name))
+
+    def counted() -> dict[str, float] | None:
+        m = scrape(mport)
+        return m if m.get("stud_client_certificates_total{result=ok}") == 2 else None
+    m = wait_for(counted, timeout=10, step=0.3)
+    assert m["stud_client_certificates_total{result=none}"] == 1
+    assert m["stud_client_certificates_total{result=certificate revoked}"] == 1
+    assert m[f"stud_client_identities_total{{identity={client_pki.CLIENT_URI}}}"] == 2
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--client-verify=required"], "client-verify = required needs client-verify-ca"),
+    (["--client-verify=maybe"], "client-verify: 'maybe': must be one of none, optional, "
+                                "required"),
+])
+def test_bad_settings_are_one_line_errors(stud, pem, args, why, tmp_path):
+    s = stud(*args, pem, wait=False)
+    s.proc.wait(timeout=20)
+    assert s.proc.returncode != 0 and why in s.output()
+
+
+def test_a_crl_from_another_ca_is_refused_at_start(stud, pem, cpki, tmp_path):
+    other = tmp_path / "other.crl"
+    client_pki.crl(cpki.other_ca, [], path=other)
+    s = stud(*verify_args(cpki, "required", other), pem, wait=False)
+    s.proc.wait(timeout=20)
+    out = s.output()
+    assert s.proc.returncode != 0 and f"client-verify-crl '{other}'" in out
+    assert "not signed" in out
+    assert os.path.exists(other)
