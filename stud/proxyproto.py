@@ -1,4 +1,5 @@
-"""PROXY protocol v1/v2 (HAProxy doc/proxy-protocol.txt) and stud's --write-ip header.
+"""PROXY protocol v1/v2 (HAProxy doc/proxy-protocol.txt), with v2 TLVs for the client's TLS
+identity, and stud's --write-ip header.
 
 Sans-IO: pure functions over bytes, so the event loop owns all reading and writing.
 """
@@ -201,11 +202,10 @@ def _pem(der: bytes) -> bytes:
 
 def _ssl_value(version: str, cipher: str | None, client: ClientIdentity | None) -> bytes:
     """The SSL TLV's value, but for the certificate (0x28) which, being last, the caller adds."""
-    if client is None:
-        # verify = 1: non-zero means "no verified client certificate", as hitch sends it.
-        flags, verify = PP2_CLIENT_SSL, 1
-    else:
-        flags = PP2_CLIENT_SSL
+    # Without a client certificate, verify = 1: non-zero means "no verified client certificate",
+    # as hitch sends it.
+    flags, verify = PP2_CLIENT_SSL, 1
+    if client is not None:
         flags |= PP2_CLIENT_CERT_CONN if client.on_connection else 0
         flags |= PP2_CLIENT_CERT_SESS if client.in_session else 0
         verify = client.verify
@@ -230,14 +230,11 @@ def _identity_tlvs(client: ClientIdentity) -> bytes:
     # A negative serial or a notAfter before 1970 has no unsigned encoding (RFC 5280 forbids the
     # first; the second is long expired): left out rather than refusing the connection.
     if client.serial >= 0:
-        out += _tlv(PP2_TYPE_STUD_SERIAL, client.serial.to_bytes(_uint_size(client.serial), "big"))
+        size = max(1, (client.serial.bit_length() + 7) // 8)
+        out += _tlv(PP2_TYPE_STUD_SERIAL, client.serial.to_bytes(size, "big"))
     if 0 <= client.not_after < 1 << 64:
         out += _tlv(PP2_TYPE_STUD_NOT_AFTER, client.not_after.to_bytes(8, "big"))
     return out
-
-
-def _uint_size(n: int) -> int:
-    return max(1, (n.bit_length() + 7) // 8)
 
 
 def v2(
@@ -270,6 +267,8 @@ def v2(
     The body may use the whole 16-bit length: if it would not fit, the certificate (0x28 or
     0xE0) is left out; if it still does not fit, ProxyError.
     """
+    if cert not in ("der", "pem", None):
+        raise ProxyError(f"PROXY v2: bad certificate encoding {cert!r}")
     if passthrough is not None and passthrough.src is not None and passthrough.dst is not None:
         src, dst = passthrough.src, passthrough.dst
     a, b = _pair(src[0], dst[0])

@@ -251,6 +251,8 @@ def test_v2_rejects_bad_identity_values():
             v2(*V4, ssl_version="TLSv1.3", client=dataclasses.replace(CLIENT, **bad))
     with pytest.raises(ProxyError, match="32 bytes"):
         v2(*V4, client=dataclasses.replace(CLIENT, sha256=b"x"), identity_tlvs=True)
+    with pytest.raises(ProxyError, match="encoding"):
+        v2(*V4, client=CLIENT, cert="PEM")
 
 
 def ssl_parts(value: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
