@@ -1,20 +1,34 @@
-"""PROXY protocol v1/v2 (HAProxy doc/proxy-protocol.txt) and stud's --write-ip header.
+"""PROXY protocol v1/v2 (HAProxy doc/proxy-protocol.txt), with v2 TLVs for the client's TLS
+identity, and stud's --write-ip header.
 
 Sans-IO: pure functions over bytes, so the event loop owns all reading and writing.
 """
 
+import base64
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["MAX_V2_LENGTH", "Header", "ProxyError", "parse", "v1", "v2", "write_ip"]
+__all__ = [
+    "MAX_V2_LENGTH",
+    "ClientIdentity",
+    "Header",
+    "ProxyError",
+    "parse",
+    "v1",
+    "v2",
+    "write_ip",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 # 16-byte fixed part plus room for addresses and generous TLVs; caps what a client can make us
-# buffer before we forward anything.
+# buffer before we forward anything. Only parsing: what we build may use the whole 16-bit length,
+# since a client certificate alone can outgrow 4096 bytes.
 MAX_V2_LENGTH = 16 + 4096
+_V2_MAX_BODY = 0xFFFF
 V1_MAX_LENGTH = 107  # spec: the longest possible v1 line, CRLF included
 
 # v2 family/protocol byte -> (name, address block size). Both UNIX protocols are just "UNIX".
@@ -30,10 +44,27 @@ _V2_FAMILIES = {
 
 PP2_TYPE_ALPN = 0x01
 PP2_TYPE_AUTHORITY = 0x02
+PP2_TYPE_CRC32C = 0x03
+PP2_TYPE_NOOP = 0x04
 PP2_TYPE_SSL = 0x20
 PP2_SUBTYPE_SSL_VERSION = 0x21
+PP2_SUBTYPE_SSL_CN = 0x22
 PP2_SUBTYPE_SSL_CIPHER = 0x23
+PP2_SUBTYPE_SSL_CLIENT_CERT = 0x28
 PP2_CLIENT_SSL = 0x01
+PP2_CLIENT_CERT_CONN = 0x02
+PP2_CLIENT_CERT_SESS = 0x04
+
+# The spec's custom range 0xE0..0xEF is for applications. 0xE0 is hitch's (proxy-client-cert);
+# stud's own follow it. They are top-level TLVs, not SSL sub-TLVs: HAProxy (fc_pp_tlv) and nginx
+# ($proxy_protocol_tlv_0xe1) look top-level TLVs up by number but SSL sub-TLVs only by the names
+# they know, and a future PP2_SUBTYPE_SSL_* number could collide with a nested one.
+PP2_TYPE_HITCH_CLIENT_CERT = 0xE0
+PP2_TYPE_STUD_SAN_URI = 0xE1
+PP2_TYPE_STUD_SHA256 = 0xE2
+PP2_TYPE_STUD_SERIAL = 0xE3
+PP2_TYPE_STUD_NOT_AFTER = 0xE4
+_STUD_IDENTITY_TYPES = range(PP2_TYPE_STUD_SAN_URI, PP2_TYPE_STUD_NOT_AFTER + 1)
 
 # Every non-empty prefix of a valid octet or port is itself valid, so the same patterns check
 # partial input exactly and a bad byte is rejected as soon as it arrives.
@@ -61,6 +92,24 @@ class Header:
     src: tuple[str, int] | None
     dst: tuple[str, int] | None
     tlvs: tuple[tuple[int, bytes], ...]  # v2 top-level TLVs in wire order
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientIdentity:
+    """The client's certificate and what the handshake said of it, ready to encode.
+
+    Extracted from the DER elsewhere (stud.identity): this module encodes it, never parses X.509.
+    """
+
+    der: bytes  # the leaf certificate
+    cn: str | None  # the subject's Common Name
+    san_uris: tuple[str, ...]  # URI subjectAltNames (e.g. a SPIFFE ID), in certificate order
+    sha256: bytes  # SHA-256 of der (32 bytes)
+    serial: int
+    not_after: int  # Unix seconds
+    verify: int  # 0: presented and verified; else the X.509 verify result (1 if there is none)
+    in_session: bool  # the TLS session carries a client certificate, also when resumed
+    on_connection: bool  # the client presented it in this connection's handshake
 
 
 # ---------------------------------------------------------------------------------- building
@@ -142,6 +191,52 @@ def _host_bytes(host: str) -> bytes:
         return host.encode("utf-8", "replace")
 
 
+def _pem(der: bytes) -> bytes:
+    # hitch sends PEM_write_bio_X509_AUX's output: OpenSSL's "TRUSTED CERTIFICATE" armour, 64
+    # columns, a final LF and no NUL. A peer certificate has no trust settings, so the base64 is
+    # the plain DER. Same bytes, so that hitch's consumers read ours.
+    b64 = base64.b64encode(der)
+    lines = b"".join(b64[i : i + 64] + b"\n" for i in range(0, len(b64), 64))
+    return b"-----BEGIN TRUSTED CERTIFICATE-----\n" + lines + b"-----END TRUSTED CERTIFICATE-----\n"
+
+
+def _ssl_value(version: str, cipher: str | None, client: ClientIdentity | None) -> bytes:
+    """The SSL TLV's value, but for the certificate (0x28) which, being last, the caller adds."""
+    # Without a client certificate, verify = 1: non-zero means "no verified client certificate",
+    # as hitch sends it.
+    flags, verify = PP2_CLIENT_SSL, 1
+    if client is not None:
+        flags |= PP2_CLIENT_CERT_CONN if client.on_connection else 0
+        flags |= PP2_CLIENT_CERT_SESS if client.in_session else 0
+        verify = client.verify
+        if not 0 <= verify <= 0xFFFFFFFF:
+            raise ProxyError(f"PROXY v2: bad verify result {verify!r}")
+    ssl = bytes([flags]) + verify.to_bytes(4, "big")
+    # The spec's order, which is also today's VERSION then CIPHER when there is no CN.
+    ssl += _tlv(PP2_SUBTYPE_SSL_VERSION, version.encode())
+    if client is not None and client.cn:
+        ssl += _tlv(PP2_SUBTYPE_SSL_CN, client.cn.encode("utf-8", "replace"))
+    if cipher:
+        ssl += _tlv(PP2_SUBTYPE_SSL_CIPHER, cipher.encode())
+    return ssl
+
+
+def _identity_tlvs(client: ClientIdentity) -> bytes:
+    out = b"".join(_tlv(PP2_TYPE_STUD_SAN_URI, uri.encode("utf-8", "replace"))
+                   for uri in client.san_uris)
+    if len(client.sha256) != 32:
+        raise ProxyError("PROXY v2: the SHA-256 fingerprint must be 32 bytes")
+    out += _tlv(PP2_TYPE_STUD_SHA256, client.sha256)
+    # A negative serial or a notAfter before 1970 has no unsigned encoding (RFC 5280 forbids the
+    # first; the second is long expired): left out rather than refusing the connection.
+    if client.serial >= 0:
+        size = max(1, (client.serial.bit_length() + 7) // 8)
+        out += _tlv(PP2_TYPE_STUD_SERIAL, client.serial.to_bytes(size, "big"))
+    if 0 <= client.not_after < 1 << 64:
+        out += _tlv(PP2_TYPE_STUD_NOT_AFTER, client.not_after.to_bytes(8, "big"))
+    return out
+
+
 def v2(
     src: tuple[str, int],
     dst: tuple[str, int],
@@ -150,24 +245,66 @@ def v2(
     authority: str | None = None,
     ssl_version: str | None = None,
     ssl_cipher: str | None = None,
+    client: ClientIdentity | None = None,
+    cert: Literal["der", "pem"] | None = "der",
+    identity_tlvs: bool = False,
+    passthrough: Header | None = None,
 ) -> bytes:
-    """Binary PROXY v2 header (command PROXY, TCP) with TLVs in hitch's order."""
+    """Binary PROXY v2 header (command PROXY, TCP) from src to dst.
+
+    TLVs, in this order (hitch's, then ours): ALPN, AUTHORITY, hitch's 0xE0 (cert="pem"), SSL
+    (when ssl_version is given), stud's identity TLVs 0xE1..0xE4 (identity_tlvs), then those
+    kept from passthrough. With a client certificate the SSL TLV carries its flags, verify result
+    and CN, plus its DER (sub-TLV 0x28) when cert="der"; cert=None sends no certificate bytes.
+
+    passthrough: the client's own PROXY header (--proxy-proxy). Its addresses replace src and
+    dst when it has them; a LOCAL, UNKNOWN, UNSPEC or UNIX header has none, and src/dst (the
+    connection's own) stand. Its TLVs follow ours in their order, except CRC32C and NOOP (the
+    header they checked or padded is gone) and every type stud writes here: ALPN, AUTHORITY and
+    SSL when given, 0xE0 with cert="pem" and 0xE1..0xE4 with identity_tlvs, whether or not this
+    client has a value for them, so that a backend never takes an upstream's value for stud's.
+
+    The body may use the whole 16-bit length: if it would not fit, the certificate (0x28 or
+    0xE0) is left out; if it still does not fit, ProxyError.
+    """
+    if cert not in ("der", "pem", None):
+        raise ProxyError(f"PROXY v2: bad certificate encoding {cert!r}")
+    if passthrough is not None and passthrough.src is not None and passthrough.dst is not None:
+        src, dst = passthrough.src, passthrough.dst
     a, b = _pair(src[0], dst[0])
     body = a.packed + b.packed + _port(src[1]).to_bytes(2, "big") + _port(dst[1]).to_bytes(2, "big")
     if alpn:
         body += _tlv(PP2_TYPE_ALPN, bytes(alpn))
     if authority:
         body += _tlv(PP2_TYPE_AUTHORITY, _host_bytes(authority))
-    if ssl_version is not None:
-        # client = PP2_CLIENT_SSL, verify = 1: non-zero means "no verified client certificate",
-        # which is what hitch sends since it does not request one.
-        ssl = bytes([PP2_CLIENT_SSL]) + (1).to_bytes(4, "big")
-        ssl += _tlv(PP2_SUBTYPE_SSL_VERSION, ssl_version.encode())
-        if ssl_cipher:
-            ssl += _tlv(PP2_SUBTYPE_SSL_CIPHER, ssl_cipher.encode())
+    ssl = None if ssl_version is None else _ssl_value(ssl_version, ssl_cipher, client)
+    tail = _identity_tlvs(client) if client is not None and identity_tlvs else b""
+    if passthrough is not None:
+        own = {PP2_TYPE_CRC32C, PP2_TYPE_NOOP}
+        own |= {PP2_TYPE_ALPN} if alpn else set()
+        own |= {PP2_TYPE_AUTHORITY} if authority else set()
+        own |= {PP2_TYPE_SSL} if ssl is not None else set()
+        own |= {PP2_TYPE_HITCH_CLIENT_CERT} if cert == "pem" else set()
+        own |= set(_STUD_IDENTITY_TYPES) if identity_tlvs else set()
+        tail += b"".join(_tlv(t, v) for t, v in passthrough.tlvs if t not in own)
+    crt = b""
+    if client is not None and client.der and (cert == "pem" or cert == "der" and ssl is not None):
+        crt = _pem(client.der) if cert == "pem" else client.der
+    size = len(body) + (0 if ssl is None else 3 + len(ssl)) + len(tail)
+    # The certificate is the only part both optional and large: the first to go.
+    if crt and size + 3 + len(crt) <= _V2_MAX_BODY:
+        size += 3 + len(crt)
+    else:
+        crt = b""
+    if size > _V2_MAX_BODY:
+        raise ProxyError(f"PROXY v2: header too long ({16 + size} bytes)")
+    if crt and cert == "pem":
+        body += _tlv(PP2_TYPE_HITCH_CLIENT_CERT, crt)
+    if ssl is not None:
+        if crt and cert == "der":
+            ssl += _tlv(PP2_SUBTYPE_SSL_CLIENT_CERT, crt)
         body += _tlv(PP2_TYPE_SSL, ssl)
-    if 16 + len(body) > MAX_V2_LENGTH:
-        raise ProxyError(f"PROXY v2: header too long ({16 + len(body)} bytes)")
+    body += tail
     family = 0x11 if a.version == 4 else 0x21
     return V2_SIGNATURE + bytes([0x21, family]) + len(body).to_bytes(2, "big") + body
 

@@ -1,12 +1,32 @@
 """Tests for stud.proxyproto: byte-exact builders and an incremental, fuzz-safe parser."""
 
+import base64
+import ctypes
+import ctypes.util
+import dataclasses
+import datetime
 import ipaddress
+import textwrap
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stud.proxyproto import MAX_V2_LENGTH, Header, ProxyError, parse, v1, v2, write_ip
+from stud.proxyproto import (
+    MAX_V2_LENGTH,
+    ClientIdentity,
+    Header,
+    ProxyError,
+    _parse_tlvs,
+    parse,
+    v1,
+    v2,
+    write_ip,
+)
 
 SIG = bytes.fromhex("0d0a0d0a000d0a515549540a")
 V2_LOCAL = SIG + bytes.fromhex("20 00 0000")  # (health checks: stud reads them, never sends)
@@ -131,9 +151,172 @@ def test_v2_local():
     assert parse(V2_LOCAL) == Header(2, 16, "LOCAL", "UNSPEC", None, None, ())
 
 
-def test_v2_too_long_to_build():
-    with pytest.raises(ProxyError):
-        v2(*V4, authority="a" * MAX_V2_LENGTH)
+# ----------------------------------------------------------- TLVs for the client's identity
+
+DER = bytes.fromhex("3003020105")  # SEQUENCE { INTEGER 5 }: proxyproto never looks inside
+CLIENT = ClientIdentity(
+    der=DER,
+    cn="Zoë",
+    san_uris=("spiffe://ex/a",),
+    sha256=bytes(range(32)),
+    serial=0xFF01,
+    not_after=1767225600,  # 2026-01-01T00:00:00Z
+    verify=0,
+    in_session=True,
+    on_connection=True,
+)
+TLS = {
+    "alpn": b"h2",
+    "authority": "example.com",
+    "ssl_version": "TLSv1.3",
+    "ssl_cipher": "TLS_AES_256_GCM_SHA384",
+}
+CIPHER_TLV = " 23 0016 544c535f4145535f3235365f47434d5f534841333834"  # SSL_CIPHER (22 bytes)
+V2_V4_ALL = (
+    "0d0a0d0a000d0a515549540a 21 11 009c"  # 12 + 5 + 14 + 58 + 16 + 35 + 5 + 11 = 156
+    " c0000201 c6336407 dc04 01bb"
+    " 01 0002 6832"  # ALPN "h2"
+    " 02 000b 6578616d706c652e636f6d"  # AUTHORITY "example.com"
+    " 20 0037 07 00000000"  # SSL, 55 bytes: SSL | CERT_CONN | CERT_SESS, verify 0: verified
+    " 21 0007 544c5376312e33"  # SSL_VERSION "TLSv1.3"
+    " 22 0004 5a6fc3ab"  # SSL_CN "Zoë" in UTF-8
+    + CIPHER_TLV
+    + " 28 0005 3003020105"  # SSL_CLIENT_CERT: the DER
+    " e1 000d 7370696666653a2f2f65782f61"  # stud's SAN URI "spiffe://ex/a"
+    " e2 0020 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"  # SHA-256
+    " e3 0002 ff01"  # serial: unsigned, minimal (no sign byte before 0xff)
+    " e4 0008 000000006955b900"  # notAfter
+)
+# hitch's proxy-client-cert: OpenSSL's PEM_write_bio_X509_AUX output, no NUL
+PEM = b"-----BEGIN TRUSTED CERTIFICATE-----\nMAMCAQU=\n-----END TRUSTED CERTIFICATE-----\n"
+V2_V4_PEM = (
+    bytes.fromhex(
+        "0d0a0d0a000d0a515549540a 21 11 0090"  # 12 + 82 + 50 = 144
+        " c0000201 c6336407 dc04 01bb"
+        " e0 004f"  # hitch's TLV, 79 bytes, before the SSL TLV as hitch writes it
+    )
+    + PEM
+    + bytes.fromhex(
+        " 20 002f 05 00000014"  # resumed: SSL | CERT_SESS; verify 20 (unable to get issuer)
+        " 21 0007 544c5376312e33 22 0004 5a6fc3ab" + CIPHER_TLV  # no 0x28 when PEM is sent
+    )
+)
+
+
+def test_v2_identity_vectors():
+    assert v2(*V4, **TLS, client=CLIENT, identity_tlvs=True) == bytes.fromhex(V2_V4_ALL)
+    resumed = dataclasses.replace(CLIENT, on_connection=False, verify=20)
+    tls = {"ssl_version": "TLSv1.3", "ssl_cipher": "TLS_AES_256_GCM_SHA384"}
+    assert v2(*V4, **tls, client=resumed, cert="pem") == V2_V4_PEM
+
+
+def test_v2_without_a_client_certificate_is_unchanged():
+    """No client, or one and no option asking for more: the bytes hitch sends."""
+    assert v2(*V4, **TLS) == bytes.fromhex(V2_V4_TLVS)
+    assert v2(*V4, **TLS, client=None, cert="pem", identity_tlvs=True) == bytes.fromhex(V2_V4_TLVS)
+
+
+def test_v2_identity_parts():
+    wire = v2(*V4, **TLS, client=CLIENT, identity_tlvs=True)
+    header = parse(wire)
+    assert header.src == V4[0] and header.dst == V4[1]
+    assert [t for t, _ in header.tlvs] == [0x01, 0x02, 0x20, 0xE1, 0xE2, 0xE3, 0xE4]
+    flags, verify, subs = ssl_parts(dict(header.tlvs)[0x20])
+    assert (flags, verify) == (0x07, 0)
+    assert subs == [(0x21, b"TLSv1.3"), (0x22, "Zoë".encode()), (0x23, b"TLS_AES_256_GCM_SHA384"),
+                    (0x28, DER)]
+    # no CN and no certificate bytes (cert=None): the flags and verify result still go
+    anonymous = dataclasses.replace(CLIENT, cn=None, verify=18, on_connection=False)
+    header = parse(v2(*V4, ssl_version="TLSv1.3", client=anonymous, cert=None))
+    assert header.tlvs == ((0x20, bytes.fromhex("05 00000012 21 0007") + b"TLSv1.3"),)
+    # without the SSL TLV (--proxy-tlv off) the DER has nowhere to go; PEM and ours still do
+    assert v2(*V4, client=CLIENT) == bytes.fromhex(V2_V4_PLAIN)
+    assert parse(v2(*V4, client=CLIENT, cert="pem")).tlvs == ((0xE0, PEM),)
+    # several URIs: one TLV each, in the certificate's order; odd serials and dates
+    odd = dataclasses.replace(CLIENT, san_uris=("urn:a", "spiffe://b/ü"), serial=0, not_after=0)
+    tlvs = parse(v2(*V4, client=odd, identity_tlvs=True)).tlvs
+    assert tlvs == ((0xE1, b"urn:a"), (0xE1, "spiffe://b/ü".encode()), (0xE2, bytes(range(32))),
+                    (0xE3, b"\0"), (0xE4, bytes(8)))
+    big = dataclasses.replace(CLIENT, serial=2**159 + 1, not_after=2**64 - 1)
+    tlvs = dict(parse(v2(*V4, client=big, identity_tlvs=True)).tlvs)
+    assert tlvs[0xE3] == (2**159 + 1).to_bytes(20, "big") and tlvs[0xE4] == b"\xff" * 8
+    # no unsigned encoding: left out, the rest goes
+    bad = dataclasses.replace(CLIENT, serial=-1, not_after=-1)
+    assert [t for t, _ in parse(v2(*V4, client=bad, identity_tlvs=True)).tlvs] == [0xE1, 0xE2]
+
+
+def test_v2_rejects_bad_identity_values():
+    for bad in ({"verify": -1}, {"verify": 1 << 32}):
+        with pytest.raises(ProxyError):
+            v2(*V4, ssl_version="TLSv1.3", client=dataclasses.replace(CLIENT, **bad))
+    with pytest.raises(ProxyError, match="32 bytes"):
+        v2(*V4, client=dataclasses.replace(CLIENT, sha256=b"x"), identity_tlvs=True)
+    with pytest.raises(ProxyError, match="encoding"):
+        v2(*V4, client=CLIENT, cert="PEM")
+
+
+def ssl_parts(value: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
+    """An SSL TLV's client flags, verify result and sub-TLVs."""
+    return value[0], int.from_bytes(value[1:5], "big"), list(_parse_tlvs(value[5:], len(value) - 5))
+
+
+def _libcrypto():
+    name = ctypes.util.find_library("crypto")
+    if name is None:
+        pytest.skip("no libcrypto to compare with")
+    lib = ctypes.CDLL(name)
+    lib.d2i_X509.restype = ctypes.c_void_p
+    lib.d2i_X509.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_long]
+    lib.BIO_s_mem.restype = ctypes.c_void_p
+    lib.BIO_new.restype = ctypes.c_void_p
+    lib.BIO_new.argtypes = [ctypes.c_void_p]
+    lib.PEM_write_bio_X509_AUX.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.BIO_ctrl.restype = ctypes.c_long
+    lib.BIO_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    lib.BIO_free.argtypes = [ctypes.c_void_p]
+    lib.X509_free.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def hitch_pem(der: bytes) -> bytes:
+    """What hitch's proxy_tlv_cert() writes for a peer certificate: PEM_write_bio_X509_AUX of
+    the X509 that d2i_X509 makes of the DER the client sent."""
+    lib = _libcrypto()
+    ptr = ctypes.c_char_p(der)
+    cert = lib.d2i_X509(None, ctypes.byref(ptr), len(der))
+    bio = lib.BIO_new(lib.BIO_s_mem())
+    try:
+        assert cert and bio and lib.PEM_write_bio_X509_AUX(bio, cert) == 1
+        data = ctypes.c_char_p()
+        n = lib.BIO_ctrl(bio, 3, 0, ctypes.byref(data))  # BIO_CTRL_INFO: BIO_get_mem_data
+        return ctypes.string_at(data, n)
+    finally:
+        lib.BIO_free(bio)
+        lib.X509_free(cert)
+
+
+def real_cert(cn: str = "client") -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime.datetime(2025, 1, 1))
+        .not_valid_after(datetime.datetime(2027, 1, 1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_pem_is_what_hitch_writes():
+    der = real_cert()
+    pem = dict(parse(v2(*V4, client=dataclasses.replace(CLIENT, der=der), cert="pem")).tlvs)[0xE0]
+    assert pem == hitch_pem(der)
+    assert pem.startswith(b"-----BEGIN TRUSTED CERTIFICATE-----\n") and pem.endswith(b"-----\n")
+    assert base64.b64decode(b"".join(pem.splitlines()[1:-1])) == der
 
 
 # ------------------------------------------------------------------------ parsing samples
@@ -343,6 +526,133 @@ def test_parse_rejects_without_waiting(wire):
         parse(wire)
 
 
+# ------------------------------------------------------------------------- pass-through
+
+CONN = (("127.0.0.1", 50000), ("127.0.0.1", 8443))  # the connection stud accepted
+V1_IN = b"PROXY TCP4 203.0.113.9 198.51.100.7 40000 443\r\n"
+V2_V1_OUT = (
+    "0d0a0d0a000d0a515549540a 21 11 001e"  # 12 + 18
+    " cb007109 c6336407 9c40 01bb"  # the client's header's addresses, not the connection's
+    " 20 000f 01 00000001 21 0007 544c5376312e33"  # SSL, VERSION
+)
+TLVS_IN = (
+    " 03 0004 12345678"  # CRC32C of the old header
+    " 02 0005 6c622e6578"  # AUTHORITY "lb.ex"
+    " ea 0009 767063652d30313233"  # AWS NLB VPC endpoint "vpce-0123"
+    " 04 0002 0000"  # NOOP
+    " 05 0003 616263"  # UNIQUE_ID "abc"
+    " 20 0005 07 00000000"  # the upstream's SSL
+    " e1 0004 66616b65"  # an upstream's 0xE1 "fake"
+    " e0 0002 6964"  # an upstream's 0xE0 (as Google's Private Service Connect uses it)
+)
+V2_IN = _v2_raw(0x21, 0x21, bytes.fromhex("20010db8000000000000000000000009"
+                                          " 20010db8000000000000000000000002 9c40 01bb" + TLVS_IN))
+V2_V2_OUT = (
+    "0d0a0d0a000d0a515549540a 21 21 00c6"  # 36 + 14 + 58 + 16 + 35 + 5 + 11 + 12 + 6 + 5 = 198
+    " 20010db8000000000000000000000009 20010db8000000000000000000000002 9c40 01bb"
+    " 02 000b 6578616d706c652e636f6d"  # stud's AUTHORITY: the upstream's is dropped
+    " 20 0037 07 00000000 21 0007 544c5376312e33 22 0004 5a6fc3ab"
+    + CIPHER_TLV
+    + " 28 0005 3003020105"  # stud's SSL TLV, not the upstream's
+    " e1 000d 7370696666653a2f2f65782f61"  # stud's 0xE1 only
+    " e2 0020 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    " e3 0002 ff01 e4 0008 000000006955b900"
+    " ea 0009 767063652d30313233 05 0003 616263 e0 0002 6964"  # kept, in their order
+)
+
+
+def test_passthrough_vectors():
+    tls = {"ssl_version": "TLSv1.3"}
+    assert v2(*CONN, **tls, passthrough=parse(V1_IN)) == bytes.fromhex(V2_V1_OUT)
+    out = v2(*CONN, authority="example.com", ssl_version="TLSv1.3",
+             ssl_cipher="TLS_AES_256_GCM_SHA384", client=CLIENT, identity_tlvs=True,
+             passthrough=parse(V2_IN))
+    assert out == bytes.fromhex(V2_V2_OUT)
+
+
+def test_passthrough_drops_only_what_stud_writes():
+    incoming = parse(V2_IN)
+    # stud writes no AUTHORITY (no SNI) nor SSL TLV here: the upstream's stay; PEM owns 0xE0
+    tlvs = parse(v2(*CONN, client=CLIENT, cert="pem", passthrough=incoming)).tlvs
+    assert [t for t, _ in tlvs] == [0xE0, 0x02, 0xEA, 0x05, 0x20, 0xE1]
+    assert tlvs[0] == (0xE0, PEM)
+    # identity TLVs on, no client certificate: 0xE1..0xE4 are still stud's, so still dropped
+    tlvs = parse(v2(*CONN, identity_tlvs=True, passthrough=incoming)).tlvs
+    assert [t for t, _ in tlvs] == [0x02, 0xEA, 0x05, 0x20, 0xE0]
+    # the same TLVs stud parsed, byte for byte
+    assert dict(tlvs)[0xEA] == b"vpce-0123" and dict(tlvs)[0x20] == bytes.fromhex("07 00000000")
+
+
+@pytest.mark.parametrize(
+    ("incoming", "tlvs"),
+    [
+        (V2_LOCAL, ()),
+        (_v2_raw(0x20, 0x11, bytes(12) + bytes.fromhex("ea 0001 78")), ()),  # LOCAL: all ignored
+        (b"PROXY UNKNOWN\r\n", ()),
+        (b"PROXY UNKNOWN ffff:f...f:ffff 0 0 ignored\r\n", ()),
+        (_v2_raw(0x21, 0x31, UNIX_BLOCK), ()),
+        (_v2_raw(0x21, 0x00, bytes.fromhex("ea 0001 78")), ((0xEA, b"x"),)),
+    ],
+    ids=["v2 LOCAL", "v2 LOCAL TCP4", "v1 UNKNOWN", "v1 UNKNOWN long", "v2 UNIX", "v2 UNSPEC"],
+)
+def test_passthrough_without_addresses_uses_the_connection(incoming, tlvs):
+    header = parse(v2(*CONN, passthrough=parse(incoming)))
+    assert (header.src, header.dst, header.tlvs) == (*CONN, tlvs)
+
+
+def test_passthrough_families():
+    # v1 TCP6 with mapped addresses: both mapped, so TCP4 out, as v2() does with any address
+    mapped = parse(b"PROXY TCP6 ::ffff:192.0.2.1 ::ffff:198.51.100.7 1 2\r\n")
+    header = parse(v2(*CONN, passthrough=mapped))
+    assert header.family == "TCP4"
+    assert (header.src, header.dst) == (("192.0.2.1", 1), ("198.51.100.7", 2))
+    # UDP in: its addresses, TCP out (stud relays a TCP stream)
+    udp = parse(SAMPLES[9][0])
+    header = parse(v2(*CONN, passthrough=udp))
+    assert (header.family, header.src, header.dst) == ("TCP4", udp.src, udp.dst)
+    assert header.tlvs == ()  # its NOOP is dropped
+
+
+# --------------------------------------------------------------------------------- length
+
+
+def test_v2_may_outgrow_what_stud_parses():
+    big = dataclasses.replace(CLIENT, der=b"\x30" * 6000)
+    wire = v2(*V4, **TLS, client=big, identity_tlvs=True)
+    assert MAX_V2_LENGTH < len(wire) < 16 + 0xFFFF
+    with pytest.raises(ProxyError, match="too long"):
+        parse(wire)  # the cap on what a client can make stud buffer stays
+
+
+def test_v2_leaves_the_certificate_out_first():
+    base = v2(*V4, **TLS, client=CLIENT, cert=None, identity_tlvs=True)
+    room = 16 + 0xFFFF - len(base) - 3  # the largest DER that fits
+    for cert in ("der", "pem"):
+        fits = room if cert == "der" else room // 4 * 3 - 1000  # PEM: base64 + lines + armour
+        wire = v2(*V4, **TLS, client=dataclasses.replace(CLIENT, der=b"\x30" * fits),
+                  cert=cert, identity_tlvs=True)
+        assert len(wire) <= 16 + 0xFFFF and len(wire) > len(base) + fits
+        for der in (b"\x30" * (room + 1), b"\x30" * 70000):
+            wire = v2(*V4, **TLS, client=dataclasses.replace(CLIENT, der=der), cert=cert,
+                      identity_tlvs=True)
+            assert wire == base  # flags, verify, CN and identity TLVs stay
+    assert len(v2(*V4, **TLS, client=dataclasses.replace(CLIENT, der=b"\x30" * room),
+                  identity_tlvs=True)) == 16 + 0xFFFF
+
+
+def test_v2_too_long_to_build():
+    with pytest.raises(ProxyError):
+        v2(*V4, authority="a" * 0x10000)  # one TLV over 16 bits of length
+    # what is left once the certificate is out is still too long: there is no rule for that
+    uris = tuple("u" * 30000 for _ in range(3))
+    with pytest.raises(ProxyError, match="too long"):
+        v2(*V4, client=dataclasses.replace(CLIENT, san_uris=uris), identity_tlvs=True)
+    # an upstream's TLVs count too (stud parses at most 4096 bytes, but v2 does not rely on it)
+    many = Header(2, 0, "PROXY", "TCP4", None, None, tuple((0xEA, bytes(30000)) for _ in range(3)))
+    with pytest.raises(ProxyError, match="too long"):
+        v2(*V4, passthrough=many)
+
+
 # ---------------------------------------------------------------------------- round trips
 
 ips = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
@@ -406,6 +716,132 @@ def test_v2_round_trip(src, dst, alpn, authority, ssl_version, ssl_cipher):
             ssl += b"\x23" + len(ssl_cipher).to_bytes(2, "big") + ssl_cipher.encode()
         expected.append((0x20, ssl))
     assert header.tlvs == tuple(expected)
+
+
+identities = st.builds(
+    ClientIdentity,
+    der=st.binary(max_size=400),
+    cn=st.one_of(st.none(), st.text(max_size=40)),
+    san_uris=st.lists(st.text(max_size=40), max_size=3).map(tuple),
+    sha256=st.binary(min_size=32, max_size=32),
+    serial=st.integers(-3, 2**160),
+    not_after=st.integers(-3, 2**64 + 3),
+    verify=st.integers(0, 2**32 - 1),
+    in_session=st.booleans(),
+    on_connection=st.booleans(),
+)
+incoming_headers = st.builds(
+    lambda ends, tlvs: Header(2, 0, "PROXY", "TCP4", *ends, tuple(tlvs)),
+    st.one_of(st.tuples(endpoints, endpoints), st.just((None, None))),
+    st.lists(
+        st.tuples(
+            # mostly the types v2() has a rule for
+            st.one_of(st.sampled_from([1, 2, 3, 4, 5, 0x20, 0xE0, 0xE1, 0xE4, 0xEA]),
+                      st.integers(0, 255)),
+            st.binary(max_size=60),
+        ),
+        max_size=6,
+    ),
+)
+
+
+def _enc(kind: int, value: bytes) -> bytes:
+    return bytes([kind]) + len(value).to_bytes(2, "big") + value
+
+
+def _model_pem(der: bytes) -> bytes:
+    lines = "".join(line + "\n" for line in textwrap.wrap(base64.b64encode(der).decode(), 64))
+    armour = "-----{} TRUSTED CERTIFICATE-----\n"
+    return (armour.format("BEGIN") + lines + armour.format("END")).encode()
+
+
+def _model_tlvs(alpn, authority, version, cipher, client, cert, identity, incoming):
+    """The TLVs v2() should write, from the README's table."""
+    out = []
+    if alpn:
+        out.append((0x01, alpn))
+    if authority:
+        out.append((0x02, authority.encode()))
+    if client and client.der and cert == "pem":
+        out.append((0xE0, _model_pem(client.der)))
+    if version is not None:
+        flags, verify = 1, 1
+        if client:
+            flags |= 2 * client.on_connection | 4 * client.in_session
+            verify = client.verify
+        ssl = bytes([flags]) + verify.to_bytes(4, "big") + _enc(0x21, version.encode())
+        ssl += _enc(0x22, client.cn.encode()) if client and client.cn else b""
+        ssl += _enc(0x23, cipher.encode()) if cipher else b""
+        ssl += _enc(0x28, client.der) if client and client.der and cert == "der" else b""
+        out.append((0x20, ssl))
+    if client and identity:
+        out += [(0xE1, uri.encode()) for uri in client.san_uris]
+        out.append((0xE2, client.sha256))
+        if client.serial >= 0:
+            out.append((0xE3, client.serial.to_bytes(max(1, -(-client.serial.bit_length() // 8)),
+                                                     "big")))
+        if 0 <= client.not_after < 2**64:
+            out.append((0xE4, client.not_after.to_bytes(8, "big")))
+    if incoming:
+        own = {0x03, 0x04} | {t for t, _ in out if t < 0xE0}
+        own |= {0xE0} if cert == "pem" else set()
+        own |= {0xE1, 0xE2, 0xE3, 0xE4} if identity else set()
+        out += [(t, v) for t, v in incoming.tlvs if t not in own]
+    return tuple(out)
+
+
+@settings(max_examples=300)
+@given(
+    endpoints,
+    endpoints,
+    st.one_of(st.none(), st.binary(min_size=1, max_size=300)),
+    st.one_of(st.none(), ascii_text),
+    st.one_of(st.none(), ascii_text),
+    st.one_of(st.none(), ascii_text),
+    st.one_of(st.none(), identities),
+    st.sampled_from(["der", "pem", None]),
+    st.booleans(),
+    st.one_of(st.none(), incoming_headers),
+)
+def test_v2_identity_round_trip(src, dst, alpn, authority, version, cipher, client, cert,
+                                identity, incoming):
+    wire = v2(src, dst, alpn=alpn, authority=authority, ssl_version=version, ssl_cipher=cipher,
+              client=client, cert=cert, identity_tlvs=identity, passthrough=incoming)
+    header = parse(wire + b"\x16\x03\x01")
+    if incoming and incoming.src:
+        src, dst = incoming.src, incoming.dst
+    a, b = _expected_pair(src[0], dst[0])
+    assert header.length == len(wire) and header.command == "PROXY"
+    assert ipaddress.ip_address(header.src[0]) == a and header.src[1] == src[1]
+    assert ipaddress.ip_address(header.dst[0]) == b and header.dst[1] == dst[1]
+    expected = _model_tlvs(alpn, authority, version, cipher, client, cert, identity, incoming)
+    assert header.tlvs == expected
+    if version is not None:  # the SSL TLV's own structure holds
+        flags, verify, subs = ssl_parts(dict(header.tlvs)[0x20])
+        assert [t for t, _ in subs] == sorted(t for t, _ in subs)
+        assert (verify == 1) if client is None else (verify == client.verify)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 70_000), st.integers(0, 70_000), st.sampled_from(["der", "pem"]))
+def test_v2_length_rule(der_size, foreign_size, cert):
+    """The certificate goes in if and only if it fits; then the rest fits, or ProxyError."""
+    client = dataclasses.replace(CLIENT, der=b"\x30" * der_size)
+    foreign = Header(2, 0, "PROXY", "UNSPEC", None, None, ((0xEA, bytes(foreign_size)),))
+    kw = {**TLS, "client": client, "identity_tlvs": True, "passthrough": foreign}
+    try:
+        without = v2(*V4, **kw, cert=None)
+    except ProxyError:
+        with pytest.raises(ProxyError):
+            v2(*V4, **kw, cert=cert)
+        return
+    wire = v2(*V4, **kw, cert=cert)
+    cost = 3 + (der_size if cert == "der" else len(_model_pem(client.der)))
+    if der_size and len(without) + cost <= 16 + 0xFFFF:
+        assert len(wire) == len(without) + cost
+    else:
+        assert wire == without
+    assert len(wire) <= 16 + 0xFFFF
 
 
 # ---------------------------------------------------------------------------------- fuzzing
