@@ -341,9 +341,12 @@ OPTIONS: tuple[Option, ...] = (
       "TLS TLVs) before actual data"),
     Op("proxy-tlv", "bool", True, "PROXY v2: send the TLS TLV (version, cipher)"),
     Op("proxy-authority", "bool", True, "PROXY v2: send the SNI name (AUTHORITY TLV)"),
-    Op("proxy-proxy", "bool", False, "Pass on a PROXY v1/v2 header sent by the client"),
+    Op("proxy-proxy", "bool", False, "Pass on a PROXY v1/v2 header sent by the client (with "
+       "write-proxy-v2: as v2, with its addresses and TLVs, and stud's TLS TLVs added)"),
     Op("proxy-client-cert", "bool", False, "PROXY v2: send the client certificate as PEM in "
        "TLV 0xE0 (hitch's) instead of DER in the SSL TLV (0x28)"),
+    Op("proxy-client-der", "bool", True, "PROXY v2: the client certificate's DER in the SSL "
+       "TLV (0x28); off for backends that refuse a TLV over 1024 bytes (HAProxy 2.9+)"),
     Op("proxy-identity-tlvs", "bool", False, "PROXY v2: also send the client certificate's "
        "SAN URIs, SHA-256 fingerprint, serial and notAfter in TLVs of their own (0xE1-0xE4)"),
     Op("test", "action", None, "Test configuration and exit", short="t", file=False),
@@ -398,7 +401,10 @@ class Config:
 
     @property
     def client_addr_mode(self) -> str | None:
-        """Which of write-ip / write-proxy / write-proxy-v2 / proxy-proxy is on, if any."""
+        """Which of write-ip / write-proxy / write-proxy-v2 / proxy-proxy is on, if any
+        (proxy-proxy also when write-proxy-v2 rewrites the header it reads)."""
+        if self.proxy_proxy:
+            return "proxy-proxy"
         on = [m for m in CLIENT_ADDR_MODES if getattr(self, m.replace("-", "_"))]
         return on[0] if on else None
 
@@ -649,7 +655,7 @@ def _set_protocol(cfg: Config, which: str) -> None:
 def validate(cfg: Config) -> None:
     """Cross-option checks, made once after all sources are read."""
     modes = [m for m in CLIENT_ADDR_MODES if getattr(cfg, m.replace("-", "_"))]
-    if len(modes) > 1:
+    if len(modes) > 1 and set(modes) != {"write-proxy-v2", "proxy-proxy"}:
         raise ConfigError(f"Options --{modes[0]} and --{modes[1]} are mutually exclusive.")
     if not cfg.frontend:
         raise ConfigError("frontend: no address to listen on")

@@ -40,6 +40,9 @@ class ConnPolicy:
         self.backend = backend
         self.mode = cfg.client_addr_mode
         self.proxy_tlv, self.proxy_authority = cfg.proxy_tlv, cfg.proxy_authority
+        self.rewrite = cfg.proxy_proxy and cfg.write_proxy_v2  # the client's header, as v2
+        self.cert_tlv = "pem" if cfg.proxy_client_cert else "der" if cfg.proxy_client_der else None
+        self.identity_tlvs = cfg.proxy_identity_tlvs
         self.client_mode = cfg.client
         self.limiter = (EmptyConnLimiter(cfg.empty_conn_limit, cfg.empty_conn_window)
                         if cfg.empty_conn_limit else None)
@@ -106,6 +109,18 @@ class ConnPolicy:
         while self.lingering and self.lingering[0][0] <= now:
             self.lingering.popleft()[1].close()
 
+    def client_text(self, conn: Connection) -> str:
+        """Who the client is, for the connection log: with --proxy-proxy, the address its
+        PROXY header gives, and the peer that sent it."""
+        if self.mode == "proxy-proxy" and conn.pbuf:
+            try:
+                h = proxyproto.parse(conn.pbuf)
+            except proxyproto.ProxyError:
+                h = None
+            if h is not None and h.src is not None:
+                return f"{addr_text(h.src)} via={addr_text(conn.peer)}"
+        return addr_text(conn.peer)
+
     @staticmethod
     def refusal(conn: Connection, err: ssl.SSLError) -> str:
         """Why OpenSSL refused the client's certificate, as its verify result names it."""
@@ -157,24 +172,32 @@ class ConnPolicy:
 
     def client_header(self, conn: Connection) -> bytes:
         """What the backend reads first: the client's address, as the mode has it."""
-        if self.verifying:
-            self.client_identity(conn)
+        ident = self.client_identity(conn) if self.verifying else None
         mode = self.mode
         if mode is None:
             return b""
+        passthrough = None
         if mode == "proxy-proxy":
-            return conn.pbuf  # the client's PROXY header, byte for byte
+            if not self.rewrite:
+                return conn.pbuf  # the client's PROXY header, byte for byte
+            passthrough = proxyproto.parse(conn.pbuf)  # (complete: proxy_header() saw to it)
         peer, local = conn.peer[:2], conn.local[:2]
         if mode == "write-ip":
             return proxyproto.write_ip(peer[0])
         if mode == "write-proxy-v1":
             return proxyproto.v1(peer, local)
-        version, cipher, sni, alpn, _ = conn.tls_info or (None, None, None, None, None)
+        version, cipher, sni, alpn, resumed = conn.tls_info or (None, None, None, None, False)
         if not self.proxy_tlv:
             version = cipher = None
+        client = None if ident is None else proxyproto.ClientIdentity(
+            der=ident.der, cn=ident.cn, san_uris=ident.san_uris, sha256=ident.sha256,
+            serial=ident.serial, not_after=ident.not_after, verify=0, in_session=True,
+            on_connection=not resumed)
         return proxyproto.v2(peer, local, alpn=alpn.encode() if alpn else None,
                              authority=sni if self.proxy_authority else None,
-                             ssl_version=version, ssl_cipher=cipher)
+                             ssl_version=version, ssl_cipher=cipher, client=client,
+                             cert=self.cert_tlv, identity_tlvs=self.identity_tlvs,
+                             passthrough=passthrough)
 
     def closed(self, conn: Connection, why: str, level: int, up: int, down: int) -> None:
         """Called by each connection once, when it is closed, with the bytes delivered each
@@ -187,7 +210,7 @@ class ConnPolicy:
             version, cipher, sni, alpn, resumed = conn.tls_info or ("-", "-", None, None, False)
             # The connection log line, formatted directly (a generic key=value writer cost twice
             # as much): only the SNI name and the reason can hold spaces or client-chosen bytes.
-            log.line(level, f"op=\"connection closed\" client={addr_text(conn.peer)} "
+            log.line(level, f"op=\"connection closed\" client={self.client_text(conn)} "
                      f"sni={quoted(sni) if sni else '-'} tls={version or '-'} "
                      f"cipher={cipher or '-'} alpn={alpn or '-'} resumed={int(resumed)} "
                      f"up={up} down={down} "
@@ -196,6 +219,11 @@ class ConnPolicy:
         if self.limiter and conn.tls_info:
             self.limiter.record(conn.peer[0], up == 0, time.monotonic())
         self.gone(conn)
+
+
+def _unmapped(host: str) -> str:
+    """An IPv4-mapped IPv6 address as the IPv4 address it is."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 def identity_fields(ident: Identity | None) -> str:
@@ -209,5 +237,5 @@ def identity_fields(ident: Identity | None) -> str:
 
 def addr_text(sa: tuple) -> str:
     """host:port, [host]:port for IPv6, as the connection log writes a client."""
-    host, port = sa[0], sa[1]
+    host, port = _unmapped(sa[0]), sa[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

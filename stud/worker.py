@@ -87,10 +87,10 @@ class Worker:
                 proxy=proxyproto.MAX_V2_LENGTH if policy.mode == "proxy-proxy" else 0,
                 client_wrap=client_context._wrap_socket if client_context else None)
         # Accepted and closed in C too, unless a client may be delayed (the limiter), the
-        # connection log goes to syslog or names client certificates: then _accept() and the
-        # policy's closed() run for every one.
+        # connection log goes to syslog or names client certificates or a PROXY header's
+        # client: then _accept() and the policy's closed() run for every one.
         self.accept_in_c = (bool(Conn) and not policy.limiter and not log.use_syslog
-                            and not policy.verifying)
+                            and not policy.verifying and policy.mode != "proxy-proxy")
         if self.accept_in_c:
             self.watch.serve(policy, self.conns, self.max_conns or 0, log.stdout, log.level,
                              self._accept_stop)

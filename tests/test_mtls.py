@@ -13,18 +13,26 @@ from pathlib import Path
 
 import client_pki
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 from helpers import (
+    Proc,
     client_ctx,
+    close_notify,
     conn_lines,
     free_port,
+    read_all,
     recv_exact,
     run_tool,
     s_client,
     scrape,
     tls_connect,
+    tool_env,
     wait_for,
 )
 from ocsp_pki import utcnow
+
+from stud import proxyproto
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +116,7 @@ def test_the_certificate_request_names_the_accepted_cas(stud, backend, pem, cpki
 
 def test_openssl_s_client_and_curl(stud, backend, pem, cpki):
     s = stud(*verify_args(cpki, "required", cpki.crls), pem, backend_port=backend("echo"))
-    good = run_tool(["curl", "-sk", "--http0.9", "--max-time", "10",
+    good = run_tool(["curl", "-sk", "--http0.9", "--max-time", "3",  # (echo: no end)
                      "--cert", str(cpki.path("good", ".crt")), "--key",
                      str(cpki.path("good", ".key")), f"https://127.0.0.1:{s.port}/x"],
                     capture_output=True, text=True, timeout=20)
@@ -299,3 +307,154 @@ def test_a_crl_from_another_ca_is_refused_at_start(stud, pem, cpki, tmp_path):
     assert s.proc.returncode != 0 and f"client-verify-crl '{other}'" in out
     assert "not signed" in out
     assert os.path.exists(other)
+
+
+# -- identity to the backend: PROXY v2 -------------------------------------------------------
+def ssl_tlv(header: proxyproto.Header) -> tuple[int, int, dict[int, bytes]]:
+    """The SSL TLV of a parsed header: (client flags, verify, its sub-TLVs by type)."""
+    value = dict(header.tlvs)[proxyproto.PP2_TYPE_SSL]
+    subs, pos = {}, 5
+    while pos < len(value):
+        kind, size = value[pos], int.from_bytes(value[pos + 1:pos + 3], "big")
+        subs[kind] = value[pos + 3:pos + 3 + size]
+        pos += 3 + size
+    return value[0], int.from_bytes(value[1:5], "big"), subs
+
+
+def recorded_header(tmp_path: Path, n: int = 1) -> proxyproto.Header:
+    path = tmp_path / f"rec.{n}"
+    wait_for(lambda: path.exists() and path.stat().st_size, 10)
+    data = path.read_bytes()
+    header = proxyproto.parse(data)
+    assert header is not None and data[header.length:] == b"ping", data
+    return header
+
+
+def send_ping(port: int, ctx: ssl.SSLContext, before: bytes = b"") -> ssl.SSLSession:
+    """One connection that sends before (a PROXY header, in clear), then TLS and b"ping";
+    its session."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw.sendall(before)
+    with ctx.wrap_socket(raw) as c:
+        c.sendall(b"ping")
+        close_notify(c)
+        assert read_all(c) == b"OK\n"  # (the record backend's answer to the half-close)
+        return c.session
+
+
+def test_the_backend_gets_the_client_certificate_in_the_ssl_tlv(stud, backend, pem, cpki,
+                                                                tmp_path):
+    s = stud(*verify_args(cpki, "optional"), "--write-proxy-v2", pem,
+             backend_port=backend("record"))
+    send_ping(s.port, as_client(cpki, "good"))
+    flags, verify, subs = ssl_tlv(recorded_header(tmp_path, 1))
+    assert flags == 0x07 and verify == 0  # SSL, CERT_CONN, CERT_SESS; verified
+    assert subs[0x22] == b"client.example" and subs[0x21] == b"TLSv1.3"
+    assert subs[0x28] == cpki.good.cert.public_bytes(Encoding.DER)
+    send_ping(s.port, as_client(cpki, None))  # optional: none presented
+    flags, verify, subs = ssl_tlv(recorded_header(tmp_path, 2))
+    assert flags == 0x01 and verify != 0 and 0x22 not in subs and 0x28 not in subs
+
+
+def test_a_resumed_session_says_the_certificate_is_the_sessions(stud, backend, pem, cpki,
+                                                                tmp_path):
+    s = stud(*verify_args(cpki), "--write-proxy-v2", pem, backend_port=backend("record"))
+    ctx = as_client(cpki, "good", maximum_version=ssl.TLSVersion.TLSv1_2)
+    session = send_ping(s.port, ctx)
+    raw = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    with ctx.wrap_socket(raw, session=session) as c:
+        assert c.session_reused
+        c.sendall(b"ping")
+        close_notify(c)
+        assert read_all(c) == b"OK\n"
+    flags, verify, subs = ssl_tlv(recorded_header(tmp_path, 2))
+    assert flags == 0x05 and verify == 0  # CERT_SESS without CERT_CONN
+    assert subs[0x28] == cpki.good.cert.public_bytes(Encoding.DER)
+
+
+def test_hitch_pem_and_stud_identity_tlvs(stud, backend, pem, cpki, tmp_path):
+    s = stud(*verify_args(cpki), "--write-proxy-v2", "--proxy-client-cert",
+             "--proxy-identity-tlvs", pem, backend_port=backend("record"))
+    send_ping(s.port, as_client(cpki, "good"))
+    header = recorded_header(tmp_path)
+    tlvs = dict(header.tlvs)
+    leaf = cpki.good.cert
+    assert b"-----BEGIN TRUSTED CERTIFICATE-----\n" in tlvs[0xE0]  # hitch's PEM, as it writes
+    assert 0x28 not in ssl_tlv(header)[2]
+    assert tlvs[0xE1] == client_pki.CLIENT_URI.encode()
+    assert tlvs[0xE2] == leaf.fingerprint(hashes.SHA256())
+    assert int.from_bytes(tlvs[0xE3], "big") == leaf.serial_number
+    assert int.from_bytes(tlvs[0xE4], "big") == int(leaf.not_valid_after_utc.timestamp())
+
+
+def test_no_der_for_backends_that_refuse_big_tlvs(stud, backend, pem, cpki, tmp_path):
+    s = stud(*verify_args(cpki), "--write-proxy-v2", "--proxy-client-der=off", pem,
+             backend_port=backend("record"))
+    send_ping(s.port, as_client(cpki, "good"))
+    flags, verify, subs = ssl_tlv(recorded_header(tmp_path))
+    assert flags == 0x07 and subs[0x22] == b"client.example" and 0x28 not in subs
+
+
+def test_proxy_proxy_with_write_proxy_v2_keeps_the_load_balancers_header(stud, backend, pem,
+                                                                         cpki, tmp_path):
+    """An L4 load balancer's PROXY header in (v1, or v2 with a TLV of its own), v2 out with
+    its addresses and TLVs, and stud's TLS TLVs added; the log names the client it gives."""
+    s = stud(*verify_args(cpki), "--proxy-proxy", "--write-proxy-v2", pem,
+             backend_port=backend("record"))
+    send_ping(s.port, as_client(cpki, "good"), b"PROXY TCP4 203.0.113.7 198.51.100.1 5555 443\r\n")
+    header = recorded_header(tmp_path, 1)
+    assert header.version == 2 and header.src == ("203.0.113.7", 5555)
+    assert header.dst == ("198.51.100.1", 443)
+    assert ssl_tlv(header)[2][0x22] == b"client.example"
+    vpce = (0xEA, b"\x01vpce-0123456789abcdef")
+    lb = proxyproto.v2(("2001:db8::7", 6666), ("2001:db8::1", 443), passthrough=proxyproto.Header(
+        2, 0, "PROXY", "TCP6", None, None, (vpce,)))
+    send_ping(s.port, as_client(cpki, "good"), lb)
+    header = recorded_header(tmp_path, 2)
+    assert header.src == ("2001:db8::7", 6666) and vpce in header.tlvs
+    assert [t for t, _ in header.tlvs].count(proxyproto.PP2_TYPE_SSL) == 1
+    lines = wait_for(lambda: len(conn_lines(s.output())) == 2 and conn_lines(s.output()))
+    assert lines[0]["client"] == "203.0.113.7:5555" and lines[0]["via"].startswith("127.0.0.1:")
+    assert lines[1]["client"] == "[2001:db8::7]:6666"
+
+
+def test_haproxy_and_nginx_read_what_stud_writes(stud, pem, cpki, tmp_path, procs):
+    """Real consumers behind stud: HAProxy's accept-proxy and nginx's proxy_protocol parse the
+    v2 header with the client certificate's TLVs, and name the client."""
+    hport, nport = free_port(), free_port()
+    (tmp_path / "haproxy.cfg").write_text("\n".join([
+        "global", "    log stdout format raw local0 info", "defaults", "    mode http",
+        "    log global", "    timeout connect 5s", "    timeout client 5s",
+        "    timeout server 5s", "frontend fe", f"    bind 127.0.0.1:{hport} accept-proxy",
+        '    http-request return status 200 content-type text/plain lf-string "src=%[src]\\n"',
+        ""]))
+    (tmp_path / "nginx.conf").write_text(
+        "events {}\nhttp {\n access_log off;\n server {\n"
+        f"  listen 127.0.0.1:{nport} proxy_protocol;\n"
+        "  location / { return 200 \"src=$proxy_protocol_addr\\n\"; }\n }\n}\n")
+    started = [
+        Proc(["/usr/sbin/haproxy", "-db", "-f", str(tmp_path / "haproxy.cfg")],
+             tmp_path / "haproxy.out", env=tool_env()),
+        Proc(["/usr/sbin/nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g",
+              f"daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/nginx.err;"],
+             tmp_path / "nginx.out", env=tool_env())]
+    procs.extend(started)
+    for port in (hport, nport):
+        wait_for(lambda p=port: echo_listening(p), timeout=15)
+    for port in (hport, nport):
+        s = stud(*verify_args(cpki), "--write-proxy-v2", "--proxy-identity-tlvs", pem,
+                 backend_port=port)
+        with tls_connect(s.port, ctx=as_client(cpki, "good")) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = b""
+            while b"src=" not in got and (chunk := c.recv(4096)):
+                got += chunk
+        assert b"200 OK" in got and b"src=127.0.0.1" in got, (port, got)
+
+
+def echo_listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
