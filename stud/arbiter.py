@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from stud import certs, metrics, sesscache, stapling, startup, trust
+from stud import certs, crlfetch, metrics, sesscache, stapling, startup, trust
 from stud.config import Config, ConfigError, Exit, file_stamp, parse_args
 from stud.daemon import configure_log, drop_privileges
 from stud.log import log
@@ -56,6 +56,7 @@ class Arbiter:
         self.current = startup.prepare_generation(cfg, None, self.listeners, self.updates)
         startup.commit(self.current, self.listeners)
         self.stapling = stapling.Stapling()
+        self.crl_fetcher = None  # --crl-fetch's child process, once a generation asks
         self.stapling.update(cfg, self.current.setup.certs())
         self.children: dict[int, Child] = {}
         self.failures: dict[int, int] = {}
@@ -113,7 +114,7 @@ class Arbiter:
                 self._respawn_due()
                 self._refresh_backend(now)
                 self._to_workers(self.stapling.tick())
-                self._crls_to_workers()
+                self._crl_tick()
                 self._retire_old()
             for gen, at in list(self.retiring.items()):
                 if not any(c.gen == gen for c in self.children.values()):
@@ -123,6 +124,8 @@ class Arbiter:
                     self._kill(signal.SIGKILL, gen)
             self._sleep()
         self.stapling.close()
+        if self.crl_fetcher:
+            self.crl_fetcher.close()
         log.info("{core} all workers exited; bye.")
         return 0
 
@@ -164,11 +167,23 @@ class Arbiter:
                 except OSError:
                     pass  # (gone: reap() sees to it)
 
-    def _crls_to_workers(self) -> None:
-        """Changed CRL files (client-verify-crl), read again and checked, to the current
-        generation's workers: in a memfd, each reading it whole at offset 0."""
+    def _crl_tick(self) -> None:
+        """CRL files read again, downloads asked (--crl-fetch): new CRLs to the workers."""
+        trusts = self._trusts()
+        if trusts is None:
+            return
+        if trusts.fetching and self.crl_fetcher is None:
+            self.crl_fetcher = crlfetch.new_fetcher(self.cfg)
+        self._crls_to_workers(trusts.tick(self.crl_fetcher))
+
+    def _trusts(self) -> trust.Trusts | None:
         served = self.current.setup.served
-        for key, crls in served.trusts.tick() if served else ():
+        return served.trusts if served else None
+
+    def _crls_to_workers(self, updates: list[tuple[str, list[bytes]]]) -> None:
+        """New CRLs (read again, or downloaded), checked, to the current generation's workers:
+        in a memfd, each reading it whole at offset 0."""
+        for key, crls in updates:
             data = memoryview(trust.message(key, crls))
             fd = os.memfd_create("stud-crls", os.MFD_CLOEXEC)
             try:
@@ -190,7 +205,9 @@ class Arbiter:
         if (wake := self.stapling.wake()) is not None:
             timeout = min(timeout, wake)
         ctls = {c.ctl: c for c in self.children.values()}
-        extra = [s for s in (self.metrics_sock, self.updates, self.stapling.fileno()) if s]
+        crl_fd = self.crl_fetcher.fileno() if self.crl_fetcher else None
+        extra = [s for s in (self.metrics_sock, self.updates, self.stapling.fileno(), crl_fd)
+                 if s]
         try:
             readable, _, _ = select.select([self.pipe_r, *ctls, *extra], [], [], timeout)
         except InterruptedError:
@@ -207,10 +224,20 @@ class Arbiter:
                 sesscache.receive()
             elif r == self.stapling.fileno():
                 self._to_workers(self.stapling.receive())
+            elif r == crl_fd:
+                trusts = self._trusts()
+                answers = self.crl_fetcher.answers()
+                self._crls_to_workers(trusts.receive(answers) if trusts else [])
+                if not self.crl_fetcher.alive():
+                    log.error("{core} CRL fetcher process gone; starting another")
+                    self.crl_fetcher.close()
+                    self.crl_fetcher = crlfetch.new_fetcher(self.cfg)
             elif r is self.metrics_sock:
                 served = self.current.setup.served
                 self.board.gauges.update(workers=len(self.children), generation=self.gen,
                                          certificates_skipped=len(served.skipped) if served else 0)
+                self.board.crls = served.trusts.crl_gauges() if served else {}
+                self.board.crl_sources = crlfetch.gauges()
                 metrics.serve_one(r, self.board)
             else:
                 self._from_worker(ctls[r])
@@ -383,8 +410,9 @@ class Arbiter:
             mine.close()
             if self.metrics_sock:
                 self.metrics_sock.close()
-            if self.stapling.fetcher:
-                self.stapling.fetcher.sock.close()
+            for fetcher in (self.stapling.fetcher, self.crl_fetcher):
+                if fetcher:
+                    fetcher.sock.close()
             for c in self.children.values():
                 c.ctl.close()
             for sock in self.listeners.unused(self.current.listeners):

@@ -266,6 +266,14 @@ OPTIONS: tuple[Option, ...] = (
     Op("client-verify-crl-check", "str", "chain", "Check CRLs for every certificate of the "
        "chain, or the client's only (leaf); a CRL past its nextUpdate refuses the clients it "
        "covers", metavar="chain|leaf", section=MTLS, check=_crl_check),
+    Op("crl-fetch", "bool", False, "Download the CRLs that the client-verify-ca certificates' "
+       "distribution points name (http), and again before their nextUpdate; a failure keeps "
+       "the last good one", section=MTLS),
+    Op("crl-fetch-url", "str", (), "With crl-fetch, also download this CRL (repeatable): the "
+       "client CA's own, when only the client certificates name it", metavar="URL",
+       section=MTLS, repeat=True),
+    Op("crl-refresh-interval", "float", 1800.0, "Download a CRL again at least this often "
+       "(else halfway to its nextUpdate)", metavar="SECS", section=MTLS, check=_above_zero),
     Op("client", "bool", False, "Enable client proxy mode", section=SOCK),
     Op("backend", "backend", addr.Addr("127.0.0.1", 8000),
       "Backend [connect]: an address, or the path of a UNIX socket", short="b",

@@ -126,6 +126,8 @@ class Board:
         self.gone: dict = {}
         self.gauges = {"workers": 0, "generation": 1, "certificates_skipped": 0}
         self.master_counters = {"worker_restarts": 0, "reloads_ok": 0, "reloads_failed": 0}
+        self.crls: dict[str, tuple[int, float, float]] = {}  # trust.Trusts.crl_gauges()
+        self.crl_sources: list[tuple[str, bool | None, object]] = []  # crlfetch.gauges()
 
     def update(self, pid: int, message: bytes) -> None:
         try:
@@ -164,6 +166,7 @@ class Board:
         reloads.add_metric(["failed"], self.master_counters["reloads_failed"])
         yield reloads
         yield from session_cache_metrics()
+        yield from self.crl_metrics()
         for name, (text, label) in COUNTERS.items():
             value = total.get(name, {} if label else 0)
             if label:
@@ -182,6 +185,26 @@ class Board:
                 acc += n
                 cumulative.append((bound, acc))
             yield HistogramMetricFamily(f"stud_{name}", text, buckets=cumulative, sum_value=s)
+
+    def crl_metrics(self) -> Iterator:
+        """The CRLs client certificates are checked against, and --crl-fetch's downloads."""
+        families = [GaugeMetricFamily(f"stud_crl_{name}", text, labels=["issuer"])
+                    for name, text in (
+                        ("entries", "Certificates a CRL in use revokes"),
+                        ("age_seconds", "Seconds since a CRL in use was issued (thisUpdate)"),
+                        ("next_update_seconds", "Seconds until a CRL in use expires (negative: "
+                                                "expired, its clients are refused)"))]
+        for issuer, values in sorted(self.crls.items()):
+            for fam, value in zip(families, values, strict=True):
+                fam.add_metric([issuer], value)
+        yield from families
+        fetched = GaugeMetricFamily("stud_crl_fetch_ok", "--crl-fetch: whether the last "
+                                    "download from a distribution point gave a good CRL",
+                                    labels=["url"])
+        for url, ok, _ in self.crl_sources:
+            if ok is not None:
+                fetched.add_metric([url], int(ok))
+        yield fetched
 
     def render(self) -> bytes:
         registry = CollectorRegistry(auto_describe=False)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import socket
 import ssl
 import tempfile
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from stud import ocsp
 from stud.certs import Cert
 from stud.config import Config, Pem, file_stamp
-from stud.daemon import drop_privileges
+from stud.fetcher import Fetcher
 from stud.log import log
 
 try:
@@ -34,7 +32,7 @@ try:
 except ImportError:  # (stapling needs it: without, none)
     sslext = None
 
-MAX_MESSAGE = 1 << 18  # a request or a response between master and fetcher, with room
+MAX_MESSAGE = 1 << 18  # a control message from the master to a worker (a staple), with room
 
 
 @dataclass
@@ -85,7 +83,7 @@ class Stapling:
             self.fetcher = None
         if any(e.stapler.enabled for e in entries.values()):
             if self.fetcher is None:
-                self.fetcher = Fetcher(cfg)
+                self.fetcher = new_fetcher(cfg)
         elif self.fetcher is not None:
             self.fetcher.close()
             self.fetcher = None
@@ -105,7 +103,7 @@ class Stapling:
         return entry
 
     def fileno(self) -> int | None:
-        return self.fetcher.sock.fileno() if self.fetcher else None
+        return self.fetcher.fileno() if self.fetcher else None
 
     def wake(self) -> float | None:
         """Seconds until tick() has something to do (None: nothing planned)."""
@@ -148,7 +146,7 @@ class Stapling:
                               f"staples ({why}); they stay in memory")
         if self.fetcher and not self.fetcher.alive():
             log.error("{core} OCSP fetcher process gone; starting another")
-            self.fetcher = Fetcher(self.fetcher.cfg)
+            self.fetcher = new_fetcher(self.fetcher.cfg)
         return out
 
     def _apply(self, path: str, e: Entry, step: ocsp.Step, out: list) -> None:
@@ -183,71 +181,10 @@ def read_message(data: bytes) -> tuple[str, bytes | None, bytes]:
     return path, base64.b64decode(der) if der else None, base64.b64decode(leaf)
 
 
-class Fetcher:
-    """A child process that asks OCSP responders, one request at a time."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.pid = os.fork()
-        if self.pid == 0:  # (the arbiter's signal handling is not for this process)
-            code = 1
-            try:
-                for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.set_wakeup_fd(-1)
-                self.sock.close()
-                drop_privileges(cfg, jail=False)  # (it only speaks HTTP: --user's rights do)
-                code = _serve(theirs, cfg.ocsp_connect_tmo, cfg.ocsp_resp_tmo)
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.sock.setblocking(False)
-
-    def ask(self, path: str, url: str, request: bytes) -> None:
-        try:
-            self.sock.send(json.dumps([path, url, base64.b64encode(request).decode()]).encode())
-        except OSError as e:
-            log.error(f"{{core}} OCSP fetcher: cannot ask for {path}: {e.strerror}")
-
-    def answers(self) -> list[tuple[str, bytes | None, str]]:
-        out = []
-        while True:
-            try:
-                data = self.sock.recv(MAX_MESSAGE)
-            except (BlockingIOError, InterruptedError):
-                return out
-            except OSError:
-                data = b""
-            if not data:
-                return out
-            path, der, error = json.loads(data)
-            out.append((path, base64.b64decode(der) if der else None, error))
-
-    def alive(self) -> bool:
-        try:
-            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
-        except ChildProcessError:
-            return False
-
-    def close(self) -> None:
-        self.sock.close()  # (EOF: it exits)
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
-
-
-def _serve(sock: socket.socket, connect_timeout: float, response_timeout: float) -> int:
-    while data := sock.recv(MAX_MESSAGE):
-        path, url, request = json.loads(data)
-        try:
-            der = ocsp.fetch(url, base64.b64decode(request), connect_timeout, response_timeout)
-            answer = [path, base64.b64encode(der).decode(), ""]
-        except ocsp.OcspError as e:
-            answer = [path, None, str(e)]
-        sock.send(json.dumps(answer).encode())
-    return 0
+def new_fetcher(cfg: Config) -> Fetcher:
+    """The child process that asks OCSP responders."""
+    return Fetcher(cfg, "OCSP", lambda url, request: ocsp.fetch(
+        url, request, cfg.ocsp_connect_tmo, cfg.ocsp_resp_tmo), ocsp.OcspError)
 
 
 def _fetcher_settings(cfg: Config) -> tuple:

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from stud import crl
+from stud import crl, crlfetch
 from stud.config import Config, ConfigError, Pem, file_stamp
+from stud.fetcher import Fetcher
 from stud.log import log
 from stud.tls import SSLEXT_MISSING, sslext
 
@@ -36,6 +37,9 @@ class Trust:
     depth: int
     crls: tuple[str, ...]
     crl_check: str
+    fetch: bool = False                  # --crl-fetch
+    fetch_urls: tuple[str, ...] = ()     # crl-fetch-url: besides the distribution points
+    interval: float = crl.REFRESH_INTERVAL
 
     @classmethod
     def of(cls, cfg: Config, pem: Pem | None) -> Trust | None:
@@ -49,11 +53,13 @@ class Trust:
             raise ConfigError(f"client-verify = {mode} needs client-verify-ca (the CA "
                               "certificates client certificates must chain to)")
         return cls(mode, ca, cfg.client_verify_depth, tuple(cfg.client_verify_crl),
-                   cfg.client_verify_crl_check)
+                   cfg.client_verify_crl_check, cfg.crl_fetch, tuple(cfg.crl_fetch_url),
+                   cfg.crl_refresh_interval)
 
     def key(self) -> str:
         """How the master and the workers name it in messages."""
-        return json.dumps([self.mode, self.ca, self.depth, self.crls, self.crl_check])
+        return json.dumps([self.mode, self.ca, self.depth, self.crls, self.crl_check,
+                           self.fetch, self.fetch_urls])
 
 
 @dataclass
@@ -63,7 +69,9 @@ class Store:
     trust: Trust
     cas: list[x509.Certificate]
     sid: bytes
-    crls: list[bytes] = field(default_factory=list)  # DER, the good ones last read
+    crls: list[bytes] = field(default_factory=list)  # DER: in use
+    file_crls: list[bytes] = field(default_factory=list)  # the good ones last read
+    urls: list[str] = field(default_factory=list)  # --crl-fetch's sources
     stamps: dict[str, tuple] = field(default_factory=dict)
     expired: set[bytes] = field(default_factory=set)  # CRLs said to be expired (once each)
     contexts: list[ssl.SSLContext] = field(default_factory=list)
@@ -75,7 +83,7 @@ class Store:
     def apply(self, ctx: ssl.SSLContext) -> None:
         """Put this trust into ctx: its mode, CA names, depth, CRL checks and store."""
         ctx.verify_mode = MODES[self.trust.mode]
-        if self.trust.crls:
+        if self.trust.crls or self.urls:
             ctx.verify_flags |= (ssl.VERIFY_CRL_CHECK_CHAIN if self.trust.crl_check == "chain"
                                  else ssl.VERIFY_CRL_CHECK_LEAF)
         cas = self.cas_der
@@ -101,10 +109,17 @@ class Store:
                           "last read")
                 return False
         self.stamps = stamps
-        if ders == self.crls:
+        if ders == self.file_crls:
             return False
-        self.crls = ders
-        return True
+        self.file_crls = ders
+        return self.refresh()
+
+    def refresh(self) -> bool:
+        """The CRLs in use: the files', then the last good download of each source; True if
+        they changed."""
+        crls = self.file_crls + [d for u in self.urls if (d := crlfetch.source(u).der)]
+        changed, self.crls = crls != self.crls, crls
+        return changed
 
     def _checked(self, path: str) -> list[bytes]:
         with open(path, "rb") as f:
@@ -158,21 +173,52 @@ class Trusts:
     def sid(self, ctx: ssl.SSLContext) -> bytes:
         return self.sids.get(id(ctx), NO_VERIFY_SID)
 
-    def tick(self) -> list[tuple[str, list[bytes]]]:
-        """The master, once a second: CRL files read again where they changed (also set on the
-        master's contexts, so workers forked later have them), expired CRLs said once. Returns
-        (trust key, CRLs) for the running workers."""
+    @property
+    def fetching(self) -> bool:
+        return any(s.urls for s in self.stores.values())
+
+    def tick(self, fetcher: Fetcher | None) -> list[tuple[str, list[bytes]]]:
+        """The master, once a second: CRL files read again where they changed, downloads that
+        are due asked of fetcher, expired CRLs said once. Returns (trust key, CRLs) for the
+        running workers (also set on the master's contexts, for workers forked later)."""
         out, now = [], datetime.now(UTC)
         for trust, store in self.stores.items():
             if store.read_crls(strict=False):
-                log.info(f"{{core}} client-verify-crl: {len(store.crls)} CRL(s) now in use "
-                         f"from {', '.join(trust.crls)}")
-                for ctx in store.contexts:
-                    sslext.set_verify_store(ctx, store.cas_der, store.crls)
-                out.append((trust.key(), store.crls))
+                log.info(f"{{core}} client-verify-crl: {len(store.file_crls)} CRL(s) now in "
+                         f"use from {', '.join(trust.crls)}")
+                out.append(self._push(store))
             for line in store.expired_now(now):
                 log.error(f"{{core}} client-verify-crl: {line}")
+            for url in store.urls if fetcher else ():
+                src = crlfetch.source(url)
+                if not src.pending and src.due <= now:
+                    src.pending = True
+                    fetcher.ask(url, url)
         return out
+
+    def receive(self, answers: list[tuple[str, bytes | None, str]],
+                ) -> list[tuple[str, list[bytes]]]:
+        """The master: what the CRL fetcher answered; as tick()."""
+        out, now = [], datetime.now(UTC)
+        for url, body, error in answers:
+            src = crlfetch.source(url)
+            src.pending = False
+            users = [s for s in self.stores.values() if url in s.urls]
+            if not users:
+                continue  # (a source a reload dropped)
+            if body is None:
+                src.failed(error, now, users[0].trust.interval)
+            elif src.took(body, [c for s in users for c in s.cas], now,
+                          users[0].trust.interval):
+                out += [self._push(s) for s in users if s.refresh()]
+        return out
+
+    @staticmethod
+    def _push(store: Store) -> tuple[str, list[bytes]]:
+        store.refresh()
+        for ctx in store.contexts:
+            sslext.set_verify_store(ctx, store.cas_der, store.crls)
+        return store.trust.key(), store.crls
 
     def update(self, key: str, crls: list[bytes]) -> None:
         """A worker: the master's new CRLs for the trust named key."""
@@ -182,14 +228,17 @@ class Trusts:
                 for ctx in store.contexts:
                     sslext.set_verify_store(ctx, store.cas_der, crls)
 
-    def crl_gauges(self) -> dict[str, tuple[int, float]]:
-        """Per CRL (its issuer): entries and seconds until its nextUpdate (negative: past)."""
+    def crl_gauges(self) -> dict[str, tuple[int, float, float]]:
+        """Per CRL in use (by issuer): entries, its age (since thisUpdate) and the seconds
+        until its nextUpdate (negative: past; 0: none), in seconds."""
         out, now = {}, datetime.now(UTC)
         for store in self.stores.values():
             for der in store.crls:
                 one = x509.load_der_x509_crl(der)
-                left = (one.next_update_utc - now).total_seconds() if one.next_update_utc else 0.0
-                out[one.issuer.rfc4514_string()] = (len(one), left)
+                nxt = one.next_update_utc
+                out[one.issuer.rfc4514_string()] = (
+                    len(one), (now - one.last_update_utc).total_seconds(),
+                    (nxt - now).total_seconds() if nxt else 0.0)
         return out
 
 
@@ -205,7 +254,16 @@ def _new_store(trust: Trust) -> Store:
     sid = hashlib.sha256(trust.key().encode() + b"".join(c.public_bytes(Encoding.DER)
                                                          for c in cas)).digest()
     store = Store(trust, cas, sid)
+    if trust.fetch:
+        store.urls = crlfetch.urls_of(cas, trust.fetch_urls)
+        if not store.urls:
+            raise ConfigError(f"crl-fetch: the certificates of client-verify-ca '{trust.ca}' "
+                              "name no http CRL distribution point (give crl-fetch-url)")
+        for url in store.urls:
+            if crlfetch.source(url).der is None:
+                crlfetch.fetch_now(crlfetch.source(url), cas, trust.interval)
     store.read_crls(strict=True)
+    store.refresh()
     for line in store.expired_now(datetime.now(UTC)):
         log.error(f"{{core}} client-verify-crl: {line}")
     return store

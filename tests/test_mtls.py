@@ -5,8 +5,10 @@ checked with openssl s_client, curl and Python clients presenting real certifica
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -458,3 +460,52 @@ def echo_listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# -- --crl-fetch ---------------------------------------------------------------------------
+@pytest.fixture
+def crl_server(procs, tmp_path):
+    """A loopback HTTP server for the CRLs of a PKI whose certificates name it."""
+    port = free_port()
+    pki = client_pki.make(tmp_path / "pki", cdp=f"http://127.0.0.1:{port}")
+    server = Proc([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                   "--directory", str(pki.dir)], tmp_path / "http.out", env=tool_env())
+    procs.append(server)
+    wait_for(lambda: echo_listening(port), timeout=15)
+    return pki, port, server
+
+
+def test_crl_fetch_downloads_refreshes_and_keeps_the_last_good(stud, backend, pem, crl_server):
+    pki, port, server = crl_server
+    mport = free_port()
+    inter = f"http://127.0.0.1:{port}/inter.crl"
+    s = stud(f"--client-verify-ca={pki.ca_bundle}", "--client-verify=required", "--crl-fetch",
+             f"--crl-fetch-url={inter}", "--crl-refresh-interval=1",
+             f"--metrics=127.0.0.1,{mport}", pem, backend_port=backend("echo"))
+    workers = s.workers()
+    # The root's CRL from the intermediate's distribution point, the intermediate's as given.
+    out = s.output()
+    assert f"crl-fetch: http://127.0.0.1:{port}/root.crl: 0 revoked" in out
+    assert f"crl-fetch: {inter}: 1 revoked" in out
+    assert round_trip(s.port, as_client(pki, "good")) == b"ping"
+    assert "CERTIFICATE_REVOKED" in str(round_trip(s.port, as_client(pki, "revoked")))
+    pki.write_crls(inter_revoked=[], number=2)  # the CA takes the revocation back
+    wait_for(lambda: round_trip(s.port, as_client(pki, "revoked")) == b"ping", timeout=15,
+             step=0.3)
+    assert s.workers() == workers
+    m = scrape(mport)
+    assert m[f"stud_crl_fetch_ok{{url={inter}}}"] == 1
+    assert m["stud_crl_entries{issuer=CN=stud test client intermediate CA}"] == 0
+    assert 0 < m["stud_crl_next_update_seconds{issuer=CN=stud test client intermediate CA}"]
+    server.stop(signal.SIGTERM)  # the distribution point goes away: the last good CRL stays
+    wait_for(lambda: f"crl-fetch: CRL {inter}" in s.output(), timeout=15)
+    assert "keeping the last good CRL" in s.output()
+    assert round_trip(s.port, as_client(pki, "revoked")) == b"ping"
+    assert scrape(mport)[f"stud_crl_fetch_ok{{url={inter}}}"] == 0
+    assert s.output().count(f"crl-fetch: CRL {inter}") == 1  # said once, not each retry
+
+
+def test_crl_fetch_needs_a_distribution_point(stud, pem, cpki):
+    s = stud(*verify_args(cpki), "--crl-fetch", pem, wait=False)
+    s.proc.wait(timeout=20)
+    assert s.proc.returncode != 0 and "name no http CRL distribution point" in s.output()
