@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import ssl
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from stud.trust import Trust, Trusts
 
 KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
                        re.S)
+CERT_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
 
 
 @dataclass
@@ -80,6 +82,40 @@ def read_pem(pem: Pem) -> tuple[list[str], bytes, str]:
         raise bad("the private key does not match the (first) certificate")
     digest = hashlib.sha256(data + (keydata if pem.key else b"")).digest()
     return cert_names(chain[0]), digest, key_kind(key)
+
+
+def split_pem(pem: Pem) -> list[bytes]:
+    """One PEM file with two private keys (an RSA and an ECDSA certificate for the same names,
+    as HAProxy's bundles): each key with its certificate and the chain that follows it, in file
+    order; a file with one key (or a separate key file): [] (it is read as it is)."""
+    if pem.key:
+        return []
+    try:
+        with open(pem.cert, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []  # (read_pem() says why)
+    keys = [m.group(0) for m in KEY_BLOCK.finditer(data)]
+    if len(keys) < 2:
+        return []
+    certs = CERT_BLOCK.findall(data)
+    try:
+        spki = [x509.load_pem_x509_certificate(c).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            for c in certs]
+        pubs = [serialization.load_pem_private_key(k, password=None).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            for k in keys]
+    except (ValueError, TypeError):
+        raise ConfigError(f"pem-file '{pem.cert}': a certificate or a key cannot be read "
+                          "(a file with several keys needs each unencrypted)") from None
+    leaves = [i for i, k in enumerate(spki) if k in pubs]
+    if len(leaves) != len(keys):
+        raise ConfigError(f"pem-file '{pem.cert}': {len(keys)} private keys, but "
+                          f"{len(leaves)} certificates that match one")
+    ends = [*leaves[1:], len(certs)]
+    return [b"\n".join(certs[i:end]) + b"\n" + keys[pubs.index(spki[i])] + b"\n"
+            for i, end in zip(leaves, ends, strict=True)]
 
 
 def key_kind(key: object) -> str:
@@ -217,8 +253,7 @@ class _Builder:
         if k not in self.contexts:
             trust = Trust.of(fcfg, pem)  # (a setting's error is not the file's: never skipped)
             try:
-                names, digest, kind = read_pem(pem)
-                ctx = tls.server_context(fcfg, pem)
+                names, digest, kind, ctx = self.load(pem, fcfg)
             except ConfigError as e:
                 if not skip:
                     raise
@@ -230,6 +265,34 @@ class _Builder:
                 self.trusts.attach(ctx, trust)
                 self.contexts[k] = Cert(pem, names, digest, ctx, kind)
         return self.contexts[k]
+
+    @staticmethod
+    def load(pem: Pem, fcfg: Config) -> tuple[list[str], bytes, str, ssl.SSLContext]:
+        """pem's names, digest, key algorithm(s) and context; a file with two keys gives one
+        context serving both certificates (through private copies of each part, removed at
+        once: OpenSSL reads a chain file as one certificate, its chain and one key)."""
+        parts = split_pem(pem)
+        if not parts:
+            names, digest, kind = read_pem(pem)
+            return names, digest, kind, tls.server_context(fcfg, pem)
+        with tempfile.TemporaryDirectory(prefix="stud-pem-") as tmp:
+            got = []
+            for n, part in enumerate(parts):
+                path = os.path.join(tmp, f"part{n}.pem")
+                with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+                    f.write(part)
+                got.append((Pem(path), read_pem(Pem(path))))
+            if len({frozenset(names) for _, (names, _, _) in got}) > 1:
+                raise ConfigError(f"pem-file '{pem.cert}': its certificates are for different "
+                                  "names (two keys in one file are for one name set)")
+            ctx = tls.server_context(fcfg, got[0][0])
+            for part, _ in got[1:]:
+                try:
+                    ctx.load_cert_chain(part.cert)
+                except ssl.SSLError as e:
+                    raise ConfigError(f"pem-file '{pem.cert}': {e.reason or e}") from None
+        digest = hashlib.sha256(b"".join(d for _, (_, d, _) in got)).digest()
+        return got[0][1][0], digest, "+".join(k for _, (_, _, k) in got), ctx
 
     def table(self, f: Frontend, key: tuple) -> SniTable:
         """f's table; key: what makes tables alike (their contexts are shared)."""

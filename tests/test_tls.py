@@ -8,6 +8,7 @@ import ssl
 import struct
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from helpers import (
@@ -235,14 +236,19 @@ def served_key(c: ssl.SSLSocket) -> str:
 
 
 @pytest.mark.parametrize("sni", ["dual.test", None], ids=["by-name", "default"])
+@pytest.mark.parametrize("one_file", [False, True], ids=["two-files", "one-file"])
 def test_an_rsa_and_an_ecdsa_certificate_for_the_same_names_are_both_served(
-        stud, backend, pki, sni):
+        stud, backend, pki, sni, one_file):
     """Both in one context: each client gets the one it supports (before, the first PEM won
     and an RSA-only client failed its handshake)."""
     rsa_pem = pki.make(["dual.test"], key="rsa")
     ec_pem = pki.make(["dual.test"], key="ec")
     other = pki.make(["other.test"])
     pems = [other, rsa_pem, ec_pem] if sni else [other, ec_pem, rsa_pem]
+    if one_file:  # both certificates and both keys in one PEM
+        both = pki.root / f"both-{sni}.pem"
+        both.write_bytes(Path(pems[1]).read_bytes() + Path(pems[2]).read_bytes())
+        pems = [other, str(both)]
     s = stud(*pems, backend_port=backend("echo"))
     with tls_connect(s.port, sni=sni) as c:
         assert served_key(c) == "ec"  # (an ordinary client offers ECDSA first)
@@ -255,3 +261,13 @@ def test_an_rsa_and_an_ecdsa_certificate_for_the_same_names_are_both_served(
     out = s_client(s.port, *(["-servername", sni] if sni else ["-noservername"]),
                    "-sigalgs", "rsa_pss_rsae_sha256:rsa_pss_pss_sha256").output
     assert "Server public key is 2048 bit" in out and "TLSv1.3" in out, out[-800:]
+
+
+def test_one_pem_with_two_keys_for_different_names_is_refused(stud, pki):
+    a, b = pki.make(["a.two"], key="rsa"), pki.make(["b.two"], key="ec")
+    both = pki.root / "two-names.pem"
+    both.write_bytes(Path(a).read_bytes() + Path(b).read_bytes())
+    s = stud(str(both), wait=False)
+    s.proc.wait(timeout=20)
+    assert s.proc.returncode != 0
+    assert f"pem-file '{both}': its certificates are for different names" in s.output()
