@@ -15,6 +15,7 @@ from pathlib import Path
 
 import client_pki
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from helpers import (
@@ -39,8 +40,15 @@ from stud import proxyproto
 
 @pytest.fixture(scope="module")
 def cpki(tmp_path_factory: pytest.TempPathFactory) -> client_pki.ClientPKI:
-    """One PKI for the tests that only read it."""
-    return client_pki.make(tmp_path_factory.mktemp("client-pki"))
+    """One PKI for the tests that only read it, plus "badsig": the good client's certificate
+    with one bit of its signature flipped."""
+    pki = client_pki.make(tmp_path_factory.mktemp("client-pki"))
+    der = bytearray(pki.good.cert.public_bytes(Encoding.DER))
+    der[-1] ^= 0x01
+    pki.path("badsig", ".crt").write_bytes(
+        x509.load_der_x509_certificate(bytes(der)).public_bytes(Encoding.PEM))
+    pki.path("badsig", ".key").write_bytes(pki.path("good", ".key").read_bytes())
+    return pki
 
 
 def as_client(pki: client_pki.ClientPKI, name: str | None, **kw: object) -> ssl.SSLContext:
@@ -74,11 +82,13 @@ REFUSED = {
     "revoked": ("CERTIFICATE_REVOKED", "certificate revoked"),
     "selfsigned": ("UNKNOWN_CA", "self-signed certificate"),
     "other": ("UNKNOWN_CA", "unable to get local issuer certificate"),
+    "badsig": ("DECRYPT_ERROR", "certificate signature failure"),
 }
 
 
 @pytest.mark.parametrize("mode", ["required", "optional"])
-@pytest.mark.parametrize("name", ["good", "expired", "revoked", "selfsigned", "other", None])
+@pytest.mark.parametrize("name", ["good", "expired", "revoked", "selfsigned", "other", "badsig",
+                                  None])
 def test_each_client_certificate_in_each_mode(stud, backend, pem, cpki, mode, name):
     s = stud(*verify_args(cpki, mode, cpki.crls), pem, backend_port=backend("echo"))
     got = round_trip(s.port, as_client(cpki, name))
@@ -107,6 +117,14 @@ def test_refusals_are_logged_at_the_default_level(stud, backend, pem, cpki):
     lines = conn_lines(s.output())
     assert [ln["reason"] for ln in lines] == [
         "client certificate refused: unable to get local issuer certificate"]
+
+
+def test_none_asks_for_no_certificate(stud, backend, pem, cpki):
+    s = stud("--client-verify=none", f"--client-verify-ca={cpki.ca_bundle}", pem,
+             backend_port=backend("echo"))
+    assert "No client certificate CA names sent" in s_client(s.port, "-tls1_2").output
+    assert round_trip(s.port, as_client(cpki, "selfsigned")) == b"ping"  # (never asked for)
+    assert "client_cert" not in s.output()
 
 
 def test_the_certificate_request_names_the_accepted_cas(stud, backend, pem, cpki):
