@@ -969,7 +969,7 @@ def help_text(cfg: Config) -> str:
         arg = f"={opt.metavar}" if opt.metavar else ""
         value = getattr(cfg, opt.dest, None) if opt.kind != "action" else None
         also = "".join(f" (also --{a})" for a in opt.aliases)
-        out.append(f"  {short}  --{opt.name}{arg}".ljust(40) + opt.help + also
+        out.append(f"  {short}  --{opt.name}{arg}".ljust(39) + " " + opt.help + also
                    + _default_text(opt, value))
     out += ["", "Boolean options also take =on or =off. Every option can be set in the config",
             "file as 'name = value'; the last PEM listed is the default certificate."]
