@@ -143,6 +143,8 @@ def run_threads(target: Callable[[], None], n: int, limit: float) -> float:
 
 def run_hs(a: argparse.Namespace) -> dict:
     ctx = _ctx(a.tls, a.ciphers, a.resume)
+    if a.cert:
+        ctx.load_cert_chain(a.cert)
     stats = {"completed": 0, "resumed": 0, "errors": 0, "lat": 0.0}
     lock = threading.Lock()
     deadline = time.monotonic() + a.duration
@@ -286,6 +288,7 @@ def main() -> int:
     p.add_argument("--ciphers")
     p.add_argument("--path", default="/")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--cert", help="hs: client certificate, its chain and key (one PEM)")
     p.add_argument("--hold", type=float, default=600.0)
     p.add_argument("--setup-timeout", type=float, default=300.0)
     a = p.parse_args()

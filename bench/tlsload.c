@@ -11,6 +11,10 @@
  *            a "ready" JSON line, holds the connections until stdin is closed or a
  *            line arrives on it (or -w seconds pass), then prints a "done" line.
  *
+ * -E FILE presents a client certificate (FILE: the certificate, then its chain; the key
+ * too unless -K FILE names another file).  "cert_requested" counts the completed
+ * connections on which the server asked for one.
+ *
  * Output: one JSON object per line on stdout.
  * Build:  gcc -O2 -o tlsload tlsload.c -lssl -lcrypto
  */
@@ -46,17 +50,18 @@ struct conn {
     long need;             /* idle mode: total response length once headers are parsed */
     char head[512];        /* first bytes of the response, for the status line/headers */
     size_t head_len;
+    int cert_requested;    /* the server sent a CertificateRequest */
 };
 
 static struct {
-    const char *mode, *addr, *path, *groups, *ciphers, *host;
+    const char *mode, *addr, *path, *groups, *ciphers, *host, *cert, *key;
     int port, conc, count, tls, resume;
     double duration, hold, setup_timeout, conn_timeout;
-} opt = {"hs", "127.0.0.1", "/", "X25519", NULL, "localhost", 0, 32, 100, 13, 0,
-         5.0, 600.0, 300.0, 10.0};
+} opt = {"hs", "127.0.0.1", "/", "X25519", NULL, "localhost", NULL, NULL, 0, 32, 100, 13,
+         0, 5.0, 600.0, 300.0, 10.0};
 
 static struct {
-    long completed, resumed, err_connect, err_handshake, err_io, err_status, err_timeout;
+    long completed, resumed, cert_requested, err_connect, err_handshake, err_io, err_status, err_timeout;
     long established, dropped;
     double lat_sum;
 } st;
@@ -80,6 +85,16 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess) {
     if (!c) return 0;
     if (c->sess) SSL_SESSION_free(c->sess);
     c->sess = sess; /* keep the reference */
+    return 1;
+}
+
+/* OpenSSL calls a client's cert_cb only on a CertificateRequest: proof that the server asked,
+ * which the client cannot see otherwise (with TLS 1.3 its handshake ends before the server
+ * has verified anything). */
+static int cert_cb(SSL *ssl, void *arg) {
+    (void)arg;
+    struct conn *c = SSL_get_ex_data(ssl, sess_idx);
+    if (c) c->cert_requested = 1;
     return 1;
 }
 
@@ -245,6 +260,7 @@ static int conn_step(struct conn *c, int is_hs) {
                     /* a clean end: keeps the session resumable (SSL_free would spoil it) */
                     SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
                     st.completed++;
+                    st.cert_requested += c->cert_requested;
                     st.lat_sum += now() - c->t_start;
                 } else {
                     st.err_status++;
@@ -282,13 +298,14 @@ static void print_params(void) {
 static void usage(void) {
     fprintf(stderr,
             "usage: tlsload -p PORT [-m hs|idle] [-a ADDR] [-c CONC] [-d SECS] [-n COUNT]\n"
-            "               [-t 12|13] [-g GROUPS] [-C CIPHERS] [-P PATH] [-w HOLD] [-r]\n");
+            "               [-t 12|13] [-g GROUPS] [-C CIPHERS] [-P PATH] [-w HOLD] [-r]\n"
+            "               [-E CERT_CHAIN_FILE [-K KEY_FILE]]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     int ch;
-    while ((ch = getopt(argc, argv, "m:a:p:c:d:n:t:g:C:P:w:S:r")) != -1) {
+    while ((ch = getopt(argc, argv, "m:a:p:c:d:n:t:g:C:P:w:S:rE:K:")) != -1) {
         switch (ch) {
         case 'm': opt.mode = optarg; break;
         case 'a': opt.addr = optarg; break;
@@ -303,6 +320,8 @@ int main(int argc, char **argv) {
         case 'w': opt.hold = atof(optarg); break;
         case 'S': opt.setup_timeout = atof(optarg); break;
         case 'r': opt.resume = 1; break;
+        case 'E': opt.cert = optarg; break;
+        case 'K': opt.key = optarg; break;
         default: usage();
         }
     }
@@ -329,6 +348,17 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bad groups list\n");
         return 2;
     }
+    if (opt.cert) {
+        const char *key = opt.key ? opt.key : opt.cert;
+        if (SSL_CTX_use_certificate_chain_file(ctx, opt.cert) != 1 ||
+            SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(ctx) != 1) {
+            fprintf(stderr, "cannot use client certificate %s / key %s\n", opt.cert, key);
+            ERR_print_errors_fp(stderr);
+            return 2;
+        }
+    }
+    SSL_CTX_set_cert_cb(ctx, cert_cb, NULL);
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     sess_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
@@ -378,10 +408,10 @@ int main(int argc, char **argv) {
             }
         }
         double el = now() - t0;
-        printf("{\"mode\":\"hs\",\"completed\":%ld,\"resumed\":%ld,\"duration\":%.4f,"
-               "\"rate\":%.2f,\"mean_ms\":%.3f,\"errors\":%ld,\"err_connect\":%ld,"
+        printf("{\"mode\":\"hs\",\"completed\":%ld,\"resumed\":%ld,\"cert_requested\":%ld,"
+               "\"duration\":%.4f,\"rate\":%.2f,\"mean_ms\":%.3f,\"errors\":%ld,\"err_connect\":%ld,"
                "\"err_handshake\":%ld,\"err_io\":%ld,\"err_status\":%ld,\"err_timeout\":%ld,",
-               st.completed, st.resumed, el, st.completed / el,
+               st.completed, st.resumed, st.cert_requested, el, st.completed / el,
                st.completed ? 1000 * st.lat_sum / st.completed : 0.0,
                st.err_connect + st.err_handshake + st.err_io + st.err_status + st.err_timeout,
                st.err_connect, st.err_handshake, st.err_io, st.err_status, st.err_timeout);

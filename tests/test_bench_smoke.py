@@ -23,8 +23,11 @@ def test_bench_smoke_produces_numbers(tmp_path):
         capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     results = json.loads((tmp_path / "latest.json").read_text())
-    for scenario in ("hs_new", "conn_resumed", "rps_keepalive", "bulk"):
+    for scenario in ("hs_new", "conn_resumed", "rps_keepalive", "bulk", "hs_mtls"):
         assert results["summary"][scenario]["stud"]["median"] > 0, scenario
+    # verified handshakes cost more CPU than plain ones
+    assert 0 < results["mtls"]["side_by_side"]["stud hs_mtls/hs_new"][0] < 1
+    assert not [p for p in results["problems"] if "mtls" in p], results["problems"]
     idle = next(iter(results["idle_mem"].values()))["stud"]
     assert idle["established"] == idle["count"]
     assert 0 < idle["kib_per_conn"] < memory_bound(100)

@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from . import __doc__ as DESCRIPTION
+from .backend import start_backend
 from .clients import WRK_LUA
 from .common import ALL_SCENARIOS, KINDS, REPO, log
 from .context import Bench
 from .idle import idle_phase
 from .meta import run_meta
+from .mtls import mtls_phase
 from .paired import aa_phase, paired_phase
 from .pinned import pinned_phase
 from .prepare import build_tlsload, ensure_installed, stud_command, which, write_work_files
 from .procs import raise_nofile
-from .proxies import scan_stud_logs, start_backend
+from .proxies import scan_stud_logs
 from .report import report
 from .unpinned import unpinned_phase
 
@@ -49,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--budget",
         type=float,
-        help="minutes before remaining reps are skipped (default 22, smoke 2)",
+        help="minutes before remaining reps are skipped (default 28, smoke 2)",
     )
     p.add_argument(
         "--out",
@@ -95,7 +97,7 @@ def _apply_defaults(a: argparse.Namespace) -> None:
         int(x) for x in (a.idle_counts or ("200" if smoke else "2000,20000")).split(",")
     ]
     a.resume_reconnects = a.resume_reconnects or (5 if smoke else 20)
-    a.budget = a.budget or (2.0 if smoke else 22.0)
+    a.budget = a.budget or (2.0 if smoke else 28.0)
     a.install = (not smoke) if a.install is None else a.install
     a.out = a.out or (
         Path(tempfile.gettempdir()) / "stud-bench-smoke" if smoke else REPO / "docs" / "benchmarks"
@@ -139,7 +141,9 @@ def run_all(b: Bench) -> dict[str, Any]:
             log("no proxy to benchmark")
             return {}
         meta = run_meta(b)
-        for phase in (pinned_phase, paired_phase, aa_phase, idle_phase, unpinned_phase):
+        # hs_mtls last: the phases before it run as they did before it existed.
+        phases = (pinned_phase, paired_phase, aa_phase, idle_phase, unpinned_phase, mtls_phase)
+        for phase in phases:
             phase(b)
     except KeyboardInterrupt:
         log("interrupted: writing what was measured")

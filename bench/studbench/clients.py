@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from .common import BENCH, CLIENT_ERRORS, HOST, RSA_CIPHER
 from .context import Bench, Instance
@@ -61,15 +62,18 @@ def run_clients(b: Bench, argv: list[str], timeout: float, copies: int = 1) -> l
     return outs
 
 
-def hs_argv(b: Bench, port: int, tls: int, dur: float, conc: int, resume: bool) -> list[str]:
+def hs_argv(b: Bench, port: int, tls: int, dur: float, conc: int, resume: bool,
+            client_pem: Path | None = None) -> list[str]:
     if b.tlsload:
         opts = f"-m hs -p {port} -c {conc} -d {dur} -t {tls} -g X25519"
         argv = [str(b.tlsload), *opts.split()]
         if tls == 12:
             argv += ["-C", RSA_CIPHER]
+        argv += ["-E", str(client_pem)] if client_pem else []
         return argv + (["-r"] if resume else [])
     argv = pyload_argv("hs", port, "--conc", str(min(conc, 8)), "--duration", str(dur))
     argv += ["--tls", str(tls)] + (["--ciphers", RSA_CIPHER] if tls == 12 else [])
+    argv += ["--cert", str(client_pem)] if client_pem else []
     return argv + (["--resume"] if resume else [])
 
 
@@ -78,13 +82,14 @@ def run_hs(b: Bench, inst: Instance, tls: int, resume: bool = False, dur: float 
     (one pinned, two unpinned), the slots split between them."""
     dur = dur or b.args.duration
     copies = len(b.client_cpus) if b.tlsload else 1
-    argv = hs_argv(b, inst.port, tls, dur, max(1, b.args.hs_conc // copies), resume)
+    argv = hs_argv(b, inst.port, tls, dur, max(1, b.args.hs_conc // copies), resume,
+                   inst.mtls.client_pem if inst.mtls else None)
     rs = [json.loads(o.strip().splitlines()[-1]) for o in run_clients(b, argv, dur + 60, copies)]
     r = rs[0]
     total = {
         k: sum(x.get(k, 0) for x in rs)
         for k in r
-        if k == "completed" or k == "resumed" or k.startswith("err")
+        if k in ("completed", "resumed", "cert_requested") or k.startswith("err")
     }
     duration = max(x["duration"] for x in rs)
     res = {
@@ -93,6 +98,7 @@ def run_hs(b: Bench, inst: Instance, tls: int, resume: bool = False, dur: float 
         "value": total["completed"] / duration,
         "duration": duration,
         "resumed": total["resumed"],
+        "cert_requested": total.get("cert_requested"),  # None: pyload cannot tell
         "errors": total["errors"],
         "mean_ms": statistics.mean(x.get("mean_ms") or 0 for x in rs),
         "negotiated": {k: r.get(k) for k in ("proto", "cipher", "kex", "cert")},

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .certs import ClientAuth
 from .common import CLIENT_CPUS, log
 from .prepare import StudCommand
 from .procs import Processes, Started
@@ -22,6 +23,8 @@ class Results:
     resume: dict[str, dict[str, dict]] = field(default_factory=dict)  # kind -> mode
     paired: dict[str, list[float]] = field(default_factory=dict)  # scenario -> hitch/stud
     aa: dict[str, list[float]] = field(default_factory=dict)  # method -> hitch-A/hitch-B
+    mtls: dict[str, list[float]] = field(default_factory=dict)  # pair -> side-by-side ratios
+    mtls_na: dict[str, str] = field(default_factory=dict)  # proxy -> why it has no hs_mtls
     idle_capped: dict[int, int] = field(default_factory=dict)  # wanted -> measured count
     close_reasons: dict[str, int] = field(default_factory=dict)  # from stud's connection log
     notes: list[str] = field(default_factory=list)  # warnings stud printed
@@ -51,6 +54,7 @@ class Instance:
     proc: Started | None = None  # None: not started, or stopped
     argv: list[str] = field(default_factory=list)
     extra: tuple[str, ...] = ()  # more stud options
+    mtls: ClientAuth | None = None  # requires verified client certificates; clients present one
     error: str = ""
 
     def pids(self) -> list[int]:

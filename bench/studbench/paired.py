@@ -5,6 +5,7 @@ method can resolve on this host (the A/A rows)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from .clients import run_hs, run_keepalive, run_resumed, warm_up
 from .common import CLIENT_ERRORS, PAIRED, PROXY_CPUS, log
@@ -74,10 +75,11 @@ def _aa_in_turn(b: Bench, insts: list[Instance], rep: int) -> None:
             log(f"rep {rep + 1} A/A {method}: hitch-A/hitch-B {r:.3f}")
 
 
-def side_by_side(b: Bench, scenario: str, insts: list[Instance], tls: int, rep: int
-                 ) -> float | None:
+def side_by_side(b: Bench, scenario: str, insts: list[Instance], tls: int, rep: int,
+                 check: Callable[[Instance, dict], None] | None = None) -> float | None:
     """Both instances loaded at once: the second's CPU per event over the first's (the
-    first's speed relative to the second)."""
+    first's speed relative to the second). check(instance, result) sees each client's
+    result."""
     results: dict[int, dict] = {}
 
     def load(i: int) -> None:
@@ -97,6 +99,9 @@ def side_by_side(b: Bench, scenario: str, insts: list[Instance], tls: int, rep: 
         t.join(b.args.duration + 120)
     cpu = [(sum(cpu_ticks(inst.pids()).values()) - before[i]) / CLK_TCK
            for i, inst in enumerate(insts)]
+    for i, res in results.items():
+        if check:
+            check(insts[i], res)
     if len(results) < 2 or not all(results[i]["events"] and cpu[i] for i in range(2)):
         return None
     per = [cpu[i] / results[i]["events"] * 1e6 for i in range(2)]  # CPU us per event

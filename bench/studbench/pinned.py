@@ -57,11 +57,11 @@ def pinned_one(b: Bench, scenario: str, kind: str, inst: Instance, rep: int) -> 
 
 def _measure_scenario(b: Bench, scenario: str, kind: str, inst: Instance, rep: int
                       ) -> dict | None:
-    if scenario in ("hs_new", "hs_new_rsa"):
+    if scenario in ("hs_new", "hs_new_rsa", "hs_mtls"):
         tls = 12 if scenario == "hs_new_rsa" else 13
         res = measure_events(b, inst, scenario, lambda: run_hs(b, inst, tls))
         if res:
-            _check_handshakes(b, scenario, kind, res, tls)
+            check_handshakes(b, scenario, kind, res, tls, mtls=inst.mtls is not None)
         return res
     if scenario == "conn_resumed":
         return measure_events(b, inst, scenario, lambda: run_resumed(b, inst))
@@ -78,11 +78,17 @@ def _measure_scenario(b: Bench, scenario: str, kind: str, inst: Instance, rep: i
     return res
 
 
-def _check_handshakes(b: Bench, scenario: str, kind: str, res: dict, tls: int) -> None:
-    """Full handshakes only, with the key exchange and certificate meant."""
+def check_handshakes(b: Bench, scenario: str, kind: str, res: dict, tls: int,
+                     mtls: bool = False) -> None:
+    """Full handshakes only, with the key exchange and certificate meant, and a client
+    certificate asked for on each (mtls) or on none."""
     want_cert = "rsaEncryption-2048" if tls == 12 else "id-ecPublicKey-256"
     neg = res["negotiated"]
     if res["resumed"]:
         b.problem(kind, f"{scenario}: {res['resumed']} handshakes were resumed")
+    asked = res.get("cert_requested")
+    if asked is not None and asked != (res["events"] if mtls else 0):
+        b.problem(kind, f"{scenario}: the proxy asked for a client certificate on {asked} "
+                  f"of {res['events']} handshakes")
     if b.tlsload and (neg["kex"] != "X25519" or neg["cert"] != want_cert):
         b.problem(kind, f"{scenario}: negotiated {neg}")

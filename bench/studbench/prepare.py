@@ -3,9 +3,7 @@ built, the certificates and the files the backend serves."""
 
 from __future__ import annotations
 
-import datetime
 import importlib.util
-import ipaddress
 import os
 import re
 import shlex
@@ -14,9 +12,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .common import BENCH, BIG_SIZE, HOST, MIB, REPO, log
+from .certs import make_pem
+from .common import BENCH, BIG_SIZE, MIB, REPO, log
 from .procs import run_capture
 
 
@@ -130,53 +128,3 @@ def write_work_files(work: Path, wrk_lua: str) -> None:
     os.chmod(work, 0o755)
     for p in [www, www / "big", work / "ecdsa.pem", work / "rsa.pem"]:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
-
-
-def make_pem(path: Path, kind: str) -> None:
-    """Self-signed certificate + key in one PEM file; kind is 'ecdsa' (P-256) or 'rsa'."""
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, rsa
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        _make_pem_openssl(path, kind)
-        return
-    key: Any = (
-        ec.generate_private_key(ec.SECP256R1())
-        if kind == "ecdsa"
-        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    )
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(
-        cert.public_bytes(serialization.Encoding.PEM)
-        + key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-def _make_pem_openssl(path: Path, kind: str) -> None:
-    key_opt = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
-    if kind == "rsa":
-        key_opt = ["-newkey", "rsa:2048"]
-    k, c = path.with_suffix(".key"), path.with_suffix(".crt")
-    argv = ["openssl", "req", "-x509", *key_opt, "-nodes", "-keyout", str(k), "-out", str(c)]
-    argv += "-subj /CN=localhost -days 30".split()
-    subprocess.run(argv, check=True, capture_output=True, timeout=60)
-    path.write_bytes(c.read_bytes() + k.read_bytes())

@@ -1,5 +1,5 @@
-"""The proxies and the backend: their command lines and configs, starting them pinned and
-ready, stopping them, and what stud wrote to its logs."""
+"""The proxies: their command lines and configs, starting them pinned and ready, stopping
+them, and what stud wrote to its logs."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import ssl
 import time
 from pathlib import Path
 
-from .clients import pyload_argv
-from .common import CLIENT_CPUS, HOST, log
+from .certs import ClientAuth
+from .common import HOST, log
 from .context import Bench, Instance
 from .prepare import which
 from .procs import STUD_PRELOAD, cpus_allowed, max_conns, set_affinity
@@ -46,11 +46,13 @@ def tcp_ready(port: int, timeout: float) -> bool:
     return False
 
 
-def tls_ready(port: int) -> bool:
-    """One TLS handshake + tiny request through the proxy."""
+def tls_ready(port: int, client_pem: Path | None = None) -> bool:
+    """One TLS handshake + tiny request through the proxy, presenting client_pem if given."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if client_pem:
+        ctx.load_cert_chain(client_pem)
     try:
         with socket.create_connection((HOST, port), timeout=2) as raw:
             with ctx.wrap_socket(raw, server_hostname="localhost") as s:
@@ -60,65 +62,14 @@ def tls_ready(port: int) -> bool:
         return False
 
 
-def nginx_conf(work: Path, port: int, nofile: int) -> Path:
-    www = work / "www"
-    conf = work / "nginx.conf"
-    conf.write_text(
-        f"""
-daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile {nofile};
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections {nofile}; multi_accept on; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/nginx-tmp/body;
-    proxy_temp_path {work}/nginx-tmp/proxy;
-    fastcgi_temp_path {work}/nginx-tmp/fastcgi;
-    uwsgi_temp_path {work}/nginx-tmp/uwsgi;
-    scgi_temp_path {work}/nginx-tmp/scgi;
-    keepalive_timeout 3600s;
-    keepalive_requests 1000000000;
-    sendfile on;
-    tcp_nopush on;
-    server {{
-        listen {HOST}:{port} backlog=4096;
-        root {www};
-        location = / {{ default_type text/plain; return 200 "hello world\\n"; }}
-        location = /big {{ default_type application/octet-stream; }}
-    }}
-}}
-"""
-    )
-    (work / "nginx-tmp").mkdir(exist_ok=True)
-    return conf
-
-
-def start_backend(b: Bench) -> None:
-    """nginx on the client CPU (pyload's backend without nginx or with --pure-python)."""
-    b.backend_port = free_port(b.ports)
-    nginx = None if b.args.pure_python else which("nginx")
-    if nginx:
-        conf = nginx_conf(b.work, b.backend_port, b.args.nofile)
-        argv = [nginx, "-p", str(b.work), "-c", str(conf)]
-        b.backend_kind = "nginx"
-    else:
-        argv = pyload_argv("backend", b.backend_port, "--big", str(b.work / "www/big"))
-        b.backend_kind = "pyload backend"
-    b.commands["backend"] = shlex.join(argv)
-    b.backend = b.procs.spawn("backend", argv, cpus=CLIENT_CPUS, log=b.work / "backend.log")
-    if not tcp_ready(b.backend_port, 15):
-        raise RuntimeError(f"backend did not start:\n{b.backend.log_tail()}")
-
-
 def proxy_argv(b: Bench, inst: Instance) -> list[str]:
     front, back = f"[{HOST}]:{inst.port}", f"[{HOST}]:{b.backend_port}"
     if inst.kind == "stud":
         assert b.stud.argv
+        verify = (f"--client-verify=required --client-verify-ca={inst.mtls.ca_bundle}".split()
+                  if inst.mtls else [])
         return [*b.stud.argv, "-f", front, "-b", back, "-n", str(inst.workers), *inst.extra,
-                str(inst.pem)]
+                *verify, str(inst.pem)]
     if inst.kind == "hitch":
         ocsp = b.work / "hitch-ocsp"
         ocsp.mkdir(exist_ok=True)
@@ -130,16 +81,29 @@ def proxy_argv(b: Bench, inst: Instance) -> list[str]:
             f"--workers={inst.workers}",
             "--user=nobody",
             f"--ocsp-dir={ocsp}",
+            *_hitch_verify(b, inst),
             str(inst.pem),
         ]
     conf = b.work / f"haproxy-{inst.label}.cfg"
     conf.write_text(haproxy_conf(inst, b.backend_port, b.args.nofile))
     one_line = "; ".join(ln.strip() for ln in conf.read_text().splitlines())
-    b.commands.setdefault(f"haproxy config ({inst.workers} worker)", one_line)
+    mtls = ", mTLS" if inst.mtls else ""
+    b.commands.setdefault(f"haproxy config ({inst.workers} worker{mtls})", one_line)
     return [which("haproxy") or "haproxy", "-db", "-f", str(conf)]
 
 
+def _hitch_verify(b: Bench, inst: Instance) -> list[str]:
+    """hitch 1.8 has client-verify in its config file only, not on its command line."""
+    if not inst.mtls:
+        return []
+    conf = b.work / f"hitch-{inst.label}.conf"
+    conf.write_text(f'client-verify = required\nclient-verify-ca = "{inst.mtls.ca_bundle}"\n')
+    conf.chmod(0o644)
+    return [f"--config={conf}"]
+
+
 def haproxy_conf(inst: Instance, backend_port: int, nofile: int) -> str:
+    verify = f" ca-file {inst.mtls.ca_bundle} verify required" if inst.mtls else ""
     return f"""global
     nbthread {inst.workers}
     maxconn {max_conns(nofile)}
@@ -149,7 +113,7 @@ defaults
     timeout client 3600s
     timeout server 3600s
 frontend fe
-    bind {HOST}:{inst.port} ssl crt {inst.pem}
+    bind {HOST}:{inst.port} ssl crt {inst.pem}{verify}
     default_backend be
 backend be
     server s1 {HOST}:{backend_port}
@@ -158,14 +122,15 @@ backend be
 
 def start_proxy(
     b: Bench, kind: str, label: str, pem: Path, workers: int, cpus: set[int],
-    extra: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (), mtls: ClientAuth | None = None,
 ) -> Instance:
-    """Starts a proxy and waits until it answers through TLS; its `proc` is None if not."""
-    inst = Instance(kind, label, free_port(b.ports), pem, workers, cpus, extra=extra)
+    """Starts a proxy and waits until it answers through TLS; its `proc` is None if not.
+    With mtls it requires client certificates (and is asked with one)."""
+    inst = Instance(kind, label, free_port(b.ports), pem, workers, cpus, extra=extra, mtls=mtls)
     inst.argv = proxy_argv(b, inst)
     b.commands.setdefault(
         f"{kind} ({workers} worker{'s' * (workers > 1)}{', ' * bool(extra)}"
-        f"{' '.join(extra)})", shlex.join(inst.argv)
+        f"{' '.join(extra)}{', mTLS' * bool(mtls)})", shlex.join(inst.argv)
     )
     env = dict(os.environ)
     if kind == "stud" and b.stud.pythonpath:
@@ -194,7 +159,7 @@ def _wait_ready(inst: Instance) -> bool:
     assert inst.proc
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and inst.proc.alive():
-        if tls_ready(inst.port):
+        if tls_ready(inst.port, inst.mtls.client_pem if inst.mtls else None):
             return True
         time.sleep(0.2)
     return False

@@ -10,6 +10,7 @@ from .chart import render_png
 from .common import log
 from .context import Bench
 from .meta import versions
+from .mtls_summary import mtls_table
 from .summary import fmt, summarize, targets_and_table
 
 
@@ -22,6 +23,8 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
     meta["elapsed_s"] = round(time.monotonic() - b.t_start, 1)
     summary = summarize(res)
     targets, rows = targets_and_table(b, summary)
+    mtls_targets, mtls_rows = mtls_table(b, summary)
+    targets, rows = targets + mtls_targets, rows + mtls_rows
     print_results(b, rows, targets)
     out.mkdir(parents=True, exist_ok=True)
     result = {
@@ -32,6 +35,7 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
         "resume": res.resume,
         "paired": res.paired,
         "aa": res.aa,
+        "mtls": {"side_by_side": res.mtls, "not_measured": res.mtls_na},
         "idle_capped": res.idle_capped,
         "stud_close_reasons": res.close_reasons,
         "stud_warnings": res.notes,
@@ -154,6 +158,7 @@ def _md_header(meta: dict) -> list[str]:
 def _md_notes(b: Bench) -> list[str]:
     reasons = sorted(b.results.close_reasons.items(), key=lambda kv: -kv[1])
     notes = [f"- stud printed: {n}" for n in b.results.notes]
+    notes += [f"- hs_mtls, {k}: n/a: {why}" for k, why in b.results.mtls_na.items()]
     if reasons:
         notes.append(
             "- stud's per-connection close reasons: "
