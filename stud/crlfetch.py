@@ -49,10 +49,8 @@ class Source:
         der = one.public_bytes(Encoding.DER)
         if der == self.der:
             return False
-        if self.der is not None:
-            old = x509.load_der_x509_crl(self.der)
-            if (one.last_update_utc, _number(one)) < (old.last_update_utc, _number(old)):
-                return False  # (a stale mirror: keep the newer one)
+        if self.der is not None and _age(one) < _age(x509.load_der_x509_crl(self.der)):
+            return False  # (a stale mirror: keep the newer one)
         self.der = der
         log.info(f"{{core}} crl-fetch: {self.url}: {len(one)} revoked, next update "
                  f"{one.next_update_utc:%Y-%m-%dT%H:%M:%SZ}" if one.next_update_utc else
@@ -112,11 +110,10 @@ def gauges() -> list[tuple[str, bool | None, datetime]]:
 
 
 def _newest(crls: list[x509.CertificateRevocationList]) -> x509.CertificateRevocationList:
-    return max(crls, key=lambda c: (c.last_update_utc, _number(c)))
+    return max(crls, key=_age)
 
 
-def _number(one: x509.CertificateRevocationList) -> int:
-    try:
-        return one.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    except x509.ExtensionNotFound:
-        return -1
+def _age(one: x509.CertificateRevocationList) -> tuple[datetime, int]:
+    """What orders two CRLs of one issuer: thisUpdate, then the CRL number."""
+    s = crl.summary(one)
+    return s.this_update, -1 if s.number is None else s.number

@@ -234,11 +234,9 @@ class Trusts:
         out, now = {}, datetime.now(UTC)
         for store in self.stores.values():
             for der in store.crls:
-                one = x509.load_der_x509_crl(der)
-                nxt = one.next_update_utc
-                out[one.issuer.rfc4514_string()] = (
-                    len(one), (now - one.last_update_utc).total_seconds(),
-                    (nxt - now).total_seconds() if nxt else 0.0)
+                s = crl.summary(x509.load_der_x509_crl(der))
+                out[s.issuer] = (s.entries, (now - s.this_update).total_seconds(),
+                                 (s.next_update - now).total_seconds() if s.next_update else 0.0)
         return out
 
 
@@ -264,6 +262,10 @@ def _new_store(trust: Trust) -> Store:
                 crlfetch.fetch_now(crlfetch.source(url), cas, trust.interval)
     store.read_crls(strict=True)
     store.refresh()
+    if store.crls and trust.crl_check == "chain":
+        for ca in crl.uncovered([x509.load_der_x509_crl(d) for d in store.crls], cas):
+            log.error(f"{{core}} client-verify-crl: no CRL of '{ca.subject.rfc4514_string()}' "
+                      "(client-verify-crl-check = chain): the clients it covers are refused")
     for line in store.expired_now(datetime.now(UTC)):
         log.error(f"{{core}} client-verify-crl: {line}")
     return store

@@ -216,6 +216,7 @@ def test_crl_check_leaf_or_chain(stud, backend, pem, cpki):
     """chain (the default) needs a CRL from every CA of the chain; leaf only the client's."""
     chain = stud(*verify_args(cpki, "required", cpki.inter_crl), pem,
                  backend_port=backend("echo"))
+    assert "no CRL of 'CN=stud test client root CA'" in chain.output()  # (said at start)
     assert isinstance(round_trip(chain.port, as_client(cpki, "good")), ssl.SSLError)
     wait_for(lambda: conn_lines(chain.output()))
     assert conn_lines(chain.output())[0]["reason"] == \
