@@ -8,6 +8,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v ss >/dev/null || need+=(iproute2)
 [ -x /usr/sbin/hitch ] || need+=(hitch)  # the oracle of the hitch compatibility tests
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)  # PROXY v2 consumers, and the bench's peer
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -19,7 +21,8 @@ if [ $# -eq 0 ]; then
   # tests. The unit tests of what does not depend on the path, and test_relay (which runs both
   # paths itself), ran once above.
   ignore=()
-  for t in config proxyproto hitchconf structure abi bench_smoke relay conn sslext sesscache; do
+  for t in config proxyproto hitchconf structure abi bench_smoke relay conn sslext sesscache \
+           crl proxy_consumers; do
     ignore+=("--ignore=tests/test_$t.py")
   done
   STUD_PURE_PYTHON=1 python3 -m pytest -q "${ignore[@]}"
