@@ -153,6 +153,28 @@ def test_openssl_s_client_and_curl(stud, backend, pem, cpki):
                                                    "CN=client.example,O=Example"]
 
 
+@pytest.mark.parametrize("name", ["good", "expired", "revoked", "selfsigned", None])
+def test_curl_and_s_client_with_each_certificate(stud, backend, pem, cpki, name):
+    """The same verdicts with the two command-line clients operators test with: curl (TLS 1.3)
+    and openssl s_client (TLS 1.2, where the refusal ends the handshake itself)."""
+    s = stud(*verify_args(cpki, "required", cpki.crls), pem, backend_port=backend("echo"))
+    cert = ["--cert", str(cpki.path(name, ".crt")), "--key", str(cpki.path(name, ".key"))] \
+        if name else []
+    curl = run_tool(["curl", "-sSk", "--http0.9", "--max-time", "3", *cert,
+                     f"https://127.0.0.1:{s.port}/"], capture_output=True, text=True, timeout=20)
+    args = ["-cert", str(cpki.path(name, ".crt")), "-key", str(cpki.path(name, ".key"))] \
+        if name else []
+    out = s_client(s.port, *args, "-tls1_2").output
+    if name == "good":
+        assert curl.stdout.startswith("GET / HTTP/1.1"), curl
+        assert "Cipher is ECDHE" in out and " alert " not in out, out
+        return
+    alert = {"expired": "certificate expired", "revoked": "certificate revoked",
+             "selfsigned": "unknown ca", None: "handshake failure"}[name]
+    assert curl.returncode not in (0, 28) and curl.stdout == "", curl
+    assert f"alert {alert}" in out, out
+
+
 def test_tls12_resumption_keeps_the_identity(stud, backend, pem, cpki):
     """A resumed session carries the client certificate it was made with."""
     s = stud(*verify_args(cpki), pem, backend_port=backend("echo"))
