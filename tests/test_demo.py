@@ -13,8 +13,11 @@ from helpers import Proc, free_port, run_tool, wait_for
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_demo_serves_curl(procs, tmp_path, sig):
     port, backend_port = free_port(), free_port()
+    # SIGINT as at a terminal: a shell without job control starts background commands with
+    # it ignored (and a program keeps that), which would leave Ctrl-C's case untested.
     demo = Proc([sys.executable, "-m", "stud.demo", "--port", str(port),
-                 "--backend-port", str(backend_port)], tmp_path / "demo.out")
+                 "--backend-port", str(backend_port)], tmp_path / "demo.out",
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     procs.append(demo)
     wait_for(lambda: "online" in demo.output(), 20)
     out = run_tool(["curl", "-sk", "--max-time", "10", f"https://127.0.0.1:{port}/"],
