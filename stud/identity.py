@@ -49,14 +49,21 @@ def of(der: bytes) -> Identity:
 
 
 def _parse(der: bytes) -> Identity:
-    cert = x509.load_der_x509_certificate(der)
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    sha256 = hashlib.sha256(der).digest()
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
-    except x509.ExtensionNotFound:
-        uris = ()
-    return Identity(der=der, subject=cert.subject.rfc4514_string(),
-                    cn=str(cns[0].value) if cns else None, san_uris=uris,
-                    sha256=hashlib.sha256(der).digest(), serial=cert.serial_number,
-                    not_after=int(cert.not_valid_after_utc.timestamp()))
+        cert = x509.load_der_x509_certificate(der)
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
+        except x509.ExtensionNotFound:
+            uris = ()
+        return Identity(der=der, subject=cert.subject.rfc4514_string(),
+                        cn=str(cns[0].value) if cns else None, san_uris=uris, sha256=sha256,
+                        serial=cert.serial_number,
+                        not_after=int(cert.not_valid_after_utc.timestamp()))
+    except ValueError:
+        # OpenSSL verified what cryptography will not parse (a malformed extension, say): the
+        # connection goes on, named by its fingerprint alone.
+        return Identity(der=der, subject="?", cn=None, san_uris=(), sha256=sha256, serial=0,
+                        not_after=0)
