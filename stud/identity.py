@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from stud.proxyproto import ClientIdentity
+
 CACHE_SIZE = 1024  # distinct client certificates kept parsed
 
 
@@ -30,6 +32,13 @@ class Identity:
         """Who the client is, in one label: its first SAN URI (a SPIFFE ID), else the
         subject."""
         return self.san_uris[0] if self.san_uris else self.subject
+
+    def for_proxy(self, *, verify: int = 0, in_session: bool = True,
+                  on_connection: bool = True) -> ClientIdentity:
+        """What the PROXY v2 header says of it, with what this connection's handshake said."""
+        return ClientIdentity(der=self.der, cn=self.cn, san_uris=self.san_uris,
+                              sha256=self.sha256, serial=self.serial, not_after=self.not_after,
+                              verify=verify, in_session=in_session, on_connection=on_connection)
 
 
 _cache: OrderedDict[bytes, Identity] = OrderedDict()

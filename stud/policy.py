@@ -189,10 +189,7 @@ class ConnPolicy:
         version, cipher, sni, alpn, resumed = conn.tls_info or (None, None, None, None, False)
         if not self.proxy_tlv:
             version = cipher = None
-        client = None if ident is None else proxyproto.ClientIdentity(
-            der=ident.der, cn=ident.cn, san_uris=ident.san_uris, sha256=ident.sha256,
-            serial=ident.serial, not_after=ident.not_after, verify=0, in_session=True,
-            on_connection=not resumed)
+        client = None if ident is None else ident.for_proxy(on_connection=not resumed)
         return proxyproto.v2(peer, local, alpn=alpn.encode() if alpn else None,
                              authority=sni if self.proxy_authority else None,
                              ssl_version=version, ssl_cipher=cipher, client=client,

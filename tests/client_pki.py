@@ -17,7 +17,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 from ocsp_pki import Key, ec_key, pem, utcnow
 
 CLIENT_CN = "client.example"
@@ -207,3 +208,37 @@ def make(dir: Path, cdp: str | None = None, *, expired_days: float = 1) -> Clien
         write_client(party, dir / name)
     pki.write_crls()
     return pki
+
+
+def self_signed(uris: int = 1, rsa_key: bool = True, cn: str = "client Zoë") -> bytes:
+    """A self-signed client certificate's DER, for the PROXY TLV tests: uris SAN URIs; with
+    rsa_key, an RSA key and what a CA adds (an RSA certificate from one is well over 1 KiB,
+    past what some PROXY consumers take in one TLV), else ECDSA and no more."""
+    key = rsa.generate_private_key(65537, 2048) if rsa_key else ec_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    b = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(datetime(2025, 1, 1)).not_valid_after(datetime(2030, 1, 1)))
+    if uris:
+        b = b.add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(f"spiffe://example.org/ns/prod/sa/service-{i:04}")
+             for i in range(uris)]), critical=False)
+    if rsa_key:
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        uri = x509.UniformResourceIdentifier
+        b = (b.add_extension(ski, critical=False)
+             .add_extension(x509.AuthorityKeyIdentifier(ski.digest, None, None), critical=False)
+             .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False,
+                                          False), critical=True)
+             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                            critical=False)
+             .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                 [uri("http://crl.example.org/issuing-ca-2025.crl")], None, None, None)]),
+                 critical=False)
+             .add_extension(x509.AuthorityInformationAccess([
+                 x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
+                                        uri("http://ocsp.example.org")),
+                 x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
+                                        uri("http://ca.example.org/issuing-ca-2025.der"))]),
+                 critical=False))
+    return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)

@@ -9,8 +9,6 @@ states the limit its source sets (see README: PROXY v2 TLVs) and finds the reaso
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import hashlib
 import re
 import signal
 import socket
@@ -20,16 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import (
-    AuthorityInformationAccessOID,
-    ExtendedKeyUsageOID,
-    NameOID,
-)
+from client_pki import self_signed
 from helpers import free_port, wait_for
 
+from stud import identity as stud_identity
 from stud.proxyproto import ClientIdentity, _parse_tlvs, parse, v2
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -43,64 +35,8 @@ TLS = {"ssl_version": "TLSv1.3", "ssl_cipher": "TLS_AES_256_GCM_SHA384"}
 FIELDS = "src sport dst dport authority uid".split()
 
 
-# -- what stud.identity will extract (here with cryptography, as it will) --------------------
-def client_cert(uris: int = 1, rsa_key: bool = True) -> bytes:
-    key = rsa.generate_private_key(65537, 2048) if rsa_key else ec.generate_private_key(
-        ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client Zoë")])
-    san = x509.SubjectAlternativeName(
-        [x509.UniformResourceIdentifier(f"spiffe://example.org/ns/prod/sa/service-{i:04}")
-         for i in range(uris)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(datetime.datetime(2025, 1, 1))
-        .not_valid_after(datetime.datetime(2030, 1, 1))
-        .add_extension(san, critical=False)
-    )
-    if rsa_key:  # what a CA adds: an RSA certificate from one is well over 1 KiB
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        cert = (
-            cert.add_extension(ski, critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier(ski.digest, None, None), critical=False)
-            .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False,
-                                         False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
-                [x509.UniformResourceIdentifier("http://crl.example.org/issuing-ca-2025.crl")],
-                None, None, None)]), critical=False)
-            .add_extension(x509.AuthorityInformationAccess([
-                x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
-                                       x509.UniformResourceIdentifier("http://ocsp.example.org")),
-                x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
-                                       x509.UniformResourceIdentifier(
-                                           "http://ca.example.org/issuing-ca-2025.der"))]),
-                critical=False)
-        )
-    cert = cert.sign(key, hashes.SHA256())
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
 def identity(der: bytes, **kw: object) -> ClientIdentity:
-    cert = x509.load_der_x509_certificate(der)
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    fields = {
-        "der": der,
-        "cn": str(cns[0].value) if cns else None,
-        "san_uris": tuple(san.get_values_for_type(x509.UniformResourceIdentifier)),
-        "sha256": hashlib.sha256(der).digest(),
-        "serial": cert.serial_number,
-        "not_after": int(cert.not_valid_after_utc.timestamp()),
-        "verify": 0,
-        "in_session": True,
-        "on_connection": True,
-    }
-    return ClientIdentity(**{**fields, **kw})
+    return stud_identity.of(der).for_proxy(**kw)
 
 
 def crc32c(data: bytes) -> int:
@@ -140,8 +76,8 @@ class Case:
 
 
 def cases() -> dict[str, Case]:
-    rsa_der, ec_der = client_cert(), client_cert(rsa_key=False)
-    big_der = client_cert(uris=120)  # a certificate with many SANs: a header over 4096 bytes
+    rsa_der, ec_der = self_signed(), self_signed(rsa_key=False)
+    big_der = self_signed(uris=120)  # a certificate with many SANs: a header over 4096 bytes
     rsa_id, ec_id = identity(rsa_der), identity(ec_der)
     sni = {**TLS, "authority": "consumer.test"}
     out = {

@@ -4,15 +4,11 @@ import base64
 import ctypes
 import ctypes.util
 import dataclasses
-import datetime
 import ipaddress
 import textwrap
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from client_pki import self_signed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -295,24 +291,8 @@ def hitch_pem(der: bytes) -> bytes:
         lib.X509_free(cert)
 
 
-def real_cert(cn: str = "client") -> bytes:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(datetime.datetime(2025, 1, 1))
-        .not_valid_after(datetime.datetime(2027, 1, 1))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
 def test_pem_is_what_hitch_writes():
-    der = real_cert()
+    der = self_signed(uris=0, cn="client")
     pem = dict(parse(v2(*V4, client=dataclasses.replace(CLIENT, der=der), cert="pem")).tlvs)[0xE0]
     assert pem == hitch_pem(der)
     assert pem.startswith(b"-----BEGIN TRUSTED CERTIFICATE-----\n") and pem.endswith(b"-----\n")
