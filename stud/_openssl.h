@@ -67,6 +67,12 @@
 #define SSL_MAX_SSL_SESSION_ID_LENGTH 32
 #define SSL_TICKET_KEYS_LENGTH 80 /* 16 name + 32 HMAC + 32 AES, for the ticket key ctrls */
 #define OPENSSL_VERSION 0         /* OpenSSL_version()'s argument for the version text */
+#define EVP_MAX_IV_LENGTH 16      /* the IV buffer a ticket key callback fills */
+
+/* OSSL_PARAM: its layout and type codes are part of OpenSSL 3's ABI (openssl/core.h) */
+#define OSSL_PARAM_UTF8_STRING 4
+#define OSSL_PARAM_OCTET_STRING 5
+#define OSSL_PARAM_UNMODIFIED 0xFFFFFFFFFFFFFFFF
 #define ENGINE_METHOD_ALL 0xFFFF
 
 typedef struct ssl_st SSL;
@@ -76,6 +82,16 @@ typedef struct ssl_cipher_st SSL_CIPHER;
 typedef struct evp_md_st EVP_MD;
 typedef struct engine_st ENGINE;
 typedef struct x509_st X509;
+typedef struct evp_cipher_st EVP_CIPHER;
+typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
+typedef struct evp_mac_ctx_st EVP_MAC_CTX;
+typedef struct ossl_param_st {
+    const char *key;
+    unsigned int data_type;
+    void *data;
+    size_t data_size;
+    size_t return_size;
+} OSSL_PARAM;
 typedef struct x509_crl_st X509_CRL;
 typedef struct x509_store_st X509_STORE;
 typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
@@ -86,6 +102,8 @@ typedef void (*remove_session_cb)(SSL_CTX *, SSL_SESSION *);
 typedef void (*generic_cb)(void);
 typedef int (*status_cb)(SSL *, void *); /* sslext's, set through SSL_CTX_callback_ctrl */
 typedef int (*verify_cb)(int, X509_STORE_CTX *); /* always NULL: OpenSSL's own verdict */
+typedef int (*ticket_key_cb)(SSL *, unsigned char *, unsigned char *, EVP_CIPHER_CTX *,
+                             EVP_MAC_CTX *, int);
 
 /* libssl: X(return type, name, (parameter types)) */
 #define STUD_OPENSSL_LIBSSL(X)                                                                  \
@@ -139,7 +157,9 @@ typedef int (*verify_cb)(int, X509_STORE_CTX *); /* always NULL: OpenSSL's own v
     X(void, SSL_set_verify, (SSL *, int, verify_cb))                                            \
     X(X509_VERIFY_PARAM *, SSL_get0_param, (SSL *))                                             \
     X(SSL_SESSION *, SSL_get_session, (const SSL *))                                            \
-    X(const unsigned char *, SSL_SESSION_get0_id_context, (const SSL_SESSION *, unsigned int *))
+    X(const unsigned char *, SSL_SESSION_get0_id_context, (const SSL_SESSION *, unsigned int *)) \
+    X(int, SSL_CTX_set_tlsext_ticket_key_evp_cb, (SSL_CTX *, ticket_key_cb))                    \
+    X(long, SSL_CTX_set_timeout, (SSL_CTX *, long))
 
 /* libcrypto */
 #define STUD_OPENSSL_LIBCRYPTO(X)                                                               \
@@ -164,7 +184,17 @@ typedef int (*verify_cb)(int, X509_STORE_CTX *); /* always NULL: OpenSSL's own v
     X(int, X509_STORE_add_cert, (X509_STORE *, X509 *))                                         \
     X(int, X509_STORE_add_crl, (X509_STORE *, X509_CRL *))                                      \
     X(int, X509_VERIFY_PARAM_set1, (X509_VERIFY_PARAM *, const X509_VERIFY_PARAM *))            \
-    X(const char *, X509_verify_cert_error_string, (long))
+    X(const char *, X509_verify_cert_error_string, (long))                                      \
+    X(const EVP_CIPHER *, EVP_aes_128_cbc, (void))                                              \
+    X(const EVP_CIPHER *, EVP_aes_256_cbc, (void))                                              \
+    X(int, EVP_EncryptInit_ex,                                                                  \
+      (EVP_CIPHER_CTX *, const EVP_CIPHER *, ENGINE *, const unsigned char *,                   \
+       const unsigned char *))                                                                  \
+    X(int, EVP_DecryptInit_ex,                                                                  \
+      (EVP_CIPHER_CTX *, const EVP_CIPHER *, ENGINE *, const unsigned char *,                   \
+       const unsigned char *))                                                                  \
+    X(int, EVP_MAC_CTX_set_params, (EVP_MAC_CTX *, const OSSL_PARAM *))                         \
+    X(int, RAND_bytes, (unsigned char *, int))
 
 /* libcrypto, only where OpenSSL was built with engines (-e/--ssl-engine); Python only */
 #define STUD_OPENSSL_ENGINE(X)                                                                  \

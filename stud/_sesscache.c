@@ -11,6 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "_openssl.h"
+#include "_shm.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -282,22 +283,11 @@ static PyObject *Cache_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     size = (size + 15) & ~(size_t)15;
     size_t slots_at = size;
     size += (size_t)n * sizeof(Slot);
-    void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    int r = pthread_mutex_init(&((Shm *)m)->lock, &a);
-    pthread_mutexattr_destroy(&a);
-    Cache *c = r ? NULL : (Cache *)type->tp_alloc(type, 0);
+    void *m = shm_map(size);
+    Cache *c = m ? (Cache *)type->tp_alloc(type, 0) : NULL;
     if (!c) {
-        munmap(m, size);
-        if (r) {
-            errno = r;
-            PyErr_SetFromErrno(PyExc_OSError);
-        }
+        if (m)
+            munmap(m, size);
         return NULL;
     }
     c->map = m;

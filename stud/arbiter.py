@@ -115,6 +115,8 @@ class Arbiter:
                 self._refresh_backend(now)
                 self._to_workers(self.stapling.tick())
                 self._crl_tick()
+                if self.current.setup.tickets is not None:
+                    self.current.setup.tickets.tick(time.time())
                 self._retire_old()
             for gen, at in list(self.retiring.items()):
                 if not any(c.gen == gen for c in self.children.values()):

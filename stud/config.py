@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stud import __version__, addr, hitchconf
+from stud.ticketkeys import LAYOUTS, rotation_fits
 
 TRUE = frozenset({"on", "yes", "y", "true", "t", "1"})
 FALSE = frozenset({"off", "no", "n", "false", "f", "0"})
@@ -134,6 +135,18 @@ def _above_zero(v: float) -> str | None:
     return None if v > 0 else "must be greater than 0"
 
 
+def _at_least_one(v: int) -> str | None:
+    return None if v >= 1 else "must be at least 1"
+
+
+def _ticket_key_layout(v: str) -> str | None:
+    return None if v in ("", *LAYOUTS) else "must be " + ", ".join(LAYOUTS)
+
+
+def _session_id_context(v: str) -> str | None:
+    return None if len(v.encode()) <= 32 else "at most 32 bytes"  # SSL_MAX_SID_CTX_LENGTH
+
+
 def _backlog(v: int) -> str | None:
     return None if -1 <= v <= MAX_INT else f"must be -1 (system maximum) to {MAX_INT}"
 
@@ -225,9 +238,9 @@ def _shared_cache_if(v: str) -> str | None:
 
 
 Op = Option
-ENC, MTLS, SOCK, PERF, TIME, LIMITS, SEC, LOG = (
-    "ENCRYPTION METHODS", "CLIENT CERTIFICATES", "SOCKET", "PERFORMANCE", "TIMEOUTS",
-    "LIMITS AND RELOAD", "SECURITY", "LOGGING")
+ENC, MTLS, RESUME, SOCK, PERF, TIME, LIMITS, SEC, LOG = (
+    "ENCRYPTION METHODS", "CLIENT CERTIFICATES", "SESSION RESUMPTION", "SOCKET", "PERFORMANCE",
+    "TIMEOUTS", "LIMITS AND RELOAD", "SECURITY", "LOGGING")
 OPTIONS: tuple[Option, ...] = (
     Op("config", "action", None, "Load configuration from specified file.", metavar="FILE",
       section="CONFIGURATION", file=False),
@@ -274,6 +287,26 @@ OPTIONS: tuple[Option, ...] = (
        section=MTLS, repeat=True),
     Op("crl-refresh-interval", "float", 1800.0, "Download a CRL again at least this often "
        "(else halfway to its nextUpdate)", metavar="SECS", section=MTLS, check=_above_zero),
+    Op("tls-ticket-keys", "path", "", "HAProxy's ticket-key file: base64 keys, one per line; "
+       "the last 3 decrypt, the one before the last encrypts (read again when it changes)",
+       metavar="FILE", section=RESUME),
+    Op("ssl-session-ticket-key", "path", (), "nginx's ticket-key file: 48 or 80 raw bytes "
+       "(repeatable; the first encrypts, all decrypt; read again when one changes)",
+       metavar="FILE", section=RESUME, repeat=True),
+    Op("ticket-key-layout", "str", "", "Byte order of the keys in those files: haproxy, nginx "
+       "or apache (default: each option's owner)", metavar="FORMAT", section=RESUME,
+       check=_ticket_key_layout),
+    Op("ticket-key-seed", "path", "", "Derive each epoch's ticket key from this shared seed "
+       "(64 hex digits) and the clock: a fleet rotates in step without a control plane",
+       metavar="FILE", section=RESUME),
+    Op("ticket-key-lifetime", "int", 3600, "A new ticket key encrypts this often (without a "
+       "key file; with ticket-key-seed: the epoch)", metavar="SECS", section=RESUME,
+       check=_at_least_one),
+    Op("session-timeout", "int", 7200, "How long a session (ID or ticket) resumes",
+       metavar="SECS", section=RESUME, check=_at_least_one),
+    Op("session-id-context", "str", "", "OpenSSL's session ID context: sessions resume only "
+       "where it matches (HAProxy's is 'haproxy'; default: stud's own)", metavar="TEXT",
+       section=RESUME, check=_session_id_context),
     Op("client", "bool", False, "Enable client proxy mode", section=SOCK),
     Op("backend", "backend", addr.Addr("127.0.0.1", 8000),
       "Backend [connect]: an address, or the path of a UNIX socket", short="b",
@@ -671,6 +704,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("Shared cache update listener is defined, but shared cache is disabled.")
     if cfg.shared_cache_peer and not cfg.shared_cache_listen:
         raise ConfigError("shared-cache-peer needs shared-cache-listen to send updates from")
+    _validate_tickets(cfg)
     seen = set()
     for f in cfg.frontend:
         if f.addr in seen:
@@ -682,6 +716,19 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"No certificate configured for frontend '{f.addr}'")
         if not f.pems and not (cfg.pem_file or cfg.pem_dir):
             raise ConfigError("No x509 certificate PEM file specified!")
+
+
+def _validate_tickets(cfg: Config) -> None:
+    sources = [name for name in ("tls-ticket-keys", "ssl-session-ticket-key", "ticket-key-seed")
+               if getattr(cfg, name.replace("-", "_"))]
+    if len(sources) > 1:
+        raise ConfigError(f"--{sources[0]} and --{sources[1]}: one source of ticket keys")
+    if sources and cfg.shared_cache_listen:
+        raise ConfigError(f"--{sources[0]} and shared-cache-listen: stud's UDP session updates "
+                          "turn session tickets off")
+    if not sources or sources == ["ticket-key-seed"]:
+        if reason := rotation_fits(cfg.ticket_key_lifetime, cfg.session_timeout):
+            raise ConfigError(f"ticket-key-lifetime: {reason}")
 
 
 def _unquote(raw: str) -> tuple[str, bool]:

@@ -26,7 +26,8 @@ __all__ = [
     "ABI", "addresses", "adopt_verify", "ctx_pointer", "flow_layout", "get_ticket_keys",
     "keep_session", "load_engine", "openssl_version", "peer_certificate", "queued_error",
     "servername", "set_ciphersuites", "set_client_verify", "set_groups", "set_ocsp_staple",
-    "set_ticket_keys", "set_verify_store", "shutdown_once", "ssl_pointer", "verify_result",
+    "set_session_id_context", "set_session_timeout", "set_ticket_keys", "set_verify_store",
+    "shutdown_once", "ssl_pointer", "verify_result",
 ]
 
 _P = ctypes.c_void_p
@@ -180,6 +181,17 @@ def set_groups(ctx: ssl.SSLContext, groups: str) -> None:
     _F["ERR_clear_error"]()
     if _F["SSL_CTX_ctrl"](p, _C["SSL_CTRL_SET_GROUPS_LIST"], 0, _cstr(groups)) != 1:
         raise ValueError(f"invalid groups list {groups!r}: {_reason()}")
+
+
+def set_session_timeout(ctx: ssl.SSLContext, seconds: int) -> None:
+    """How long ctx's sessions resume: IDs in a cache, and tickets (their lifetime hint)."""
+    _F["SSL_CTX_set_timeout"](_ctx_ptr(ctx), seconds)
+
+
+def set_session_id_context(ctx: ssl.SSLContext, sid: bytes) -> None:
+    """A session resumes only where it was made under the same context (at most 32 bytes)."""
+    if _F["SSL_CTX_set_session_id_context"](_ctx_ptr(ctx), sid, len(sid)) != 1:
+        raise ValueError(f"SSL_CTX_set_session_id_context: {_reason()}")
 
 
 def set_ciphersuites(ctx: ssl.SSLContext, suites: str) -> None:
@@ -350,8 +362,7 @@ def set_client_verify(ctx: ssl.SSLContext, cas: list[bytes], depth: int, sid: by
     for der in cas:  # (the list keeps a copy of each subject name)
         _add(p, _d2i(_F["d2i_X509"], der), _F["SSL_CTX_add_client_CA"], _F["X509_free"])
     _F["SSL_CTX_set_verify_depth"](p, depth)
-    if _F["SSL_CTX_set_session_id_context"](p, sid, len(sid)) != 1:
-        raise ValueError(f"SSL_CTX_set_session_id_context: {_reason()}")
+    set_session_id_context(ctx, sid)
 
 
 def adopt_verify(p: int, ctx: ssl.SSLContext, sid: bytes) -> bool:

@@ -12,7 +12,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from stud import addr, certs, sesscache, tls
+from stud import addr, certs, sesscache, tickets, tls
 from stud.config import Config, ConfigError, Frontend
 from stud.log import log
 
@@ -27,6 +27,7 @@ class Setup:
     frontends: list[tuple[Frontend, int, tuple]]
     served: certs.Served | None      # each frontend's certificates (None with --client)
     client_context: ssl.SSLContext | None
+    tickets: tickets.Keyring | None = None  # (None with --client)
 
     def contexts(self) -> list[ssl.SSLContext]:
         """The server contexts (one per certificate and frontend settings)."""
@@ -44,7 +45,8 @@ class Setup:
 def prepare(cfg: Config, previous: Setup | None = None) -> Setup:
     """Resolve addresses and build every TLS context; ConfigError names what is wrong.
 
-    On reload, certificates whose file is unchanged keep their session-ticket keys.
+    On reload, the ticket keys stay when their source does (without stud._ticketkeys:
+    certificates whose file is unchanged keep OpenSSL's own keys).
     """
     backend = resolve_backend(cfg)
     frontends = []
@@ -55,10 +57,11 @@ def prepare(cfg: Config, previous: Setup | None = None) -> Setup:
             raise ConfigError(f"frontend: {e}") from None
     if cfg.client:
         return Setup(backend, frontends, None, tls.client_context(cfg))
+    keyring = tickets.Keyring(cfg, previous.tickets if previous else None)
     served = certs.build(cfg)
-    if previous is not None and previous.served is not None:
+    if previous is not None and previous.served is not None and not tickets.AVAILABLE:
         certs.carry_ticket_keys(previous.served, served)
-    return Setup(backend, frontends, served, None)
+    return Setup(backend, frontends, served, None, keyring)
 
 
 def resolve_backend(cfg: Config) -> tuple[int, tuple | str]:
@@ -216,6 +219,8 @@ def commit(gen: Generation, listeners: Listeners) -> None:
     for sock in gen.listeners:
         accepted_options(sock, gen.cfg)
     sesscache.commit(gen.cache)
+    if gen.setup.tickets is not None:
+        gen.setup.tickets.commit()
 
 
 def metrics_socket(cfg: Config) -> socket.socket | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ssl
 
+from stud import tickets
 from stud.config import Config, ConfigError, Pem
 from stud.log import log
 
@@ -41,6 +42,7 @@ def server_context(cfg: Config, pem: Pem | None) -> ssl.SSLContext:
     ctx.options |= ssl.OP_SINGLE_ECDH_USE | ssl.OP_SINGLE_DH_USE
     if cfg.shared_cache_listen:  # as stud: other hosts cannot read this host's tickets
         ctx.options |= ssl.OP_NO_TICKET
+    resumption(ctx, cfg)
     if cfg.prefer_server_ciphers:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:  # CPython turns it on by default; stud's default (and -O's meaning) is off
@@ -61,6 +63,18 @@ def server_context(cfg: Config, pem: Pem | None) -> ssl.SSLContext:
             except ssl.SSLError as e:
                 raise ConfigError(f"pem-file '{pem}': bad DH parameters: {e.reason}") from None
     return ctx
+
+
+def resumption(ctx: ssl.SSLContext, cfg: Config) -> None:
+    """Session lifetime, session ID context and the ticket keys (stud.tickets' ring)."""
+    if sslext is None:
+        if cfg.session_id_context:
+            raise ConfigError(f"session-id-context: not available here ({SSLEXT_MISSING})")
+        return
+    sslext.set_session_timeout(ctx, cfg.session_timeout)
+    if cfg.session_id_context:
+        sslext.set_session_id_context(ctx, cfg.session_id_context.encode())
+    tickets.attach(ctx)
 
 
 def apply_common(ctx: ssl.SSLContext, cfg: Config) -> None:

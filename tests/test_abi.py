@@ -80,15 +80,18 @@ def test_every_function_of_the_header_is_used():
 
 
 def test_the_c_modules_declare_no_openssl_function_or_number_of_their_own():
+    checked = 0
     for path in C_SOURCES:
         text = path.read_text()
-        assert not re.search(r"\(\*\s*(SSL|ERR|HMAC|EVP|CRYPTO|i2d|d2i)\w*\)\s*\(", text), path
+        assert not re.search(r"\(\*\s*(SSL|ERR|HMAC|EVP|CRYPTO|RAND|i2d|d2i)\w*\)\s*\(", text), \
+            path
         calls = re.findall(r"\b(?:SSL|SSL_CTX)_\w*(?:ctrl|servername|shutdown|ex_data)_\(([^;]*)",
                            text)
-        assert calls, path.name
+        checked += len(calls)
         for args in calls:  # the command, flag or index: by name
             assert not re.match(r"[^,]+,\s*\d", args), f"{path.name}: a literal in ({args}"
         assert '"_addresses.h"' not in text and '#include "_openssl.h"' in text
+    assert checked >= 10  # (the pattern finds the calls it is about)
 
 
 def test_the_c_modules_take_all_functions_or_none():

@@ -29,6 +29,7 @@ from stud.config import (
     parse_args,
     parse_file,
 )
+from stud.ticketkeys import LAYOUTS
 
 MODERN = "TLSv1.2 TLSv1.3"
 ALL_PROTOS = "TLSv1.0 TLSv1.1 TLSv1.2 TLSv1.3"
@@ -591,6 +592,11 @@ def value_strategies(d: Path, blocks: bool = False) -> dict[str, st.SearchStrate
         "crl-fetch-url": st.lists(st.sampled_from(["http://127.0.0.1:1/a.crl", "http://ca/b"]),
                                   max_size=2).map(tuple),
         "crl-refresh-interval": timeout,
+        "tls-ticket-keys": st.just("") | pems,
+        "ssl-session-ticket-key": st.lists(pems, max_size=3).map(tuple),
+        "ticket-key-layout": st.sampled_from(["", *LAYOUTS]), "ticket-key-seed": st.just("") | pems,
+        "ticket-key-lifetime": st.integers(1, 10**9), "session-timeout": st.integers(1, 10**9),
+        "session-id-context": text.filter(lambda s: len(s.encode()) <= 32),
         "backend": ADDRS | st.sampled_from(["/run/varnish.sock", "/tmp/b.sock"]).map(Unix),
         "frontend": st.lists(frontend, min_size=1, max_size=4,
                              unique_by=lambda f: f.addr).map(tuple),
