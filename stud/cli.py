@@ -1,11 +1,12 @@
-"""The ``stud`` command: parse options, then check (-t) or run the daemon."""
+"""The ``stud`` command: parse options, then check (-t) or run the daemon; ``stud
+ticket-keys ...`` writes ticket-key files (stud.keytool)."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from stud import config, daemon, startup, tls
+from stud import config, daemon, keytool, startup, tls
 from stud.arbiter import Arbiter
 from stud.config import Config
 from stud.log import log
@@ -13,6 +14,8 @@ from stud.log import log
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["ticket-keys"]:
+        return keytool.main(args[1:])
     try:
         cfg = config.parse_args(args)
     except config.Exit as e:

@@ -23,7 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from stud import sesscache
+from stud import sesscache, tickets
 
 HS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONNECT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
@@ -166,6 +166,7 @@ class Board:
         reloads.add_metric(["failed"], self.master_counters["reloads_failed"])
         yield reloads
         yield from session_cache_metrics()
+        yield from ticket_metrics()
         yield from self.crl_metrics()
         for name, (text, label) in COUNTERS.items():
             value = total.get(name, {} if label else 0)
@@ -227,6 +228,29 @@ def session_cache_metrics() -> Iterator:
                   "rejected"):
         fam.add_metric([event], st[event])
     yield fam
+
+
+def ticket_metrics() -> Iterator:
+    """Per ticket key (its name in hex): tickets issued and opened, and the keys in use (the
+    ring is shared memory: the master's view is every worker's)."""
+    st = tickets.stats()
+    if st is None:
+        return
+    events = CounterMetricFamily("stud_tickets", "Session tickets by key and event: issued, "
+                                 "decrypted with the current key, an older or a newer one, "
+                                 "renewed (issued again under the current key)",
+                                 labels=["key", "event"])
+    for name, counts in sorted(st["keys"].items()):
+        for event, n in counts.items():
+            events.add_metric([name.hex(), event], n)
+    yield events
+    yield CounterMetricFamily("stud_tickets_unknown_key", "Tickets under a key not in use here "
+                              "(expired, or a node with other keys)", value=st["unknown"])
+    ring = GaugeMetricFamily("stud_ticket_key", "Ticket keys in use (1) by role", labels=["key",
+                             "role"])
+    for i, name in enumerate(st["ring"]):
+        ring.add_metric([name.hex(), "encrypt" if i == st["encrypt"] else "decrypt"], 1)
+    yield ring
 
 
 def serve_one(listener: socket.socket, board: Board) -> None:

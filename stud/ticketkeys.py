@@ -182,7 +182,7 @@ def epoch_key(seed: bytes, epoch: int, lifetime: int) -> Key:
     """The key of one epoch (``lifetime`` seconds of wall clock, numbered from the Unix
     epoch). The lifetime is part of the derivation: nodes configured differently make keys
     that do not collide, they just do not resume each other's tickets."""
-    info = b"ticket key" + struct.pack(">QQ", lifetime, epoch)
+    info = b"ticket key" + struct.pack(">Qq", lifetime, epoch)
     okm = HKDF(hashes.SHA256(), 80, SEED_SALT, info).derive(seed)
     return Key(okm[:16], okm[16:48], okm[48:])
 
