@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 
 from stud import addr
-from stud.config import Config, ConfigError
+from stud.config import OPTIONS, Config, ConfigError
 from stud.log import log
 
 try:
@@ -33,6 +33,7 @@ except ImportError:  # (no C compiler at install time, or no sslext)
 else:
     _sesscache.init(sslext.addresses())
 
+DEFAULT_SIZE = next(o.default for o in OPTIONS if o.name == "shared-cache")
 _in_use: object | None = None  # this process's _sesscache.Cache: what workers are forked with
 _size = 0  # its slots
 
@@ -53,9 +54,10 @@ def plan(cfg: Config, contexts: list[ssl.SSLContext], updates: socket.socket | N
     replication = update_config(cfg, updates) if updates is not None else None
     if not cfg.shared_cache:
         return Plan(None, 0, replication)
-    if _sesscache is None:
-        log.error("{core} shared-cache: stud's compiled module is not built; sessions are "
-                  "cached per worker.")
+    if _sesscache is None:  # (said as an error only when asked for: -C is on by default)
+        say = log.info if cfg.shared_cache == DEFAULT_SIZE else log.error
+        say("{core} shared-cache: stud's compiled module is not built; sessions are "
+            "cached per worker.")
         return Plan(None, 0, replication)
     cache = None
     if cfg.shared_cache != _size:  # the sessions survive reloads that keep the size

@@ -260,7 +260,7 @@ def test_client_mode_needs_no_pem():
     (["-f", "127.0.0.1,65536"], "frontend: invalid port '65536'"),
     (["--frontend="], "frontend"),
     (["-f", "127.0.0.1,1", "-f", "[127.0.0.1]:1"], "frontend: [127.0.0.1]:1 is listed twice"),
-    (["-U", "127.0.0.1,9000"], "shared cache is disabled"),
+    (["-C", "0", "-U", "127.0.0.1,9000"], "shared cache is disabled"),
     (["-C", "1", "-P", "127.0.0.1,9000"], "shared-cache-peer needs shared-cache-listen"),
     (["-C", "1", "-U", "*,9000"] + [a for n in range(16) for a in ("-P", f"10.0.0.{n},9000")],
      "shared-cache-peer: '10.0.0.15,9000': at most 15 shared cache peers"),

@@ -179,16 +179,18 @@ def closed_lines(s) -> list[tuple[int, int]]:
     return [(int(pid), int(r)) for pid, r in LINE.findall(s.output())]
 
 
-@pytest.mark.parametrize("mode", ["shared", "shared, pure Python relay", "off"])
+@pytest.mark.parametrize("mode", ["default", "-C 100", "-C 100, pure Python relay", "-C 0"])
 def test_session_ids_resume_on_every_worker(stud, backend, pem, mode):
     """Reconnect with one TLS 1.2 session ID on each worker in turn (the other one stopped,
-    so that this one accepts): with -C every reconnect resumes; without, the worker that did
-    not issue the ID makes a full handshake."""
-    shared = mode != "off"
+    so that this one accepts): with the shared cache (on by default, 20,000 sessions) every
+    reconnect resumes; with -C 0, the worker that did not issue the ID makes a full handshake."""
+    shared = mode != "-C 0"
+    size = 100 if "100" in mode else 20000
     mport = free_port()
     env = dict(os.environ, STUD_PURE_PYTHON="1") if "pure" in mode else None
-    s = stud(*(["-C", "100"] if shared else []), "--metrics", f"127.0.0.1,{mport}", pem,
-             backend_port=backend("echo"), workers=2, env=env)
+    args = [] if mode == "default" else mode.split(",")[0].split()
+    s = stud(*args, "--metrics", f"127.0.0.1,{mport}", pem, backend_port=backend("echo"),
+             workers=2, env=env)
     ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
     ctx.options |= ssl.OP_NO_TICKET
     workers = wait_for(lambda: len(s.workers()) == 2 and s.workers(), T)
@@ -210,7 +212,7 @@ def test_session_ids_resume_on_every_worker(stud, backend, pem, mode):
     m = scrape(mport)
     if shared:
         assert resumed == [1] * len(again)
-        assert m["stud_session_cache_sessions"] == 1 and m["stud_session_cache_size"] == 100
+        assert m["stud_session_cache_sessions"] == 1 and m["stud_session_cache_size"] == size
         events = {e: m[f"stud_session_cache_events_total{{event={e}}}"]
                   for e in ("stored", "hits", "misses")}
         assert events == {"stored": 1, "hits": len(again), "misses": 0}
