@@ -311,13 +311,18 @@ def test_sessions_replicate_over_multicast_between_hosts(two_hosts, procs, pem, 
 def test_a_process_dying_with_the_lock_held_does_not_block_the_others(cache, pem):
     """stud's futex deadlocked every worker; here the next locker empties the cache instead.
     (The lock is the mapping's first field; a forked child takes it and exits.)"""
+    def shared_maps() -> set[str]:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+        return {ln for ln in maps if ln.rstrip().endswith("/dev/zero (deleted)")}
+
+    before = shared_maps()
+    cache.use(cache.Cache(4))
+    new = shared_maps() - before
+    assert len(new) == 1, "the cache's MAP_SHARED mapping is not in /proc/self/maps"
+    start = int(new.pop().split("-")[0], 16)
     a = attached(pem)
     first, _ = connect(a, IDS_ONLY)
     assert cache.stats()["sessions"] == 1
-    maps = Path("/proc/self/maps").read_text().splitlines()
-    shared = [ln for ln in maps if ln.rstrip().endswith("/dev/zero (deleted)")]
-    assert shared, "the cache's MAP_SHARED mapping is not in /proc/self/maps"
-    start = int(shared[-1].split("-")[0], 16)  # (create() made the newest one)
     pid = os.fork()
     if pid == 0:
         ctypes.CDLL(None).pthread_mutex_lock(ctypes.c_void_p(start))
