@@ -1,5 +1,7 @@
 /* stud._sesscache: the shared TLS session cache (-C NUM), so that a session ID issued by one
-   worker resumes on any other, and its UDP replication to peer stud instances (-U/-P).
+   worker resumes on any other, and its replication: to peer stud instances over UDP (-U/-P),
+   and to a session store (--session-store), which a worker's Python writes: new sessions wait
+   in a small per-process outbox, and an eventfd wakes the worker's loop for them.
 
    One anonymous MAP_SHARED mapping, made by the master before it forks, holds a hash table of
    session IDs and an LRU list of NUM slots, linked by index (not pointer), under a process-shared
@@ -21,6 +23,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #define ID_MAX SSL_MAX_SSL_SESSION_ID_LENGTH
 #define DATA_MAX 512 /* a DER session, as stud's shctx; bigger ones are not shared */
@@ -63,6 +66,18 @@ static int hmac_key_len;
 static struct sockaddr_storage peers[MAX_PEERS];
 static socklen_t peer_lens[MAX_PEERS];
 static int npeers;
+
+/* The outbox for the session store (export()): this process's new sessions, in order. */
+#define OUTBOX_MAX 64 /* a burst between two turns of the loop; more are dropped (counted) */
+typedef struct {
+    uint8_t idlen, id[ID_MAX];
+    uint16_t len;
+    uint8_t data[DATA_MAX];
+    int64_t expires;
+} Outgoing;
+static Outgoing outbox[OUTBOX_MAX];
+static int outbox_n, outbox_fd = -1;
+static uint64_t outbox_dropped;
 
 static uint32_t hash_id(const uint8_t *id, unsigned int len) {
     uint32_t h = 2166136261u; /* FNV-1a */
@@ -209,6 +224,22 @@ static void replicate(const uint8_t *id, unsigned int idlen, const uint8_t *der,
                      peer_lens[p]);
 }
 
+static void export(const uint8_t *id, unsigned int idlen, const uint8_t *der, int len,
+                   int64_t expires) {
+    if (outbox_n == OUTBOX_MAX) {
+        outbox_dropped++;
+        return;
+    }
+    Outgoing *o = &outbox[outbox_n++];
+    o->idlen = (uint8_t)idlen;
+    memcpy(o->id, id, idlen);
+    o->len = (uint16_t)len;
+    memcpy(o->data, der, (size_t)len);
+    o->expires = expires;
+    uint64_t one = 1;
+    (void)!write(outbox_fd, &one, sizeof one); /* (the loop reads it; full it cannot be) */
+}
+
 static int new_cb(SSL *ssl, SSL_SESSION *sess) {
     if (!shm)
         return 0;
@@ -228,9 +259,12 @@ static int new_cb(SSL *ssl, SSL_SESSION *sess) {
     if (i2d_SSL_SESSION_(sess, &p) != len)
         return 0;
     long created = SSL_SESSION_get_time_(sess);
-    store(id, idlen, der, len, (int64_t)created + SSL_SESSION_get_timeout_(sess));
+    int64_t expires = (int64_t)created + SSL_SESSION_get_timeout_(sess);
+    store(id, idlen, der, len, expires);
     if (npeers)
         replicate(id, idlen, der, len, created);
+    if (outbox_fd >= 0)
+        export(id, idlen, der, len, expires);
     return 0; /* (0: OpenSSL keeps no extra reference for us) */
 }
 
@@ -457,6 +491,75 @@ static PyObject *mod_receive(PyObject *mod, PyObject *unused) {
     return Py_BuildValue("(ll)", good, bad);
 }
 
+/* export(eventfd or -1): from now on this process's new sessions wait in the outbox, and each
+   one adds 1 to the eventfd. */
+static PyObject *mod_export(PyObject *mod, PyObject *arg) {
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    outbox_fd = fd < 0 || fd > INT32_MAX ? -1 : (int)fd;
+    outbox_n = 0;
+    Py_RETURN_NONE;
+}
+
+/* exported(): ([(id, der, expires), ...], dropped): the outbox, emptied. */
+static PyObject *mod_exported(PyObject *mod, PyObject *unused) {
+    PyObject *list = PyList_New(outbox_n);
+    for (int i = 0; list && i < outbox_n; i++) {
+        Outgoing *o = &outbox[i];
+        PyObject *t = Py_BuildValue("(y#y#L)", o->id, (Py_ssize_t)o->idlen, o->data,
+                                    (Py_ssize_t)o->len, (long long)o->expires);
+        if (!t)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, t);
+    }
+    if (!list)
+        return NULL;
+    PyObject *r = Py_BuildValue("(NK)", list, (unsigned long long)outbox_dropped);
+    outbox_n = 0;
+    outbox_dropped = 0;
+    return r;
+}
+
+/* add(id, der): a session from the session store into the cache, if it parses, is the one
+   asked for and is still live; whether it was stored. */
+static PyObject *mod_add(PyObject *mod, PyObject *args) {
+    const uint8_t *want, *der;
+    Py_ssize_t wantlen, len;
+    if (!PyArg_ParseTuple(args, "y#y#:add", &want, &wantlen, &der, &len))
+        return NULL;
+    if (!shm || len <= 0 || len > DATA_MAX)
+        Py_RETURN_FALSE;
+    const unsigned char *p = der;
+    SSL_SESSION *sess = d2i_SSL_SESSION_(NULL, &p, (long)len);
+    if (!sess)
+        Py_RETURN_FALSE;
+    unsigned int idlen;
+    const uint8_t *id = SSL_SESSION_get_id_(sess, &idlen);
+    int64_t expires = (int64_t)SSL_SESSION_get_time_(sess) + SSL_SESSION_get_timeout_(sess);
+    int good = idlen && idlen == (size_t)wantlen && !memcmp(id, want, idlen) &&
+               expires > (int64_t)time(NULL);
+    if (good)
+        store(id, idlen, der, (int)len, expires);
+    SSL_SESSION_free_(sess);
+    return PyBool_FromLong(good);
+}
+
+/* has(id): whether a live session is cached under id (not counted as a hit or a miss). */
+static PyObject *mod_has(PyObject *mod, PyObject *arg) {
+    char *id;
+    Py_ssize_t idlen;
+    if (PyBytes_AsStringAndSize(arg, &id, &idlen) < 0)
+        return NULL;
+    if (!shm || idlen <= 0 || idlen > ID_MAX || !lock())
+        Py_RETURN_FALSE;
+    int32_t i = find((uint8_t *)id, (unsigned int)idlen, hash_id((uint8_t *)id, (unsigned)idlen));
+    int live = i >= 0 && slots[i].expires > (int64_t)time(NULL);
+    pthread_mutex_unlock(&shm->lock);
+    return PyBool_FromLong(live);
+}
+
 /* stats(): the cache's counters (shared by all workers) and how many sessions it holds. */
 static PyObject *mod_stats(PyObject *mod, PyObject *unused) {
     if (!shm)
@@ -481,6 +584,10 @@ static PyMethodDef methods[] = {
     {"replicate", mod_replicate, METH_VARARGS, "replicate(fd, key, peers): UDP updates"},
     {"receive", mod_receive, METH_NOARGS, "receive(): peers' updates into the cache"},
     {"stats", mod_stats, METH_NOARGS, "stats(): counters, or None without a cache"},
+    {"export", mod_export, METH_O, "export(eventfd): new sessions to the outbox"},
+    {"exported", mod_exported, METH_NOARGS, "exported(): ([(id, der, expires)], dropped)"},
+    {"add", mod_add, METH_VARARGS, "add(id, der): a checked session from elsewhere"},
+    {"has", mod_has, METH_O, "has(id): whether a live session is cached under id"},
     {NULL},
 };
 

@@ -268,11 +268,36 @@ static PyObject *mod_stats(PyObject *mod, PyObject *unused) {
     return r;
 }
 
+/* keys(): ([name+aes+hmac, ...], encrypt): the ring itself, for what else it seals (the
+   session store's records): secret, as a private key. */
+static PyObject *mod_keys(PyObject *mod, PyObject *unused) {
+    if (!shm || !lock())
+        return Py_BuildValue("([]I)", 0u);
+    PyObject *list = PyList_New(shm->nkeys);
+    for (uint32_t i = 0; list && i < shm->nkeys; i++) {
+        uint8_t buf[NAME_LEN + 2 * KEY_MAX];
+        Key *k = &shm->ring[i];
+        memcpy(buf, k->name, NAME_LEN);
+        memcpy(buf + NAME_LEN, k->aes, k->len);
+        memcpy(buf + NAME_LEN + k->len, k->hmac, k->len);
+        PyObject *b = PyBytes_FromStringAndSize((char *)buf, NAME_LEN + 2 * k->len);
+        explicit_bzero(buf, sizeof buf);
+        if (!b)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, b);
+    }
+    unsigned int encrypt = shm->encrypt;
+    unlock();
+    return list ? Py_BuildValue("(NI)", list, encrypt) : NULL;
+}
+
 static PyMethodDef methods[] = {
     {"init", mod_init, METH_O, "init({name: address}): the OpenSSL functions; the shared ring"},
     {"attach", mod_attach, METH_O, "attach(SSL_CTX address): tickets with the ring's keys"},
     {"set", mod_set, METH_VARARGS, "set(keys, encrypt): the ring, in every process"},
     {"stats", mod_stats, METH_NOARGS, "stats(): the ring's names and the counters per key"},
+    {"keys", mod_keys, METH_NOARGS, "keys(): the ring's keys and the encrypting one's index"},
     {NULL},
 };
 

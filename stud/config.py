@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from stud import __version__, addr, hitchconf
 from stud.ticketkeys import LAYOUTS, rotation_fits
@@ -145,6 +146,21 @@ def _ticket_key_layout(v: str) -> str | None:
 
 def _session_id_context(v: str) -> str | None:
     return None if len(v.encode()) <= 32 else "at most 32 bytes"  # SSL_MAX_SID_CTX_LENGTH
+
+
+def _session_store(v: str) -> str | None:
+    parts = urlsplit(v)
+    if not v:
+        return None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return "a redis://, rediss:// or unix:// URL"
+    if parts.scheme != "unix" and not parts.hostname:
+        return "no host in the URL"
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        return "bad port in the URL"
+    return None
 
 
 def _backlog(v: int) -> str | None:
@@ -307,6 +323,12 @@ OPTIONS: tuple[Option, ...] = (
     Op("session-id-context", "str", "", "OpenSSL's session ID context: sessions resume only "
        "where it matches (HAProxy's is 'haproxy'; default: stud's own)", metavar="TEXT",
        section=RESUME, check=_session_id_context),
+    Op("session-store", "str", "", "Share TLS 1.2 session IDs across machines in Redis or "
+       "Valkey: redis://[user:pass@]host:port/db, rediss:// (TLS) or unix://", metavar="URL",
+       section=RESUME, check=_session_store),
+    Op("session-store-timeout", "float", 0.02, "How long a resuming handshake waits for the "
+       "session store before going on without it", metavar="SECS", section=RESUME,
+       check=_above_zero),
     Op("client", "bool", False, "Enable client proxy mode", section=SOCK),
     Op("backend", "backend", addr.Addr("127.0.0.1", 8000),
       "Backend [connect]: an address, or the path of a UNIX socket", short="b",
@@ -726,6 +748,11 @@ def _validate_tickets(cfg: Config) -> None:
     if sources and cfg.shared_cache_listen:
         raise ConfigError(f"--{sources[0]} and shared-cache-listen: stud's UDP session updates "
                           "turn session tickets off")
+    if cfg.session_store and not sources:
+        raise ConfigError("session-store: its records are sealed with the fleet's ticket keys: "
+                          "give tls-ticket-keys, ssl-session-ticket-key or ticket-key-seed")
+    if cfg.session_store and not cfg.shared_cache:
+        raise ConfigError("session-store: needs the shared session cache (-C above 0)")
     if not sources or sources == ["ticket-key-seed"]:
         if reason := rotation_fits(cfg.ticket_key_lifetime, cfg.session_timeout):
             raise ConfigError(f"ticket-key-lifetime: {reason}")

@@ -46,6 +46,9 @@ COUNTERS = {
                             "or why it was refused", "result"),
     "client_identities": ("Verified client certificates by identity (SAN URI, else subject)",
                           "identity"),
+    "session_store": ("--session-store events: lookups, hits, misses, timeouts, errors, "
+                      "skipped (left alone after a failure), unreadable, stored, dropped",
+                      "event"),
 }
 
 

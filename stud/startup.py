@@ -12,7 +12,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from stud import addr, certs, sesscache, tickets, tls
+from stud import addr, certs, sesscache, sessionstore, tickets, tls
 from stud.config import Config, ConfigError, Frontend
 from stud.log import log
 
@@ -203,6 +203,8 @@ def prepare_generation(cfg: Config, previous: Setup | None, listeners: Listeners
     """Each step that can fail, in order: contexts, listening sockets, the session cache and
     its replication. Raises ConfigError with nothing of it left behind."""
     setup = prepare(cfg, previous)
+    if cfg.session_store:
+        sessionstore.preload()
     socks, fresh = listeners.claim(cfg, setup)
     try:
         cache = sesscache.plan(cfg, setup.contexts(), updates)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import encodings.idna  # noqa: F401 - SNI names may need it after chroot, where imports fail
 import errno
+import functools
 import gc
 import json
 import os
@@ -28,6 +29,7 @@ from stud.log import DEBUG, log
 from stud.metrics import CONNECT_BUCKETS, HS_BUCKETS
 from stud.policy import Connection, ConnPolicy
 from stud.relay import Conn, Relay, Sock, new_watch, reason
+from stud.sessionstore import SessionStore
 from stud.trust import Trusts
 
 try:  # imported by the master: after chroot the worker could not import it any more
@@ -62,6 +64,9 @@ class Worker:
         self.listeners = [lsock for lsock, _ in listeners]
         self.contexts = dict(listeners)
         self.families = {lsock: int(lsock.family) for lsock in self.listeners}
+        self.tls13 = {lsock: ctx is not None and ctx.maximum_version in (
+            ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.MAXIMUM_SUPPORTED)
+            for lsock, ctx in listeners}
         self.policy = policy = ConnPolicy(cfg, client_context, backend, self._gone)
         self.drain_timeout = cfg.drain_timeout
         self.idle_timeout = cfg.idle_timeout
@@ -88,9 +93,15 @@ class Worker:
                 client_wrap=client_context._wrap_socket if client_context else None)
         # Accepted and closed in C too, unless a client may be delayed (the limiter), the
         # connection log goes to syslog or names client certificates or a PROXY header's
-        # client: then _accept() and the policy's closed() run for every one.
+        # client, or connections may wait for a session store: then _accept() and the
+        # policy's closed() run for every one.
+        # --session-store: a connection may wait for the store before its handshake.
+        self.store = (SessionStore(cfg.session_store, cfg.session_store_timeout, self.loop,
+                                   policy.stats.session_store)
+                      if cfg.session_store and not cfg.client else None)
         self.accept_in_c = (bool(Conn) and not policy.limiter and not log.use_syslog
-                            and not policy.verifying and policy.mode != "proxy-proxy")
+                            and not policy.verifying and policy.mode != "proxy-proxy"
+                            and not self.store)
         if self.accept_in_c:
             self.watch.serve(policy, self.conns, self.max_conns or 0, log.stdout, log.level,
                              self._accept_stop)
@@ -106,6 +117,8 @@ class Worker:
             loop.add_signal_handler(sig, lambda: None)  # the master handles these
         loop.set_exception_handler(self._on_loop_error)
         self._accepting(True)
+        if self.store:
+            self.store.start()
         loop.add_reader(self.ctl.fileno(), self._from_master)
         self._to_master(b"R")
         self._tick()
@@ -237,7 +250,8 @@ class Worker:
             sock.setblocking(False)  # TCP_NODELAY and keepalive come from the listener
             if limiter and limiter.limited(peer[0], time.monotonic()):
                 self._park(sock, peer, lsock)
-            else:
+            elif not (self.store and self.store.hold(
+                    sock, self.tls13[lsock], functools.partial(self._serve, sock, peer, lsock))):
                 self._serve(sock, peer, lsock)
             # Parked (delayed) connections count: they are served when their delay ends.
             if self.max_conns and len(self.conns) + len(self.parked) >= self.max_conns:
