@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from urllib.parse import urlsplit
 
 from stud import clienthello, sessionrecord
@@ -34,6 +34,7 @@ BACKOFF = 1.0          # after a failure, the store is left alone this long
 SAY_EVERY = 60.0       # a failing store is logged at most this often (per worker)
 WRITE_TIMEOUT = 2.0
 MAX_WRITES = 64        # batches on their way; more sessions are dropped (counted)
+WARM = 2               # connections opened at start: a lookup and a write at once
 
 
 def preload() -> None:
@@ -75,6 +76,21 @@ class SessionStore:
         self.outbox = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         _sesscache.export(self.outbox)
         self.loop.add_reader(self.outbox, self._export)
+        self._spawn(self._connect())
+
+    def _spawn(self, coro: Coroutine) -> None:
+        task = self.loop.create_task(coro)
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _connect(self) -> None:
+        """Connections made before they are needed: a lookup has milliseconds, not the
+        round trips of a connect and the client's hello to the server."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(self.client.ping()
+                                                    for _ in range(WARM))), WRITE_TIMEOUT)
+        except (TimeoutError, *self.errors) as e:
+            self._failed(str(e) or type(e).__name__)
 
     # -- keys --------------------------------------------------------------------------
     def _keys(self) -> tuple[dict[bytes, Key], Key | None]:
@@ -122,9 +138,7 @@ class SessionStore:
         sid = clienthello.resumes_by_id(clienthello.parse(first), server_tls13)
         if sid is None or _sesscache.has(sid) or not self._up():
             return False
-        task = self.loop.create_task(self._lookup(sid, then))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        self._spawn(self._lookup(sid, then))
         return True
 
     async def _lookup(self, sid: bytes, then: Callable[[], None]) -> None:
@@ -175,9 +189,7 @@ class SessionStore:
         batch = [(sessionrecord.store_key(sid), sessionrecord.seal(key, sealing, sid, der),
                   expires - now) for sid, der, expires in sessions if expires > now]
         self.writes += 1
-        task = self.loop.create_task(self._write(batch))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        self._spawn(self._write(batch))
 
     async def _write(self, batch: list[tuple[bytes, bytes, int]]) -> None:
         try:

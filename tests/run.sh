@@ -10,6 +10,7 @@ command -v ss >/dev/null || need+=(iproute2)
 [ -x /usr/sbin/hitch ] || need+=(hitch)  # the oracle of the hitch compatibility tests
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)  # PROXY v2 consumers, and the bench's peer
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -x /usr/bin/redis-server ] || need+=(redis-server)  # the session store's (--session-store)
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi

@@ -271,3 +271,130 @@ def test_nginx_layout_of_haproxys_key_opens_its_tickets(haproxy, stud, backend, 
     assert resumes(sess, hport, right.port)
     assert not resumes(sess, hport, wrong.port)  # the same 80 bytes, another key to nginx
     assert resumes(sess, hport, layout.port)
+
+
+# -- the session store: TLS 1.2 session IDs through Redis --------------------------------------
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+NO_TICKET = {"maximum_version": V12}
+
+
+def id_ctx(**kw: object) -> ssl.SSLContext:
+    ctx = client_ctx(maximum_version=V12, **kw)
+    ctx.options |= ssl.OP_NO_TICKET  # session IDs only
+    return ctx
+
+
+class Redis(Proc):
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        super().__init__([REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--dir", str(tmp_path)],
+                         tmp_path / f"redis-{self.port}.out")
+        wait_for(lambda: self.command("PING") == b"+PONG\r\n", T)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self, *args: str) -> bytes:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=T) as s:
+                s.sendall(" ".join(args).encode() + b"\r\n")
+                return s.recv(1 << 20)
+        except OSError:
+            return b""
+
+
+@pytest.fixture
+def redis(procs, tmp_path):
+    if not Path(REDIS).exists():
+        pytest.skip("redis-server is not installed")
+    r = Redis(tmp_path)
+    procs.append(r)
+    return r
+
+
+def test_three_studs_resume_session_ids_through_redis(fleet, redis, tmp_path):
+    """TLS 1.2 without tickets: every reconnect to another instance resumes (9 of 9). Redis
+    holds the sessions sealed: no master secret appears in what it stores."""
+    keylog = tmp_path / "keylog"
+    studs = fleet(3, "--tls-ticket-keys", str(haproxy_file(tmp_path)),
+                  "--session-store", redis.url)
+    ctx = id_ctx(keylog_filename=str(keylog))
+    session, _ = resume(studs[0].port, ctx, None)
+    resumed = 0
+    for i in range(9):
+        session, reused = resume(studs[(i + 1) % 3].port, ctx, session)
+        resumed += reused
+    assert resumed == 9
+    secrets = [bytes.fromhex(line.split()[2]) for line in keylog.read_text().splitlines()
+               if line.startswith("CLIENT_RANDOM")]
+    stored = [k for k in redis.command("KEYS", "stud:session:*").split(b"\r\n")[2::2] if k]
+    assert secrets and len(stored) == 1, stored
+    value = redis.command("GET", stored[0].decode())
+    assert all(s not in value for s in secrets) and session.id.hex().encode() in stored[0]
+
+
+def test_redis_killed_mid_run_every_connection_succeeds(fleet, redis, tmp_path):
+    a, b = fleet(2, "--tls-ticket-keys", str(haproxy_file(tmp_path)),
+                 "--session-store", redis.url)
+    ctx = id_ctx()
+    session, _ = resume(a.port, ctx, None)
+    assert resume(b.port, ctx, session)[1]
+    redis.stop(__import__("signal").SIGKILL)
+    outcomes = [resume(s.port, ctx, None)[1] is False and resume(s.port, ctx, session)
+                for s in (a, b, a, b)]
+    assert all(outcomes)  # every connection succeeded, with or without resumption
+    for s in (a, b):
+        said = [ln for ln in s.output().splitlines() if "session-store" in ln]
+        assert 1 <= len(said) <= 2 and "full handshakes until it answers" in said[0]
+
+
+def test_a_hung_redis_delays_only_the_resuming_handshake(fleet, redis, tmp_path):
+    """Redis stopped (SIGSTOP), a 2 s wait for it: the connection that asks to resume a
+    session made elsewhere waits, then makes a full handshake; meanwhile the worker serves a
+    new connection and an established one."""
+    import os
+    import signal
+    import threading
+    import time
+
+    a, b = fleet(2, "--tls-ticket-keys", str(haproxy_file(tmp_path)), "--session-store",
+                 redis.url, "--session-store-timeout", "2")
+    ctx = id_ctx()
+    session, _ = resume(b.port, ctx, None)  # (a holds no copy: it must ask Redis)
+    established = ctx.wrap_socket(socket.create_connection(("127.0.0.1", a.port), timeout=T),
+                                  server_hostname="localhost")
+    os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        done: list[str] = []
+        waiting = threading.Thread(target=lambda: done.append(
+            f"resumed={resume(a.port, ctx, session)[1]}"))
+        started = time.monotonic()
+        waiting.start()
+        time.sleep(0.3)  # (the resuming connection is waiting for Redis by now)
+        resume(a.port, id_ctx(), None)
+        done.append("new")
+        established.sendall(b"ping")
+        assert established.recv(4) == b"ping"
+        done.append("established")
+        waiting.join(T)
+        assert done == ["new", "established", "resumed=False"]
+        assert time.monotonic() - started >= 2.0
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+        established.close()
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--session-store", "redis://127.0.0.1:6379/0"], "session-store: its records are sealed"),
+    (["--session-store", "http://x"], "a redis://, rediss:// or unix:// URL"),
+    (["--session-store", "redis://127.0.0.1:6379/0", "--ticket-key-seed", "{seed}", "-C", "0"],
+     "session-store: needs the shared session cache"),
+])
+def test_session_store_configuration_errors(tmp_path, pem, args, error):
+    (tmp_path / "seed").write_text("00" * 32)
+    r = run_tool([*STUD, "-f", f"127.0.0.1,{free_port()}", "-b", "127.0.0.1,1",
+                  *[a.format(seed=tmp_path / "seed") for a in args], pem], timeout=30,
+                 capture_output=True, text=True)
+    assert r.returncode == 1 and error in r.stderr and r.stderr.count("\n") == 1
