@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite against stud's C extensions (stud/_flow.c, stud/_sesscache.c) built with
+# The test suite against stud's C extensions (stud/_flow.c, _sesscache.c, _ticketkeys.c) built with
 # AddressSanitizer (+ LeakSanitizer), then with UndefinedBehaviorSanitizer.
 #
 #   bash tests/sanitize.sh [--asan-only | --ubsan-only] [--keep] [PYTEST ARGS...]
@@ -14,7 +14,7 @@
 #
 # What counts as a report:
 #   - ASan: every error (overflow, use after free, double free, a deadly signal...);
-#   - LSan: a leaked block whose allocation stack has a frame in _flow.c or _sesscache.c.
+#   - LSan: a leaked block whose allocation stack has a frame in one of them.
 #     CPython frees little at exit and, with PYTHONMALLOC=malloc (so that ASan sees Python's
 #     allocations), all of that is reported; it is not ours. LeakSanitizer's own check at exit
 #     is off (it makes the exit status 1 wherever CPython leaked, and the tests check exit
@@ -39,7 +39,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # process started under the preload is one more report file).
 PY=$(python3 -c 'import sys; print(sys.executable)')
 SUITE_TIMEOUT=${SANITIZE_TIMEOUT:-5400}
-OURS='(_flow|_sesscache)(\.c\b|\.cpython-)'
+OURS='(_flow|_sesscache|_ticketkeys)(\.c\b|\.cpython-)'
 
 kinds=(asan ubsan)
 keep=0
@@ -107,7 +107,7 @@ build() {  # build KIND TREE: both extensions, instrumented, in TREE; checks tha
     { tail -30 "$WORK/$kind/build.log" >&2; die "$kind build failed"; }
   local sym=__asan_report_store
   [ "$kind" = ubsan ] && sym=__ubsan_handle_
-  for name in _flow _sesscache; do
+  for name in _flow _sesscache _ticketkeys; do
     # setup.py builds them as optional: a failed build would silently test the pure-Python path
     so=$(compgen -G "$tree/stud/$name.cpython-*.so") || die "$kind: stud/$name was not built"
     # whole outputs first: grep -q would stop reading, and pipefail see the writer's SIGPIPE
@@ -150,7 +150,7 @@ def _install() -> None:
 
     def leak_check() -> None:
         # Without /proc (a worker in --chroot) LSan cannot list the threads to stop: it spins.
-        if ("stud._flow" in sys.modules or "stud._sesscache" in sys.modules) and \
+        if any(f"stud.{m}" in sys.modules for m in ("_flow", "_sesscache", "_ticketkeys")) and \
                 os.path.isdir("/proc/self/task"):
             check()
 
@@ -255,9 +255,10 @@ import sys
 
 import stud._flow
 import stud._sesscache
+import stud._ticketkeys
 
 tree, kind = sys.argv[1], sys.argv[2]
-for mod in (stud._flow, stud._sesscache):
+for mod in (stud._flow, stud._sesscache, stud._ticketkeys):
     assert mod.__file__.startswith(tree + "/"), f"{mod.__file__} is not the build under test"
 lib = ctypes.PyDLL(os.path.join(os.path.dirname(sys.argv[0]), "probe.so"))
 pid = os.fork()

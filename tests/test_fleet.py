@@ -153,6 +153,23 @@ def test_a_changed_key_file_is_used_without_restart(fleet, tmp_path):
             __import__("base64").b64decode(line), "haproxy").aes.hex() not in text
 
 
+def test_a_ticket_resumes_within_the_window_and_not_after(stud, backend, pem, tmp_path):
+    """HAProxy's rotation: each `rotate` appends a key and keeps 3. A ticket issued under
+    the encrypting key still resumes after one rotation (its key is now the oldest) and not
+    after the next (its key is gone: counted as an unknown key, a full handshake)."""
+    path = haproxy_file(tmp_path)
+    mport = free_port()
+    s = stud("--tls-ticket-keys", str(path), "--metrics", f"127.0.0.1,{mport}", pem,
+             backend_port=backend("echo"), workers=2)
+    ctx = client_ctx(maximum_version=V12)
+    session, _ = resume(s.port, ctx, None)
+    for rotations, resumes in ((1, True), (2, False)):
+        assert keytool("rotate", path).returncode == 0
+        wait_for(lambda n=rotations: s.output().count("ticket keys (tls-ticket-keys") == n + 1, T)
+        assert resume(s.port, ctx, session)[1] is resumes
+    assert scrape(mport)["stud_tickets_unknown_key_total"] == 1
+
+
 def test_a_broken_key_file_keeps_the_keys_in_use(fleet, tmp_path):
     path = haproxy_file(tmp_path)
     (a,) = fleet(1, "--tls-ticket-keys", str(path))
