@@ -21,12 +21,13 @@ from collections.abc import Callable, Coroutine
 from urllib.parse import urlsplit
 
 from stud import clienthello, sessionrecord
+from stud.config import ConfigError
 from stud.log import log
 from stud.ticketkeys import Key, from_bytes
 
 try:
     from stud import _sesscache, _ticketkeys
-except ImportError:  # (config.validate refuses --session-store then)
+except ImportError:  # (preload() refuses --session-store then)
     _sesscache = _ticketkeys = None
 
 PEEK = 16384           # a whole first record
@@ -34,12 +35,18 @@ BACKOFF = 1.0          # after a failure, the store is left alone this long
 SAY_EVERY = 60.0       # a failing store is logged at most this often (per worker)
 WRITE_TIMEOUT = 2.0
 MAX_WRITES = 64        # batches on their way; more sessions are dropped (counted)
+# Connections waiting at once; more go on without asking: a flood of made-up IDs must not
+# become a flood of lookups.
+MAX_LOOKUPS = 256
 WARM = 2               # connections opened at start: a lookup and a write at once
 
 
 def preload() -> None:
     """In the master: the Redis client library, for workers that may not import any more
-    (after chroot)."""
+    (after chroot); ConfigError where the store cannot work."""
+    if _sesscache is None or _ticketkeys is None:
+        raise ConfigError("session-store: needs stud's compiled modules (stud._sesscache, "
+                          "stud._ticketkeys), which are not built here")
     import redis.asyncio  # noqa: F401
 
 
@@ -69,6 +76,7 @@ class SessionStore:
         self.failing = False
         self.pending: set[asyncio.Task] = set()
         self.writes = 0
+        self.lookups = 0
         self.sealing: dict[bytes, bytes] = {}  # ticket key name -> its record key
         self.outbox = -1
 
@@ -138,6 +146,10 @@ class SessionStore:
         sid = clienthello.resumes_by_id(clienthello.parse(first), server_tls13)
         if sid is None or _sesscache.has(sid) or not self._up():
             return False
+        if self.lookups >= MAX_LOOKUPS:
+            self.events["skipped"] += 1
+            return False
+        self.lookups += 1
         self._spawn(self._lookup(sid, then))
         return True
 
@@ -159,6 +171,7 @@ class SessionStore:
         try:
             self.events["hits" if record and self._adopt(sid, record) else "misses"] += 1
         finally:
+            self.lookups -= 1
             then()
 
     def _adopt(self, sid: bytes, record: bytes) -> bool:
