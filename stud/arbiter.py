@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from stud import certs, crlfetch, metrics, sesscache, stapling, startup, trust
+from stud import certs, crlfetch, metrics, sesscache, stapling, startup, systemd, trust
 from stud.config import Config, ConfigError, Exit, file_stamp, parse_args
 from stud.daemon import configure_log, drop_privileges
 from stud.log import log
@@ -50,10 +50,11 @@ class Arbiter:
         self.cwd = os.getcwd()  # relative paths on the command line, for reloads
         self.pid = os.getpid()
         self.gen = 1
-        self.listeners = startup.Listeners()
+        self.listeners = startup.Listeners(systemd.listen_sockets())
         self.metrics_sock = startup.metrics_socket(cfg)
         self.updates = sesscache.open_updates(cfg)  # -U: session cache updates (workers send)
         self.current = startup.prepare_generation(cfg, None, self.listeners, self.updates)
+        self.listeners.check_passed(self.current.listeners, cfg)
         startup.commit(self.current, self.listeners)
         self.stapling = stapling.Stapling()
         self.crl_fetcher = None  # --crl-fetch's child process, once a generation asks
@@ -72,6 +73,11 @@ class Arbiter:
         self.pem_stamps = pem_stamps(cfg)
         self.refresh_at = time.monotonic() + cfg.backend_refresh  # -R
         self.refresh_failed = False
+        self.notify = systemd.Notifier.from_environ()  # systemd (Type=notify), or None
+        self.announce = "started"  # READY=1 is due once the current generation serves
+        self.last_reload = ""
+        self.status_at = 0.0
+        self.status_sent = ""
 
     @property
     def cfg(self) -> Config:
@@ -118,6 +124,9 @@ class Arbiter:
                 if self.current.setup.tickets is not None:
                     self.current.setup.tickets.tick(time.time())
                 self._retire_old()
+                self._tell_systemd(now)
+            if self.notify:
+                self.notify.watchdog(now)
             for gen, at in list(self.retiring.items()):
                 if not any(c.gen == gen for c in self.children.values()):
                     del self.retiring[gen]
@@ -130,6 +139,26 @@ class Arbiter:
             self.crl_fetcher.close()
         log.info("{core} all workers exited; bye.")
         return 0
+
+    def _tell_systemd(self, now: float) -> None:
+        """READY=1 once every worker of the current generation accepts (at start, after a
+        reload), and a STATUS line when it changes (at most every 5 s)."""
+        if not self.notify:
+            return
+        if self.announce and self.retire is None:
+            current = [c for c in self.children.values() if c.gen == self.gen]
+            if len(current) >= self.cfg.worker_count and all(c.ready for c in current):
+                self.notify.ready(f"{self.announce}: {self._status()}")
+                self.announce = ""
+        elif now >= self.status_at and (text := self._status()) != self.status_sent:
+            self.status_at, self.status_sent = now + 5.0, text
+            self.notify.status(text)
+
+    def _status(self) -> str:
+        _, open_conns = self.board.totals()
+        text = (f"generation {self.gen}, {len(self.children)} workers, {open_conns} "
+                "connections open")
+        return text + (f"; last reload {self.last_reload}" if self.last_reload else "")
 
     def _refresh_backend(self, now: float) -> None:
         """-R: resolve the backend's name again; new connections use a new address (also in
@@ -206,6 +235,8 @@ class Arbiter:
             timeout = max(0.0, min(timeout, min(self.respawn_at.values()) - time.monotonic()))
         if (wake := self.stapling.wake()) is not None:
             timeout = min(timeout, wake)
+        if self.notify and self.notify.watchdog_every:
+            timeout = max(0.0, min(timeout, self.notify.watchdog_at - time.monotonic()))
         ctls = {c.ctl: c for c in self.children.values()}
         crl_fd = self.crl_fetcher.fileno() if self.crl_fetcher else None
         extra = [s for s in (self.metrics_sock, self.updates, self.stapling.fileno(), crl_fd)
@@ -261,6 +292,8 @@ class Arbiter:
             log.info(f"{{core}} Received signal, shutting down (draining for at most "
                      f"{self.cfg.drain_timeout:g} s).")
             self.stopping = True
+            if self.notify:
+                self.notify.stopping(f"draining: {self._status()}")
             self.respawn_at.clear()
             self.kill_at = time.monotonic() + self.cfg.drain_timeout + KILL_GRACE
             self.listeners.close_all()
@@ -295,6 +328,8 @@ class Arbiter:
         step that can fail comes before anything changes: a failed reload changes nothing."""
         self.reload_wanted = False
         log.info(f"{{core}} SIGHUP: reloading (generation {self.gen + 1}).")
+        if self.notify:
+            self.notify.reloading()
         try:
             cfg = self._read_config()
             gen = startup.prepare_generation(cfg, self.current.setup, self.listeners,
@@ -302,6 +337,9 @@ class Arbiter:
         except (ConfigError, Exit) as e:
             self.board.master_counters["reloads_failed"] += 1
             log.error(f"{{core}} reload failed, still serving the previous configuration: {e}")
+            self.last_reload = f"failed: {e}"
+            if self.notify:  # (systemd waits for READY=1 after RELOADING=1, failed or not)
+                self.notify.ready(f"reload failed, previous configuration serving: {e}")
             return
         for what, new, old in (("shared-cache-listen", cfg.shared_cache_listen,
                                 self.cfg.shared_cache_listen),
@@ -324,6 +362,7 @@ class Arbiter:
         for slot in range(cfg.worker_count):
             self.spawn(slot)
         self.retire = (old, time.monotonic() + READY_WAIT)
+        self.announce, self.last_reload = "reloaded", "ok"
 
     def _read_config(self) -> Config:
         """The original command line again, relative paths against the original directory."""

@@ -130,10 +130,13 @@ def accepted_options(sock: socket.socket, cfg: Config) -> None:
 
 
 class Listeners:
-    """The master's listening sockets by address, kept across reloads where it stays."""
+    """The master's listening sockets by address, kept across reloads where it stays. With
+    socket activation (``passed``: systemd's sockets by address, with their names) those are
+    the only ones: stud binds nothing itself."""
 
-    def __init__(self) -> None:
-        self.by_key: dict[Key, socket.socket] = {}
+    def __init__(self, passed: dict[Key, tuple[str, socket.socket]] | None = None) -> None:
+        self.passed = passed
+        self.by_key: dict[Key, socket.socket] = {k: s for k, (_, s) in (passed or {}).items()}
 
     def claim(self, cfg: Config, setup: Setup) -> tuple[list[socket.socket],
                                                          dict[Key, socket.socket]]:
@@ -145,13 +148,39 @@ class Listeners:
             for front, family, sockaddr in setup.frontends:
                 key = (family, sockaddr)
                 sock = self.by_key.get(key) or fresh.get(key)
-                if sock is None:
+                if sock is None and self.passed is not None:
+                    sock = self._passed_for(front.addr, key)
+                    if not cfg.client:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+                elif sock is None:
                     sock = fresh[key] = bind(front.addr, family, sockaddr, cfg)
                 out.append(sock)
         except ConfigError:
             release(fresh)
             raise
         return out, fresh
+
+    def _passed_for(self, front: addr.Addr, key: Key) -> socket.socket:
+        """systemd's socket for a frontend: the same address, or for ``*`` the IPv4
+        wildcard on its port."""
+        alternatives = [key]
+        if front.host is None:
+            alternatives.append((int(socket.AF_INET), ("0.0.0.0", front.port)))
+        for k in alternatives:
+            if k in self.passed:
+                return self.passed[k][1]
+        given = ", ".join(f"{name} {addr_text(k[1])}" for k, (name, _) in self.passed.items())
+        raise ConfigError(f"frontend {front}: none of the sockets systemd passed is for it "
+                          f"({given}); socket-activated, stud binds nothing itself")
+
+    def check_passed(self, live: list[socket.socket], cfg: Config) -> None:
+        """At start: every socket systemd passed serves a frontend (ConfigError if not)."""
+        for key, (name, sock) in (self.passed or {}).items():
+            if all(sock is not s for s in live):
+                raise ConfigError(f"LISTEN_FDS: systemd's socket {name} {addr_text(key[1])} "
+                                  "is for no frontend")
+            log.info(f"{{core}} Listening on {addr_text(key[1])} (systemd's {name}) -> "
+                     f"backend {cfg.backend}")
 
     def adopt(self, fresh: dict[Key, socket.socket], cfg: Config) -> None:
         for sock in fresh.values():
