@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
         return keytool.main(args[1:])
     try:
         cfg = config.parse_args(args)
+    except config.VersionAsked as e:
+        sys.stdout.write(e.text + version_details())
+        return 0
     except config.Exit as e:
         sys.stdout.write(e.text)
         return 0
@@ -61,6 +64,27 @@ def run(argv: list[str], cfg: Config) -> int:
         return arbiter.run()
     finally:
         pidfile.remove()
+
+
+def version_details() -> str:
+    """What --version adds: Python, OpenSSL, the data path and the compiled modules."""
+    import importlib
+    import platform
+    import ssl
+
+    from stud import relay
+
+    built = []
+    for name in ("_flow", "_sesscache", "_ticketkeys"):
+        try:
+            importlib.import_module(f"stud.{name}")
+            built.append(f"{name} yes")
+        except ImportError:
+            built.append(f"{name} no")
+    return (f"Python {platform.python_version()} ({platform.python_implementation()})\n"
+            f"{ssl.OPENSSL_VERSION} (the libssl of Python's ssl module)\n"
+            f"data path: {relay.data_path()}\n"
+            f"compiled modules: {', '.join(built)}\n")
 
 
 def one_line(e: Exception) -> str:

@@ -106,6 +106,10 @@ class Frontend:
         return (not self.pems) if self.match_global_certs is None else self.match_global_certs
 
 
+class VersionAsked(Exit):  # noqa: N818
+    """--version: the command adds what it runs on (stud.cli)."""
+
+
 @dataclass(frozen=True)
 class Option:
     name: str                 # long option and config-file key
@@ -680,7 +684,7 @@ def parse_args(argv: list[str]) -> Config:
         elif opt.name == "help":
             raise Exit(help_text(cfg))
         elif opt.name == "version":
-            raise Exit(f"stud {__version__}\n")
+            raise VersionAsked(f"stud {__version__}\n")
         elif opt.name == "default-config":
             raise Exit(default_config(cfg))
     for p in pems:

@@ -279,6 +279,17 @@ class LoopWatch:
                 yield relay, kind
 
 
+def data_path() -> str:
+    """Which path connections take here, and why (stud --version)."""
+    if _flow is not None:
+        return "compiled (stud._flow)"
+    if sslext is None:
+        return "pure Python (stud.sslext refused this OpenSSL)"
+    if os.environ.get("STUD_PURE_PYTHON"):
+        return "pure Python (STUD_PURE_PYTHON is set)"
+    return "pure Python (stud._flow is not built)"
+
+
 def _compiled() -> ModuleType | None:
     """stud._flow, if it was built and STUD_PURE_PYTHON is not set."""
     if os.environ.get("STUD_PURE_PYTHON") or sslext is None:

@@ -6,6 +6,7 @@ Every run is bounded; a run that outlives its bound is killed with its whole pro
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import signal
 import ssl
@@ -73,15 +74,27 @@ def files(pki, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.mark.parametrize("flag", ["-V", "--version"])
 def test_version(flag):
+    """stud's version, Python's, OpenSSL's, and which data path connections take."""
     r = run(flag)
-    assert (r.returncode, r.stdout, r.stderr) == (0, f"stud {__version__}\n", "")
+    lines = r.stdout.splitlines()
+    assert (r.returncode, r.stderr, lines[0]) == (0, "", f"stud {__version__}")
+    assert lines[1] == f"Python {platform.python_version()} (CPython)"
+    assert lines[2] == f"{ssl.OPENSSL_VERSION} (the libssl of Python's ssl module)"
+    assert lines[3] == "data path: compiled (stud._flow)" or "pure Python" in lines[3]
+    assert lines[4].startswith("compiled modules: _flow ")
+
+
+def test_version_names_the_pure_python_path():
+    r = subprocess.run([*STUD, "-V"], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, STUD_PURE_PYTHON="1"))
+    assert "data path: pure Python (STUD_PURE_PYTHON is set)" in r.stdout.splitlines()
 
 
 def test_installed_entry_point_runs():
     exe = shutil.which("stud")
     assert exe, "the `stud` console script is not installed (pip install -e .)"
     r = run("-V", exe=[exe])
-    assert (r.returncode, r.stdout) == (0, f"stud {__version__}\n")
+    assert r.returncode == 0 and r.stdout.startswith(f"stud {__version__}\n")
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])

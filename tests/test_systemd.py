@@ -236,7 +236,10 @@ def test_units_verify(tmp_path):
         text = (UNITS / unit).read_text().replace("/usr/local/bin/stud", stud)
         (tmp_path / unit).write_text(text)
     shutil.copy(tmp_path / "stud@.service", tmp_path / "stud@site.service")
-    env = dict(tool_env(), MANPATH=str(HERE.parent / "man"), SYSTEMD_LOG_LEVEL="notice")
+    for page, section in (("stud.8", "man8"), ("stud.conf.5", "man5")):  # (Documentation=)
+        (tmp_path / "man" / section).mkdir(parents=True, exist_ok=True)
+        shutil.copy(HERE.parent / "man" / page, tmp_path / "man" / section / page)
+    env = dict(tool_env(), MANPATH=str(tmp_path / "man"), SYSTEMD_LOG_LEVEL="notice")
     r = subprocess.run([analyze, "verify", *(str(tmp_path / u) for u in
                                              ("stud.service", "stud.socket", "stud@site.service"))],
                        timeout=60, capture_output=True, text=True, env=env, cwd=tmp_path)
