@@ -11,6 +11,11 @@ command -v ss >/dev/null || need+=(iproute2)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)  # PROXY v2 consumers, and the bench's peer
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/bin/redis-server ] || need+=(redis-server)  # the session store's (--session-store)
+[ -x /usr/sbin/varnishd ] || need+=(varnish)  # docs/deployment.md's recipes
+[ -x /usr/sbin/logrotate ] || need+=(logrotate)
+[ -x /usr/bin/systemd-socket-activate ] || need+=(systemd)  # socket activation, unit checks
+command -v groff >/dev/null || need+=(groff-base)  # the manual's lint
+command -v man >/dev/null || need+=(man-db)
 if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
