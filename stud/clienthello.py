@@ -11,6 +11,7 @@ RECORD_HANDSHAKE = 0x16
 CLIENT_HELLO = 1
 EXT_SESSION_TICKET = 0x0023
 EXT_SUPPORTED_VERSIONS = 0x002B
+EXT_PRE_SHARED_KEY = 0x0029
 TLS13 = 0x0304
 MAX_SESSION_ID = 32
 
@@ -20,6 +21,7 @@ class Hello:
     session_id: bytes
     versions: tuple[int, ...]  # supported_versions, else the legacy client_version alone
     ticket: bool               # a non-empty session_ticket extension: resumes by ticket
+    psk: bool = False          # a pre_shared_key extension: TLS 1.3 resumption
 
 
 class _Reader:
@@ -58,7 +60,7 @@ def parse(data: bytes) -> Hello | None:
         hello.vector(2)
         hello.vector(1)
         exts = _Reader(hello.vector(2)) if hello.pos < len(hello.data) else _Reader(b"")
-        versions, ticket = (legacy,), False
+        versions, ticket, psk = (legacy,), False, False
         while exts.pos < len(exts.data):
             kind, value = exts.num(2), exts.vector(2)
             if kind == EXT_SUPPORTED_VERSIONS:
@@ -67,11 +69,13 @@ def parse(data: bytes) -> Hello | None:
                                  for i in range(0, len(listed) - 1, 2))
             elif kind == EXT_SESSION_TICKET:
                 ticket = bool(value)
+            elif kind == EXT_PRE_SHARED_KEY:
+                psk = True
     except ValueError:
         return None
     if len(session_id) > MAX_SESSION_ID:
         return None
-    return Hello(session_id, versions, ticket)
+    return Hello(session_id, versions, ticket, psk)
 
 
 def resumes_by_id(hello: Hello | None, server_tls13: bool) -> bytes | None:
@@ -82,3 +86,12 @@ def resumes_by_id(hello: Hello | None, server_tls13: bool) -> bytes | None:
     if server_tls13 and TLS13 in hello.versions:
         return None
     return hello.session_id
+
+
+def offers_resumption(hello: Hello | None, server_tls13: bool) -> bool:
+    """Whether this hello may resume (a ticket, a TLS 1.3 PSK, or a TLS 1.2 session ID):
+    if so its handshake may cost little; if not, it is a full one for sure."""
+    if hello is None:
+        return False
+    return hello.ticket or (hello.psk and server_tls13) or \
+        resumes_by_id(hello, server_tls13) is not None

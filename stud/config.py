@@ -144,6 +144,12 @@ def _at_least_one(v: int) -> str | None:
     return None if v >= 1 else "must be at least 1"
 
 
+def _bits(top: int) -> Callable[[int], str | None]:
+    def check(v: int) -> str | None:
+        return None if 0 <= v <= top else f"must be 0 to {top}"
+    return check
+
+
 def _ticket_key_layout(v: str) -> str | None:
     return None if v in ("", *LAYOUTS) else "must be " + ", ".join(LAYOUTS)
 
@@ -378,6 +384,18 @@ OPTIONS: tuple[Option, ...] = (
        metavar="SECS", section=LIMITS, check=_above_zero),
     Op("empty-conn-delay", "float", 30.0, "How long to delay a limited client's connection",
        metavar="SECS", section=LIMITS, check=_non_negative),
+    Op("handshake-rate", "float", 0.0, "Per client prefix: full TLS handshakes a second "
+       "(resumed ones are free); over it new ones wait, then are refused (0: off)",
+       metavar="NUM", section=LIMITS, check=_non_negative),
+    Op("handshake-burst", "float", 20.0, "Per client prefix: full handshakes at once before "
+       "handshake-rate applies", metavar="NUM", section=LIMITS, check=_at_least_one),
+    Op("handshake-delay", "float", 1.0, "The longest a full handshake waits for the limit; "
+       "one that would wait longer is refused", metavar="SECS", section=LIMITS,
+       check=_non_negative),
+    Op("handshake-prefix-v4", "int", 24, "The IPv4 prefix length one bucket covers",
+       metavar="BITS", section=LIMITS, check=_bits(32)),
+    Op("handshake-prefix-v6", "int", 56, "The IPv6 prefix length one bucket covers",
+       metavar="BITS", section=LIMITS, check=_bits(128)),
     Op("reload-on-cert-change", "bool", False, "Reload by itself when a pem-file changes",
        section=LIMITS),
     Op("chroot", "dir", "", "Sets chroot directory", short="r", metavar="DIR", section=SEC),

@@ -41,6 +41,8 @@ COUNTERS = {
     "backend_connect_failed": ("Backend connections that failed", None),
     "timeouts": ("Connections closed by a timeout, by kind", "kind"),
     "rate_limited": ("Connections delayed by the empty-connection limit", None),
+    "handshakes_limited": ("New full handshakes the handshake limiter delayed or refused",
+                           "action"),
     "accept_errors": ("accept() failures (file descriptors exhausted)", None),
     "client_certificates": ("Handshakes by client certificate verification: ok, none (optional) "
                             "or why it was refused", "result"),

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from stud import identity, proxyproto
 from stud.config import Config
+from stud.hslimit import HandshakeLimiter
 from stud.identity import Identity
 from stud.log import CONN, DEBUG, INFO, log, quoted
 from stud.metrics import Stats
@@ -46,6 +47,13 @@ class ConnPolicy:
         self.client_mode = cfg.client
         self.limiter = (EmptyConnLimiter(cfg.empty_conn_limit, cfg.empty_conn_window)
                         if cfg.empty_conn_limit else None)
+        # --handshake-rate, shared out among the workers (the kernel spreads the clients)
+        n = cfg.worker_count
+        self.hs_limiter = (HandshakeLimiter(cfg.handshake_rate / n, cfg.handshake_burst / n,
+                                            cfg.handshake_prefix_v4, cfg.handshake_prefix_v6,
+                                            cfg.handshake_delay)
+                           if cfg.handshake_rate else None)
+        self.hs_owed: set[Connection] = set()  # admitted free: they pay if not resumed
         self.stats = Stats()
         self.gone = gone  # the worker's: after a close is accounted for
         # Client certificates: read once a connection is through its handshake (the
@@ -215,6 +223,10 @@ class ConnPolicy:
                      + (identity_fields(ident) if self.verifying else ""))
         if self.limiter and conn.tls_info:
             self.limiter.record(conn.peer[0], up == 0, time.monotonic())
+        if self.hs_owed and conn in self.hs_owed:
+            self.hs_owed.discard(conn)
+            if conn.tls_info and not conn.tls_info[4]:
+                self.hs_limiter.charge(conn.peer[0], time.monotonic())
         self.gone(conn)
 
 

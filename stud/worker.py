@@ -21,15 +21,16 @@ import socket
 import ssl
 import time
 import traceback
+from collections import Counter
 
-from stud import proxyproto, stapling, trust
+from stud import clienthello, proxyproto, stapling, trust
 from stud.certs import sni_hook
 from stud.config import Config
 from stud.log import DEBUG, log
 from stud.metrics import CONNECT_BUCKETS, HS_BUCKETS
 from stud.policy import Connection, ConnPolicy
 from stud.relay import Conn, Relay, Sock, new_watch, reason
-from stud.sessionstore import SessionStore
+from stud.sessionstore import PEEK, SessionStore
 from stud.trust import Trusts
 
 try:  # imported by the master: after chroot the worker could not import it any more
@@ -43,6 +44,7 @@ FD_LOG_INTERVAL = 10.0     # log running out of file descriptors at most this of
 FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 MAX_PARKED = 8192          # delayed connections held at most (the oldest is closed)
 SWEEP = 0.1                # seconds between deadline checks (per-connection timers cost more)
+LIMIT_LOG_EVERY = 10.0     # seconds between the handshake limiter's log lines
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -99,7 +101,10 @@ class Worker:
         self.store = (SessionStore(cfg.session_store, cfg.session_store_timeout, self.loop,
                                    policy.stats.session_store)
                       if cfg.session_store and not cfg.client else None)
-        self.accept_in_c = (bool(Conn) and not policy.limiter and not log.use_syslog
+        self.hs_limited: Counter = Counter()  # (prefix, action) since it was last said
+        self.hs_said_at = 0.0
+        self.accept_in_c = (bool(Conn) and not policy.limiter and not policy.hs_limiter
+                            and not log.use_syslog
                             and not policy.verifying and policy.mode != "proxy-proxy"
                             and not self.store)
         if self.accept_in_c:
@@ -197,6 +202,10 @@ class Worker:
         self.policy.end_lingering(now)
         if self.policy.limiter and int(now) % 60 == 0:
             self.policy.limiter.prune(now)
+        if self.policy.hs_limiter and now >= self.hs_said_at + LIMIT_LOG_EVERY:
+            self.hs_said_at = now
+            self._say_limited()
+            self.policy.hs_limiter.prune(now)
         self.loop.call_later(1.0, self._tick)
 
     def _sweep(self) -> None:
@@ -250,15 +259,57 @@ class Worker:
             sock.setblocking(False)  # TCP_NODELAY and keepalive come from the listener
             if limiter and limiter.limited(peer[0], time.monotonic()):
                 self._park(sock, peer, lsock)
-            elif not (self.store and self.store.hold(
-                    sock, self.tls13[lsock], functools.partial(self._serve, sock, peer, lsock))):
-                self._serve(sock, peer, lsock)
+            else:
+                self._admit(sock, peer, lsock)
             # Parked (delayed) connections count: they are served when their delay ends.
             if self.max_conns and len(self.conns) + len(self.parked) >= self.max_conns:
                 self._accepting(False)  # never fail open: the kernel queues the rest
                 return
 
-    def _serve(self, sock: Sock, peer: tuple, lsock: socket.socket) -> None:
+    def _admit(self, sock: Sock, peer: tuple, lsock: socket.socket) -> None:
+        """Through the handshake limiter (now, later or never) and the session store."""
+        paid = True
+        if self.policy.hs_limiter:
+            try:
+                first = sock.recv(PEEK, socket.MSG_PEEK)
+            except OSError:
+                first = b""  # (not there yet: counted as a full handshake)
+            hello = clienthello.parse(first)
+            paid = not clienthello.offers_resumption(hello, self.tls13[lsock])
+            wait = self.policy.hs_limiter.admit(peer[0], time.monotonic(), paid)
+            if wait is None or wait > 0:
+                self._limited(sock, peer, lsock, wait)
+                return
+        serve = functools.partial(self._serve, sock, peer, lsock, paid)
+        if not (self.store and self.store.hold(sock, self.tls13[lsock], serve)):
+            serve()
+
+    def _limited(self, sock: Sock, peer: tuple, lsock: socket.socket, wait: float | None
+                 ) -> None:
+        """A full handshake over its prefix's rate: delayed by wait seconds, or refused."""
+        action = "refused" if wait is None or len(self.parked) >= MAX_PARKED else "delayed"
+        self.policy.stats.handshakes_limited[action] += 1
+        self.hs_limited[self.policy.hs_limiter.prefix(peer[0]), action] += 1
+        if action == "refused":
+            sock.close()
+        else:
+            self.parked[sock] = self.loop.call_later(wait, self._unpark, sock, peer, lsock)
+
+    def _say_limited(self) -> None:
+        """The handshake limiter's work, said at most once per LIMIT_LOG_EVERY seconds."""
+        if not self.hs_limited:
+            return
+        counts = self.hs_limited
+        delayed = sum(n for (_, a), n in counts.items() if a == "delayed")
+        refused = sum(n for (_, a), n in counts.items() if a == "refused")
+        (busiest, _), n = counts.most_common(1)[0]
+        log.info(f"{{client}} handshake limit: {delayed} delayed, {refused} refused in the "
+                 f"last {LIMIT_LOG_EVERY:g} s; most from {busiest} ({n})")
+        self.hs_limited = Counter()
+
+    def _serve(self, sock: Sock, peer: tuple, lsock: socket.socket, paid: bool = True) -> None:
+        """paid: False when the handshake limiter let it through free (it offered to resume):
+        it pays at its close if it did not."""
         policy = self.policy
         try:
             local = sock.getsockname() if policy.mode else ()
@@ -268,10 +319,14 @@ class Worker:
         if Conn is None:
             relay = Relay(self.watch, policy, sock, peer, local, self.contexts[lsock])
             self.conns.add(relay)
+            if not paid:
+                policy.hs_owed.add(relay)
             relay.start()
             return
         conn = Conn(self.watch, policy, sock, peer, local)
         self.conns.add(conn)
+        if not paid:
+            policy.hs_owed.add(conn)
         if policy.client_mode:
             conn.start(None)  # in clear from the client: the backend connect begins
             return

@@ -28,6 +28,7 @@ if [ $# -eq 0 ]; then
   # paths itself), ran once above.
   ignore=()
   for t in config proxyproto hitchconf structure abi bench_smoke relay conn sslext sesscache \
+           ticketkeys clienthello manpage packaging \
            crl proxy_consumers; do
     ignore+=("--ignore=tests/test_$t.py")
   done

@@ -1,0 +1,121 @@
+"""The handshake limiter (--handshake-rate): the token bucket per prefix (sans I/O), then the
+real stud: a prefix over its budget is delayed, then refused; another prefix and resumed
+handshakes are not. Functional, not timed: the checks are on what happened, with margins."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+
+import pytest
+from helpers import client_ctx, free_port, scrape, wait_for
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stud.hslimit import HandshakeLimiter
+
+T = 10.0
+
+
+def limiter(rate: float = 1.0, burst: float = 2.0, delay: float = 1.0) -> HandshakeLimiter:
+    return HandshakeLimiter(rate, burst, 24, 56, delay)
+
+
+def test_burst_then_rate_then_refusal():
+    lim = limiter(rate=2, burst=2, delay=1.0)
+    assert [lim.admit("192.0.2.9", 0.0, True) for _ in range(2)] == [0.0, 0.0]
+    assert lim.admit("192.0.2.10", 0.0, True) == pytest.approx(0.5)  # same /24: waits
+    assert lim.admit("192.0.2.11", 0.0, True) == pytest.approx(1.0)
+    assert lim.admit("192.0.2.12", 0.0, True) is None  # would wait over 1 s: refused
+    assert lim.admit("192.0.3.1", 0.0, True) == 0.0  # another /24
+    assert lim.admit("192.0.2.9", 0.0, False) == 0.0  # offers resumption: free
+    assert lim.admit("192.0.2.9", 10.0, True) == 0.0  # refilled
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("2001:db8:1:100::1", "2001:db8:1:1ff::2", True),   # one /56
+    ("2001:db8:1:100::1", "2001:db8:1:200::1", False),
+    ("::ffff:192.0.2.1", "192.0.2.200", True),          # IPv4-mapped counts as IPv4
+    ("fe80::1%lo", "fe80::2", True),
+])
+def test_prefixes(a, b, same):
+    lim = limiter()
+    assert (lim.prefix(a) == lim.prefix(b)) is same
+
+
+def test_a_made_up_ticket_pays_when_it_closes():
+    lim = limiter(rate=1, burst=1, delay=5.0)
+    assert lim.admit("192.0.2.1", 0.0, False) == 0.0
+    lim.charge("192.0.2.1", 0.0)  # it was a full handshake after all
+    assert lim.admit("192.0.2.1", 0.0, True) == pytest.approx(1.0)
+
+
+@given(st.floats(0.1, 100), st.floats(1, 50), st.lists(st.floats(0, 0.5), max_size=200))
+def test_admitted_handshakes_never_exceed_burst_plus_rate(rate, burst, gaps):
+    lim = limiter(rate=rate, burst=burst, delay=2.0)
+    now, started = 0.0, []
+    for gap in gaps:
+        now += gap
+        wait = lim.admit("198.51.100.1", now, True)
+        if wait is not None:
+            started.append(now + wait)
+    for t in started:  # by any time t, at most burst + rate * t have started
+        assert sum(1 for s in started if s <= t) <= burst + rate * t + 1e-6
+
+
+def test_prune_forgets_refilled_prefixes():
+    lim = limiter(rate=1, burst=2)
+    lim.admit("192.0.2.1", 0.0, True)
+    lim.prune(0.5)
+    assert len(lim.buckets) == 1
+    lim.prune(10.0)
+    assert not lim.buckets
+
+
+# -- the real stud ---------------------------------------------------------------------------
+def handshake(port: int, source: str, session: ssl.SSLSession | None = None,
+              ctx: ssl.SSLContext | None = None) -> tuple[str, ssl.SSLSession | None]:
+    """'ok', 'resumed' or 'refused' (closed before the handshake), and the session."""
+    ctx = ctx or client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=T, source_address=(source, 0))
+    try:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as c:
+            c.sendall(b"ping")
+            assert c.recv(4) == b"ping"
+            return ("resumed" if c.session_reused else "ok"), c.session
+    except (ssl.SSLError, ConnectionError, OSError):
+        return "refused", None
+
+
+def test_a_prefix_over_its_budget_is_delayed_then_refused(stud, backend, pem):
+    mport = free_port()
+    s = stud("--handshake-rate", "1", "--handshake-burst", "2", "--handshake-delay", "1.5",
+             "--metrics", f"127.0.0.1,{mport}", pem, backend_port=backend("echo"))
+    ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
+    first, session = handshake(s.port, "127.0.0.1", ctx=ctx)
+    assert first == "ok"
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(handshake(s.port, "127.0.0.1")[0]))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(T)
+    assert results.count("refused") >= 4 and results.count("ok") >= 2, results
+    # meanwhile: another prefix, and a resumption from the limited one, go through at once
+    assert handshake(s.port, "127.0.1.1")[0] == "ok"
+    assert handshake(s.port, "127.0.0.1", session, ctx)[0] == "resumed"
+    m = wait_for(lambda: (x := scrape(mport)).get(
+        "stud_handshakes_limited_total{action=refused}") and x, T)
+    assert m["stud_handshakes_limited_total{action=refused}"] == results.count("refused")
+    assert m.get("stud_handshakes_limited_total{action=delayed}", 0) >= 1
+    wait_for(lambda: "handshake limit:" in s.output(), 15.0)
+    line = [ln for ln in s.output().splitlines() if "handshake limit:" in ln][0]
+    assert "most from 127.0.0.0/24" in line
+
+
+def test_off_by_default(stud, backend, pem):
+    s = stud(pem, backend_port=backend("echo"))
+    results = [handshake(s.port, "127.0.0.1")[0] for _ in range(12)]
+    assert results == ["ok"] * 12
