@@ -9,12 +9,12 @@ across reloads for unchanged certificates) and key files or a seed are refused.
 
 from __future__ import annotations
 
-import os
 import ssl
 import time
+from typing import NamedTuple
 
 from stud import ticketkeys
-from stud.config import Config, ConfigError
+from stud.config import Config, ConfigError, file_stamp
 from stud.log import log
 from stud.ticketkeys import KeyFileError, Ring
 
@@ -40,25 +40,34 @@ def stats() -> dict | None:
     return _ticketkeys.stats() if _ticketkeys is not None else None
 
 
-def _source(cfg: Config) -> tuple:
-    if cfg.tls_ticket_keys:
-        return ("haproxy", cfg.tls_ticket_keys, cfg.ticket_key_layout or "haproxy")
-    if cfg.ssl_session_ticket_key:
-        return ("nginx", tuple(cfg.ssl_session_ticket_key), cfg.ticket_key_layout or "nginx")
-    if cfg.ticket_key_seed:
-        return ("seed", cfg.ticket_key_seed, cfg.ticket_key_lifetime, cfg.session_timeout)
-    return ("rotate", cfg.ticket_key_lifetime, cfg.session_timeout)
+class Source(NamedTuple):
+    """Where a configuration's ticket keys come from (equal sources: the same keys)."""
 
+    kind: str                # haproxy, nginx (key files), seed, rotate (made here)
+    paths: tuple[str, ...]
+    layout: str
+    lifetime: int            # seed epochs, and rotation
+    ticket_lifetime: int     # how long old keys must keep decrypting
 
-def _stamp(paths: list[str]) -> list[tuple]:
-    out = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append(None)
-    return out
+    @classmethod
+    def of(cls, cfg: Config) -> Source:
+        times = (cfg.ticket_key_lifetime, cfg.session_timeout)
+        if cfg.tls_ticket_keys:
+            return cls("haproxy", (cfg.tls_ticket_keys,), cfg.ticket_key_layout or "haproxy",
+                       *times)
+        if cfg.ssl_session_ticket_key:
+            return cls("nginx", tuple(cfg.ssl_session_ticket_key),
+                       cfg.ticket_key_layout or "nginx", *times)
+        if cfg.ticket_key_seed:
+            return cls("seed", (cfg.ticket_key_seed,), "", *times)
+        return cls("rotate", (), "", *times)
+
+    def label(self) -> str:
+        option = {"haproxy": "tls-ticket-keys", "nginx": "ssl-session-ticket-key",
+                  "seed": "ticket-key-seed"}.get(self.kind)
+        if option is None:
+            return f"made here, a new one every {self.lifetime} s"
+        return f"{option} {' '.join(self.paths)}"
 
 
 def _read(path: str) -> bytes:
@@ -75,78 +84,59 @@ class Keyring:
     def __init__(self, cfg: Config, previous: Keyring | None) -> None:
         """Read what cfg names (ConfigError says what is wrong); nothing is in use before
         commit(). A reload that keeps the same rotation keeps its keys."""
-        self.source = _source(cfg)
-        kind = self.source[0]
-        if kind != "rotate" and not AVAILABLE:
-            raise ConfigError(f"{self.label()}: ticket keys of its own need stud's compiled "
-                              "module stud._ticketkeys, which is not built here")
-        self.paths = [self.source[1]] if kind in ("haproxy", "seed") else \
-            list(self.source[1]) if kind == "nginx" else []
-        self.stamps = _stamp(self.paths)
+        self.source = Source.of(cfg)
+        if self.source.kind != "rotate" and not AVAILABLE:
+            raise ConfigError(f"{self.source.label()}: ticket keys of its own need stud's "
+                              "compiled module stud._ticketkeys, which is not built here")
+        self.stamps = [file_stamp(p) for p in self.source.paths]
         self.failing = ""  # a changed file that does not read: said once
         self.made: list[float] = []  # rotation: when each key started encrypting
         self.due = 0.0  # when the ring changes next by itself (seed, rotation)
         self.seed = b""
         try:
-            if kind == "rotate" and previous is not None and previous.source == self.source:
+            if self.source.kind == "rotate" and previous and previous.source == self.source:
                 self.ring, self.made, self.due = previous.ring, previous.made, previous.due
             else:
                 self.ring = self._load(time.time())
         except KeyFileError as e:
             raise ConfigError(str(e)) from None
 
-    def label(self) -> str:
-        kind, what = self.source[:2]
-        if kind == "haproxy":
-            return f"tls-ticket-keys {what}"
-        if kind == "nginx":
-            return "ssl-session-ticket-key " + " ".join(what)
-        if kind == "seed":
-            return f"ticket-key-seed {what}"
-        return f"made here, a new one every {what} s"
-
     def _load(self, now: float) -> Ring | None:
-        kind = self.source[0]
-        if kind == "haproxy":
-            return ticketkeys.parse_haproxy(_read(self.paths[0]), self.paths[0], self.source[2])
-        if kind == "nginx":
-            return ticketkeys.parse_raw([(p, _read(p)) for p in self.paths], self.source[2])
-        _, lifetime, ticket_lifetime = self.source[-3:]
-        if kind == "seed":
+        src = self.source
+        if src.kind == "haproxy":
+            return ticketkeys.parse_haproxy(_read(src.paths[0]), src.paths[0], src.layout)
+        if src.kind == "nginx":
+            return ticketkeys.parse_raw([(p, _read(p)) for p in src.paths], src.layout)
+        if src.kind == "seed":
             if not self.seed:
-                self.seed = ticketkeys.parse_seed(_read(self.paths[0]), self.paths[0])
-            self.due = ticketkeys.seed_next_change(now, lifetime)
-            return ticketkeys.seed_ring(self.seed, now, lifetime, ticket_lifetime)
-        if not AVAILABLE:
-            return None
-        ring, self.made = ticketkeys.rotate(None, [], now, lifetime, ticket_lifetime,
-                                            ticketkeys.new_key())
-        self.due = now + lifetime
+                self.seed = ticketkeys.parse_seed(_read(src.paths[0]), src.paths[0])
+            self.due = ticketkeys.seed_next_change(now, src.lifetime)
+            return ticketkeys.seed_ring(self.seed, now, src.lifetime, src.ticket_lifetime)
+        return self._rotate(None, now) if AVAILABLE else None
+
+    def _rotate(self, ring: Ring | None, now: float) -> Ring:
+        ring, self.made = ticketkeys.rotate(ring, self.made, now, self.source.lifetime,
+                                            self.source.ticket_lifetime, ticketkeys.new_key())
+        self.due = now + self.source.lifetime
         return ring
 
     def commit(self) -> None:
         """Put the ring in use, for the master and every worker."""
         if self.ring is not None:
             _ticketkeys.set([k.wire() for k in self.ring.keys], self.ring.encrypt)
-            log.info(f"{{core}} ticket keys ({self.label()}): {self.ring.names()}")
+            log.info(f"{{core}} ticket keys ({self.source.label()}): {self.ring.names()}")
 
     def tick(self, now: float) -> None:
         """Once a second in the master: a changed file read again, a new epoch, a rotation."""
-        kind = self.source[0]
-        if kind in ("haproxy", "nginx"):
+        if self.source.kind in ("haproxy", "nginx"):
             self._reread()
         elif self.ring is not None and now >= self.due:
-            if kind == "seed":
-                self.ring = self._load(now)
-            else:
-                self.ring, self.made = ticketkeys.rotate(
-                    self.ring, self.made, now, self.source[1], self.source[2],
-                    ticketkeys.new_key())
-                self.due = now + self.source[1]
+            self.ring = self._load(now) if self.source.kind == "seed" else \
+                self._rotate(self.ring, now)
             self.commit()
 
     def _reread(self) -> None:
-        stamps = _stamp(self.paths)
+        stamps = [file_stamp(p) for p in self.source.paths]
         if stamps == self.stamps:
             return
         try:
