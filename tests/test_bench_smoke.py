@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,11 @@ def test_bench_smoke_produces_numbers(tmp_path):
     idle = next(iter(results["idle_mem"].values()))["stud"]
     assert idle["established"] == idle["count"]
     assert 0 < idle["kib_per_conn"] < memory_bound(100)
+    # fleet: three studs sharing a key file and Redis resume every reconnect; a resumption
+    # whose session comes from Redis costs B more CPU than one from its own cache
+    if shutil.which("redis-server"):
+        fleet = results["fleet"]
+        for mode, r in fleet["resumption"]["stud"].items():
+            assert r["resumed"] == r["reconnects"] > 0, (mode, r)
+        assert fleet["summary"]["redis_over_local"][0] > 1
+        assert not [p for p in results["problems"] if "fleet" in p], results["problems"]

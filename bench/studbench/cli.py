@@ -17,6 +17,7 @@ from .backend import start_backend
 from .clients import WRK_LUA
 from .common import ALL_SCENARIOS, KINDS, REPO, log
 from .context import Bench
+from .fleet import fleet_phase
 from .idle import idle_phase
 from .meta import run_meta
 from .mtls import mtls_phase
@@ -141,8 +142,9 @@ def run_all(b: Bench) -> dict[str, Any]:
             log("no proxy to benchmark")
             return {}
         meta = run_meta(b)
-        # hs_mtls last: the phases before it run as they did before it existed.
-        phases = (pinned_phase, paired_phase, aa_phase, idle_phase, unpinned_phase, mtls_phase)
+        # hs_mtls and fleet last: the phases before them run as they did before they existed.
+        phases = (pinned_phase, paired_phase, aa_phase, idle_phase, unpinned_phase, mtls_phase,
+                  fleet_phase)
         for phase in phases:
             phase(b)
     except KeyboardInterrupt:

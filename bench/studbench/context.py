@@ -7,6 +7,7 @@ import argparse
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .certs import ClientAuth
 from .common import CLIENT_CPUS, log
@@ -24,6 +25,7 @@ class Results:
     paired: dict[str, list[float]] = field(default_factory=dict)  # scenario -> hitch/stud
     aa: dict[str, list[float]] = field(default_factory=dict)  # method -> hitch-A/hitch-B
     mtls: dict[str, list[float]] = field(default_factory=dict)  # pair -> side-by-side ratios
+    fleet: dict[str, Any] = field(default_factory=dict)  # see fleet.py
     mtls_na: dict[str, str] = field(default_factory=dict)  # proxy -> why it has no hs_mtls
     idle_capped: dict[int, int] = field(default_factory=dict)  # wanted -> measured count
     close_reasons: dict[str, int] = field(default_factory=dict)  # from stud's connection log
@@ -55,6 +57,7 @@ class Instance:
     argv: list[str] = field(default_factory=list)
     extra: tuple[str, ...] = ()  # more stud options
     mtls: ClientAuth | None = None  # requires verified client certificates; clients present one
+    ticket_keys: Path | None = None  # a HAProxy tls-ticket-keys file (stud, HAProxy)
     error: str = ""
 
     def pids(self) -> list[int]:

@@ -70,6 +70,8 @@ def versions(b: Bench) -> dict[str, str]:
         v["wrk"] = run_capture([b.wrk, "-v"]).splitlines()[0]
     if exe := which("nginx"):
         v["nginx"] = run_capture([exe, "-v"]).splitlines()[0]
+    if "fleet" in b.args.scenarios and (exe := which("redis-server")):
+        v["redis"] = run_capture([exe, "--version"]).splitlines()[0]
     v["openssl"] = ssl.OPENSSL_VERSION
     v["python"] = sys.version.split()[0]
     return v

@@ -24,8 +24,9 @@ def which(name: str) -> str | None:
 
 
 def ensure_installed(want_install: bool) -> None:
-    """Debian packages (hitch haproxy wrk nginx libssl-dev gcc) and matplotlib."""
-    missing = [b for b in ("hitch", "haproxy", "wrk", "nginx", "gcc") if not which(b)]
+    """Debian packages (hitch haproxy wrk nginx redis-server libssl-dev gcc) and matplotlib."""
+    missing = [b for b in ("hitch", "haproxy", "wrk", "nginx", "redis-server", "gcc")
+               if not which(b)]
     if not Path("/usr/include/openssl/ssl.h").exists():
         missing.append("libssl-dev")
     if missing and want_install:

@@ -68,8 +68,9 @@ def proxy_argv(b: Bench, inst: Instance) -> list[str]:
         assert b.stud.argv
         verify = (f"--client-verify=required --client-verify-ca={inst.mtls.ca_bundle}".split()
                   if inst.mtls else [])
-        return [*b.stud.argv, "-f", front, "-b", back, "-n", str(inst.workers), *inst.extra,
-                *verify, str(inst.pem)]
+        keys = ["--tls-ticket-keys", str(inst.ticket_keys)] if inst.ticket_keys else []
+        return [*b.stud.argv, "-f", front, "-b", back, "-n", str(inst.workers), *keys,
+                *inst.extra, *verify, str(inst.pem)]
     if inst.kind == "hitch":
         ocsp = b.work / "hitch-ocsp"
         ocsp.mkdir(exist_ok=True)
@@ -88,7 +89,8 @@ def proxy_argv(b: Bench, inst: Instance) -> list[str]:
     conf.write_text(haproxy_conf(inst, b.backend_port, b.args.nofile))
     one_line = "; ".join(ln.strip() for ln in conf.read_text().splitlines())
     mtls = ", mTLS" if inst.mtls else ""
-    b.commands.setdefault(f"haproxy config ({inst.workers} worker{mtls})", one_line)
+    keys = ", tls-ticket-keys" if inst.ticket_keys else ""
+    b.commands.setdefault(f"haproxy config ({inst.workers} worker{mtls}{keys})", one_line)
     return [which("haproxy") or "haproxy", "-db", "-f", str(conf)]
 
 
@@ -104,6 +106,7 @@ def _hitch_verify(b: Bench, inst: Instance) -> list[str]:
 
 def haproxy_conf(inst: Instance, backend_port: int, nofile: int) -> str:
     verify = f" ca-file {inst.mtls.ca_bundle} verify required" if inst.mtls else ""
+    verify += f" tls-ticket-keys {inst.ticket_keys}" if inst.ticket_keys else ""
     return f"""global
     nbthread {inst.workers}
     maxconn {max_conns(nofile)}
@@ -123,22 +126,20 @@ backend be
 def start_proxy(
     b: Bench, kind: str, label: str, pem: Path, workers: int, cpus: set[int],
     extra: tuple[str, ...] = (), mtls: ClientAuth | None = None,
+    ticket_keys: Path | None = None,
 ) -> Instance:
     """Starts a proxy and waits until it answers through TLS; its `proc` is None if not.
-    With mtls it requires client certificates (and is asked with one)."""
-    inst = Instance(kind, label, free_port(b.ports), pem, workers, cpus, extra=extra, mtls=mtls)
+    With mtls it requires client certificates (and is asked with one); ticket_keys: the
+    file of session-ticket keys it shares with others (stud, HAProxy)."""
+    inst = Instance(kind, label, free_port(b.ports), pem, workers, cpus, extra=extra, mtls=mtls,
+                    ticket_keys=ticket_keys)
     inst.argv = proxy_argv(b, inst)
     b.commands.setdefault(
         f"{kind} ({workers} worker{'s' * (workers > 1)}{', ' * bool(extra)}"
-        f"{' '.join(extra)}{', mTLS' * bool(mtls)})", shlex.join(inst.argv)
+        f"{' '.join(extra)}{', mTLS' * bool(mtls)}{', ticket keys' * bool(ticket_keys)})",
+        shlex.join(inst.argv)
     )
-    env = dict(os.environ)
-    if kind == "stud" and b.stud.pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [b.stud.pythonpath, env.get("PYTHONPATH")])
-        )
-    if kind == "stud" and STUD_PRELOAD:
-        env["LD_PRELOAD"] = STUD_PRELOAD
+    env = stud_env(b) if kind == "stud" else dict(os.environ)
     inst.proc = b.procs.spawn(
         f"{kind}-{label}", inst.argv, cpus=cpus, log=b.work / f"{kind}-{label}.log", env=env
     )
@@ -153,6 +154,18 @@ def start_proxy(
         return inst
     _pin(inst)
     return inst
+
+
+def stud_env(b: Bench) -> dict[str, str]:
+    """The environment stud runs in: the copy of stud/ on its path, a sanitizer's runtime."""
+    env = dict(os.environ)
+    if b.stud.pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [b.stud.pythonpath, env.get("PYTHONPATH")])
+        )
+    if STUD_PRELOAD:
+        env["LD_PRELOAD"] = STUD_PRELOAD
+    return env
 
 
 def _wait_ready(inst: Instance) -> bool:

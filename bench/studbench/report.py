@@ -9,6 +9,7 @@ from typing import Any
 from .chart import render_png
 from .common import log
 from .context import Bench
+from .fleet_summary import fleet_notes, fleet_rows, fleet_summary
 from .meta import versions
 from .mtls_summary import mtls_table
 from .summary import fmt, summarize, targets_and_table
@@ -24,7 +25,7 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
     summary = summarize(res)
     targets, rows = targets_and_table(b, summary)
     mtls_targets, mtls_rows = mtls_table(b, summary)
-    targets, rows = targets + mtls_targets, rows + mtls_rows
+    targets, rows = targets + mtls_targets, rows + mtls_rows + fleet_rows(b)
     print_results(b, rows, targets)
     out.mkdir(parents=True, exist_ok=True)
     result = {
@@ -36,6 +37,7 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
         "paired": res.paired,
         "aa": res.aa,
         "mtls": {"side_by_side": res.mtls, "not_measured": res.mtls_na},
+        "fleet": {**res.fleet, "summary": fleet_summary(b)} if res.fleet else {},
         "idle_capped": res.idle_capped,
         "stud_close_reasons": res.close_reasons,
         "stud_warnings": res.notes,
@@ -51,7 +53,7 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
     )
     have_numbers = {k for per in res.runs.values() for k in per} | {
         k for per in res.idle.values() for k in per
-    }
+    } | {k for per in res.fleet.get("cpu", {}).values() for k in per}
     if "stud" in b.kinds:
         return 0 if "stud" in have_numbers else 1
     return 0 if have_numbers else 1
@@ -150,7 +152,8 @@ def _md_header(meta: dict) -> list[str]:
         + ".  ",
         "Placement: proxy pinned to CPU 0 with 1 worker; load generator and nginx backend on "
         "CPU 1. `per CPU-s` = events (or MiB) per second of proxy CPU time (utime+stime of all "
-        "its processes during the measured phase). Scaling and resumption rows: unpinned. "
+        "its processes during the measured phase). Scaling and resumption rows (and fleet's "
+        "across 3 instances): unpinned. "
         "See bench/README.md.",
     ]
 
@@ -159,6 +162,7 @@ def _md_notes(b: Bench) -> list[str]:
     reasons = sorted(b.results.close_reasons.items(), key=lambda kv: -kv[1])
     notes = [f"- stud printed: {n}" for n in b.results.notes]
     notes += [f"- hs_mtls, {k}: n/a: {why}" for k, why in b.results.mtls_na.items()]
+    notes += fleet_notes(b)
     if reasons:
         notes.append(
             "- stud's per-connection close reasons: "

@@ -11,11 +11,11 @@ from .common import (
     ALL_CPUS,
     IDLE_BIG,
     IDLE_KIB_TARGET,
+    NO_SHARED_CACHE,
     PINNED_SCENARIOS,
     RATIO_TARGETS,
     RESUME_MODES,
     SCALING_TARGET,
-    SHARED_CACHE,
     UNITS,
 )
 from .context import Bench, Results
@@ -224,8 +224,8 @@ def _info_rows(t: _Table, results: Results) -> None:
             r = results.resume.get(kind, {}).get(mode)
             cells.append(f"{r['resumed']}/{r['reconnects']}" if r else "-")
         t.rows.append([f"resume {mode} (2w)", "resumed", *cells, "-", "-", "(info)", ""])
-        r = results.resume.get(SHARED_CACHE, {}).get(mode)
+        r = results.resume.get(NO_SHARED_CACHE, {}).get(mode)
         if r:
             cells = [f"{r['resumed']}/{r['reconnects']}" if k == "stud" else "" for k in kinds]
-            t.rows.append([f"resume {mode} (2w, {SHARED_CACHE})", "resumed", *cells, "-", "-",
+            t.rows.append([f"resume {mode} (2w, {NO_SHARED_CACHE})", "resumed", *cells, "-", "-",
                            "(info)", ""])
