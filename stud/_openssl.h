@@ -83,6 +83,7 @@ typedef struct evp_md_st EVP_MD;
 typedef struct engine_st ENGINE;
 typedef struct x509_st X509;
 typedef struct evp_cipher_st EVP_CIPHER;
+typedef struct ossl_lib_ctx_st OSSL_LIB_CTX;
 typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
 typedef struct evp_mac_ctx_st EVP_MAC_CTX;
 typedef struct ossl_param_st {
@@ -185,6 +186,7 @@ typedef int (*ticket_key_cb)(SSL *, unsigned char *, unsigned char *, EVP_CIPHER
     X(int, X509_STORE_add_crl, (X509_STORE *, X509_CRL *))                                      \
     X(int, X509_VERIFY_PARAM_set1, (X509_VERIFY_PARAM *, const X509_VERIFY_PARAM *))            \
     X(const char *, X509_verify_cert_error_string, (long))                                      \
+    X(EVP_CIPHER *, EVP_CIPHER_fetch, (OSSL_LIB_CTX *, const char *, const char *))             \
     X(const EVP_CIPHER *, EVP_aes_128_cbc, (void))                                              \
     X(const EVP_CIPHER *, EVP_aes_256_cbc, (void))                                              \
     X(int, EVP_EncryptInit_ex,                                                                  \

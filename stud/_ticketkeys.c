@@ -51,6 +51,9 @@ typedef struct {
 } Shm;
 
 static Shm *shm; /* inherited across fork: one ring for the master and all its workers */
+/* The ciphers, fetched once: a legacy EVP_aes_*() object makes every EVP_*Init_ex fetch its
+   implementation again from the provider store, on each ticket. */
+static const EVP_CIPHER *aes128, *aes256;
 
 static int lock(void) {
     int r = pthread_mutex_lock(&shm->lock);
@@ -112,7 +115,7 @@ static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHE
     unlock();
     if (i < 0)
         return TICKET_NONE;
-    const EVP_CIPHER *cipher = k.len == KEY_MAX ? EVP_aes_256_cbc_() : EVP_aes_128_cbc_();
+    const EVP_CIPHER *cipher = k.len == KEY_MAX ? aes256 : aes128;
     int ok;
     if (enc) {
         memcpy(name, k.name, NAME_LEN);
@@ -159,6 +162,12 @@ static PyObject *mod_init(PyObject *mod, PyObject *fns) {
         return NULL;
     if (shm)
         Py_RETURN_NONE;
+    aes128 = EVP_CIPHER_fetch_(NULL, "AES-128-CBC", NULL);
+    aes256 = EVP_CIPHER_fetch_(NULL, "AES-256-CBC", NULL);
+    if (!aes128) /* (a provider set-up without them: the legacy objects still work) */
+        aes128 = EVP_aes_128_cbc_();
+    if (!aes256)
+        aes256 = EVP_aes_256_cbc_();
     void *m = shm_map(sizeof(Shm));
     if (!m)
         return NULL;
