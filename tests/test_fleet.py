@@ -20,6 +20,7 @@ from helpers import (
     run_tool,
     s_client,
     scrape,
+    tool_env,
     wait_for,
 )
 
@@ -237,7 +238,8 @@ frontend f
 backend b
     server s 127.0.0.1:{backend("echo")}
 """)
-        procs.append(Proc([HAPROXY, "-db", "-f", str(cfg)], tmp_path / f"haproxy-{port}.out"))
+        procs.append(Proc([HAPROXY, "-db", "-f", str(cfg)], tmp_path / f"haproxy-{port}.out",
+                          env=tool_env()))
         wait_for(lambda: s_client(port, "-tls1_2").returncode == 0, T)
         return port
     return start
@@ -306,7 +308,7 @@ class Redis(Proc):
         self.port = free_port()
         super().__init__([REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                           "--appendonly", "no", "--dir", str(tmp_path)],
-                         tmp_path / f"redis-{self.port}.out")
+                         tmp_path / f"redis-{self.port}.out", env=tool_env())
         wait_for(lambda: self.command("PING") == b"+PONG\r\n", T)
 
     @property

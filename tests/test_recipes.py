@@ -73,10 +73,11 @@ def app(procs, recipe, tmp_path):
     (root / "index.html").write_text("app ok\n")
     port = recipe.port(8000)
     p = Proc([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
-              str(root), str(port)], tmp_path / "app.out")
+              str(root), str(port)], tmp_path / "app.out", env=tool_env())
     procs.append(p)
     wait_for(lambda: subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/"],
-                                    capture_output=True, timeout=T).returncode == 0, T)
+                                    capture_output=True, timeout=T, env=tool_env()
+                                    ).returncode == 0, T)
     return port
 
 
@@ -98,7 +99,8 @@ def test_varnish(procs, recipe, app):
     # (-j none: no jail, so that Varnish reads the test's private directory as root does)
     p = Proc([varnishd, "-F", "-j", "none", "-n", str(workdir), "-a",
               f"127.0.0.1:{recipe.port(6086)},PROXY", "-a", f"127.0.0.1:{recipe.port(6081)}",
-              "-f", str(vcl), "-p", "auto_restart=off"], recipe.dir / "varnish.out")
+              "-f", str(vcl), "-p", "auto_restart=off"], recipe.dir / "varnish.out",
+             env=tool_env())
     procs.append(p)
     wait_for(lambda: "Child launched OK" in p.output() or p.proc.poll() is not None, 30)
     assert p.proc.poll() is None, p.output()
@@ -118,7 +120,8 @@ def test_nginx(procs, recipe):
     conf.write_text(f"daemon off;\npid {recipe.dir}/nginx.pid;\nerror_log stderr;\n"
                     f"events {{}}\nhttp {{\naccess_log off;\n"
                     f"client_body_temp_path {recipe.dir}/tmp;\ninclude {site};\n}}\n")
-    procs.append(Proc([nginx, "-c", str(conf), "-p", str(recipe.dir)], recipe.dir / "ng.out"))
+    procs.append(Proc([nginx, "-c", str(conf), "-p", str(recipe.dir)], recipe.dir / "ng.out",
+                      env=tool_env()))
     run_stud(procs, recipe, "nginx/stud.conf")
     r = wait_for(lambda: (x := curl(recipe.port(443))).stdout.endswith("\n") and x, T)
     assert r.stdout.endswith("client=127.0.0.1 proxy=127.0.0.1\n"), r.stdout
@@ -127,7 +130,7 @@ def test_nginx(procs, recipe):
 def test_haproxy(procs, recipe, app):
     haproxy = need("/usr/sbin/haproxy")
     procs.append(Proc([haproxy, "-db", "-f", str(recipe.write("haproxy/haproxy.cfg"))],
-                      recipe.dir / "haproxy.out"))
+                      recipe.dir / "haproxy.out", env=tool_env()))
     run_stud(procs, recipe, "haproxy/stud.conf")
     r = wait_for(lambda: (x := curl(recipe.port(443), "--resolve",
                                     f"site.test:{recipe.port(443)}:127.0.0.1")).stdout and x, T)
@@ -144,9 +147,10 @@ def test_l4_balancer_passes_the_real_client(procs, recipe):
     conf = recipe.dir / "nginx.conf"
     conf.write_text(f"daemon off;\npid {recipe.dir}/nginx.pid;\nerror_log stderr;\n"
                     f"events {{}}\nhttp {{\naccess_log off;\ninclude {site};\n}}\n")
-    procs.append(Proc([nginx, "-c", str(conf), "-p", str(recipe.dir)], recipe.dir / "ng.out"))
+    procs.append(Proc([nginx, "-c", str(conf), "-p", str(recipe.dir)], recipe.dir / "ng.out",
+                      env=tool_env()))
     procs.append(Proc([haproxy, "-db", "-f", str(recipe.write("l4/balancer.cfg"))],
-                      recipe.dir / "haproxy.out"))
+                      recipe.dir / "haproxy.out", env=tool_env()))
     run_stud(procs, recipe, "l4/stud.conf")
     r = wait_for(lambda: (x := curl(recipe.port(4443), interface="127.0.0.2")).stdout and x, T)
     assert r.stdout.endswith("client=127.0.0.2 proxy=127.0.0.2\n"), r.stdout + r.stderr
@@ -169,7 +173,8 @@ def test_certbot_renewal_is_picked_up(procs, recipe, app, pki):
             tmp.symlink_to(archive / f"{name}{n}.pem")
             tmp.replace(live / f"{name}.pem")
         return subprocess.run(["openssl", "x509", "-noout", "-serial"], input=text[:key_at],
-                              capture_output=True, text=True, timeout=T).stdout.strip()
+                              capture_output=True, text=True, timeout=T,
+                              env=tool_env()).stdout.strip()
 
     first = renew(1)
     s = run_stud(procs, recipe, "certbot/stud.conf")
@@ -181,7 +186,8 @@ def test_certbot_renewal_is_picked_up(procs, recipe, app, pki):
         cert = out[out.index("-----BEGIN CERTIFICATE"):out.index("-----END CERTIFICATE")] + \
             "-----END CERTIFICATE-----\n"
         return subprocess.run(["openssl", "x509", "-noout", "-serial"], input=cert,
-                              capture_output=True, text=True, timeout=T).stdout.strip()
+                              capture_output=True, text=True, timeout=T,
+                              env=tool_env()).stdout.strip()
 
     assert serial() == first
     second = renew(2)

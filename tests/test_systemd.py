@@ -182,7 +182,7 @@ def test_socket_activation_serves_systemds_socket_and_binds_nothing(activate, pr
     wait_for(lambda: "Listening on" in p.output(), T)
     first = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}"],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+                             stderr=subprocess.DEVNULL, text=True, env=tool_env())
     assert "New, TLS" in first.communicate(timeout=T)[0]  # the connection that woke it
     notify.next("READY")
     assert f"Listening on [127.0.0.1]:{port} (systemd's https)" in p.output()
