@@ -17,7 +17,6 @@ from helpers import (
     Proc,
     client_ctx,
     free_port,
-    run_tool,
     s_client,
     scrape,
     tool_env,
@@ -32,9 +31,13 @@ T = 10.0
 V12, V13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 
 
+def run_stud(*args: str | Path) -> subprocess.CompletedProcess:
+    """The stud command, in the tests' environment (a sanitizer run's runtime included)."""
+    return subprocess.run([*STUD, *map(str, args)], timeout=30, capture_output=True, text=True)
+
+
 def keytool(*args: str | Path) -> subprocess.CompletedProcess:
-    return run_tool([*STUD, "ticket-keys", *map(str, args)], timeout=30, capture_output=True,
-                    text=True)
+    return run_stud("ticket-keys", *args)
 
 
 def resume(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None
@@ -190,9 +193,8 @@ def test_a_broken_key_file_keeps_the_keys_in_use(fleet, tmp_path):
 def test_a_bad_key_file_at_start_is_one_line_naming_it(tmp_path, pem, content, error):
     path = tmp_path / "keys"
     path.write_text(content)
-    r = run_tool([*STUD, "-f", f"127.0.0.1,{free_port()}", "-b", "127.0.0.1,1",
-                  "--tls-ticket-keys", str(path), pem], timeout=30, capture_output=True,
-                 text=True)
+    r = run_stud("-f", f"127.0.0.1,{free_port()}", "-b", "127.0.0.1,1", "--tls-ticket-keys",
+                 path, pem)
     assert r.returncode == 1 and r.stderr == f"stud: {error.format(path=path)}\n"
 
 
@@ -413,7 +415,6 @@ def test_a_hung_redis_delays_only_the_resuming_handshake(fleet, redis, tmp_path)
 ])
 def test_session_store_configuration_errors(tmp_path, pem, args, error):
     (tmp_path / "seed").write_text("00" * 32)
-    r = run_tool([*STUD, "-f", f"127.0.0.1,{free_port()}", "-b", "127.0.0.1,1",
-                  *[a.format(seed=tmp_path / "seed") for a in args], pem], timeout=30,
-                 capture_output=True, text=True)
+    r = run_stud("-f", f"127.0.0.1,{free_port()}", "-b", "127.0.0.1,1",
+                 *[a.format(seed=tmp_path / "seed") for a in args], pem)
     assert r.returncode == 1 and error in r.stderr and r.stderr.count("\n") == 1

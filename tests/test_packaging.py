@@ -15,6 +15,9 @@ from helpers import tool_env
 
 ROOT = Path(__file__).parent.parent
 T = 600
+# Packaging is not about memory: a sanitizer run's instrumented tree is not what users install.
+pytestmark = pytest.mark.skipif("san" in os.environ.get("LD_PRELOAD", ""),
+                                reason="a sanitizer run (tests/sanitize.sh)")
 
 
 def run(args: list[str | Path], env: dict | None = None, cwd: Path | None = None

@@ -138,6 +138,14 @@ def test_the_variables_are_taken_out_of_the_environment(monkeypatch, tmp_path):
 ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-activate"
 
 
+def activate_args(port: int, *more: str) -> list[str]:
+    """systemd-socket-activate gives the program a clean environment: -E passes on what a
+    sanitizer run needs (its runtime, preloaded, and its options)."""
+    keep = [f"{k}={v}" for k, v in os.environ.items()
+            if k == "LD_PRELOAD" or k.startswith(("ASAN_", "UBSAN_", "LSAN_"))]
+    return [ACTIVATE, "-l", f"127.0.0.1:{port}", *more, *(a for kv in keep for a in ("-E", kv))]
+
+
 def listening_sockets(pids: list[int]) -> set[str]:
     """The socket inodes of the listening TCP sockets the processes hold."""
     inodes = set()
@@ -175,9 +183,8 @@ def test_socket_activation_serves_systemds_socket_and_binds_nothing(activate, pr
     cfg = conf(tmp_path / "stud.conf", port, backend("echo"), pem)
     # systemd-socket-activate execs stud once a client connects, handing it the socket
     # (it gives the program a clean environment: -E passes the variable on)
-    p = Proc([ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=https", "-E",
-              f"NOTIFY_SOCKET={notify.path}", *STUD, "--config", str(cfg)],
-             tmp_path / "activate.out")
+    p = Proc([*activate_args(port, "--fdname=https", "-E", f"NOTIFY_SOCKET={notify.path}"),
+              *STUD, "--config", str(cfg)], tmp_path / "activate.out")
     procs.append(p)
     wait_for(lambda: "Listening on" in p.output(), T)
     first = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}"],
@@ -204,7 +211,7 @@ def test_socket_activation_serves_systemds_socket_and_binds_nothing(activate, pr
 def test_socket_activation_mismatch_is_one_line(activate, procs, backend, pem, tmp_path,
                                                 frontend, error):
     port, other = free_port(), free_port()
-    p = Proc([ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=https", *STUD, "-f",
+    p = Proc([*activate_args(port, "--fdname=https"), *STUD, "-f",
               frontend.format(other=other), "-b", "127.0.0.1,1", pem],
              tmp_path / "activate.out")
     procs.append(p)
@@ -216,7 +223,7 @@ def test_socket_activation_mismatch_is_one_line(activate, procs, backend, pem, t
 
 def test_a_socket_for_no_frontend_is_refused(activate, procs, pem, tmp_path):
     port, extra = free_port(), free_port()
-    p = Proc([ACTIVATE, "-l", f"127.0.0.1:{port}", "-l", f"127.0.0.1:{extra}", *STUD, "-f",
+    p = Proc([*activate_args(port, "-l", f"127.0.0.1:{extra}"), *STUD, "-f",
               f"127.0.0.1,{port}", "-b", "127.0.0.1,1", pem], tmp_path / "activate.out")
     procs.append(p)
     wait_for(lambda: p.output().count("Listening on") == 2, T)
