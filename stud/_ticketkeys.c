@@ -127,7 +127,9 @@ static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHE
     explicit_bzero(&k, sizeof k);
     if (!ok)
         return TICKET_ERROR;
-    return enc || !older ? TICKET_OK : TICKET_RENEW;
+    /* Renewed: under an older key (it is retiring), and always in TLS 1.3, where OpenSSL
+       sends no new ticket after a resumption unless asked, and clients use each ticket once. */
+    return enc || !(older || SSL_version_(ssl) == TLS1_3_VERSION) ? TICKET_OK : TICKET_RENEW;
 }
 
 /* The entry that counts for ``name``: its own, a free one, or the one out of the ring longest. */
