@@ -252,3 +252,23 @@ def test_epoch_key_is_rfc5869_hkdf_sha256_as_documented():
         okm += block
     key = ticketkeys.epoch_key(seed, epoch, lifetime)
     assert key.wire() == okm[:16] + okm[16:48] + okm[48:80]
+
+
+@built
+@pytest.mark.parametrize("version, new_ticket", [(ssl.TLSVersion.TLSv1_3, True),
+                                                 (ssl.TLSVersion.TLSv1_2, False)])
+def test_a_tls13_resumption_gets_a_new_ticket(pem, ring, version, new_ticket):
+    """Clients use a TLS 1.3 ticket once (wrk, browsers): without a new one after each
+    resumption, every other connection was a full handshake. TLS 1.2 keeps its ticket while
+    the key is current, as OpenSSL does with its own keys."""
+    from stud import _ticketkeys
+    a = server_ctx(pem)
+    tickets.attach(a)
+    cctx = client_ctx(maximum_version=version, minimum_version=version)
+    key = ticketkeys.new_key()
+    ring([key])
+    sess, _ = handshake(a, cctx)
+    issued = _ticketkeys.stats()["keys"][key.name]["issued"]
+    _, reused = handshake(a, cctx, sess)
+    assert reused
+    assert (_ticketkeys.stats()["keys"][key.name]["issued"] > issued) is new_ticket
