@@ -20,6 +20,7 @@ import sys
 
 from stud import ticketkeys
 from stud.ticketkeys import HAPROXY_RING, KeyFileError
+from stud.tickets import read_key_file
 
 USAGE = __doc__.split("\n\n")[1].strip()
 
@@ -37,14 +38,6 @@ def write_atomically(path: str, data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise KeyFileError(f"{path}: {e.strerror}") from None
 
 
 def _refuse_existing(path: str, force: bool) -> None:
@@ -66,13 +59,13 @@ def new(fmt: str, size: int, files: list[str], force: bool) -> None:
 
 def rotate(fmt: str, files: list[str]) -> None:
     if fmt == "haproxy":
-        ring = ticketkeys.parse_haproxy(_read(files[0]), files[0])
+        ring = ticketkeys.parse_haproxy(read_key_file(files[0]), files[0])
         oldest_first = list(reversed(ring.keys))
         fresh = ticketkeys.new_key(oldest_first[-1].size)
         write_atomically(files[0], ticketkeys.format_haproxy([*oldest_first, fresh]
                                                              [-HAPROXY_RING:]))
         return
-    contents = [_read(p) for p in files]
+    contents = [read_key_file(p) for p in files]
     ticketkeys.parse_raw(list(zip(files, contents, strict=True)))  # all valid before any moves
     for path, data in reversed(list(zip(files[1:], contents[:-1], strict=True))):
         write_atomically(path, data)

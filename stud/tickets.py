@@ -70,7 +70,8 @@ class Source(NamedTuple):
         return f"{option} {' '.join(self.paths)}"
 
 
-def _read(path: str) -> bytes:
+def read_key_file(path: str) -> bytes:
+    """A key or seed file's bytes; KeyFileError names it when it cannot be read."""
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -104,12 +105,12 @@ class Keyring:
     def _load(self, now: float) -> Ring | None:
         src = self.source
         if src.kind == "haproxy":
-            return ticketkeys.parse_haproxy(_read(src.paths[0]), src.paths[0], src.layout)
+            return ticketkeys.parse_haproxy(read_key_file(src.paths[0]), src.paths[0], src.layout)
         if src.kind == "nginx":
-            return ticketkeys.parse_raw([(p, _read(p)) for p in src.paths], src.layout)
+            return ticketkeys.parse_raw([(p, read_key_file(p)) for p in src.paths], src.layout)
         if src.kind == "seed":
             if not self.seed:
-                self.seed = ticketkeys.parse_seed(_read(src.paths[0]), src.paths[0])
+                self.seed = ticketkeys.parse_seed(read_key_file(src.paths[0]), src.paths[0])
             self.due = ticketkeys.seed_next_change(now, src.lifetime)
             return ticketkeys.seed_ring(self.seed, now, src.lifetime, src.ticket_lifetime)
         return self._rotate(None, now) if AVAILABLE else None
