@@ -39,6 +39,35 @@ class Unix:
         return self.path
 
 
+@dataclass(frozen=True)
+class Named:
+    """A frontend on the socket systemd passes under this name (its FileDescriptorName=):
+    ``systemd:NAME``, as ghostunnel writes it."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"{SYSTEMD_PREFIX}{self.name}"
+
+
+SYSTEMD_PREFIX = "systemd:"
+MAX_FDNAME = 255  # sd_pid_notify_with_fds(3): FDNAME= takes at most 255 characters
+
+
+def parse_frontend(text: str) -> Addr | Named:
+    """Where a frontend listens: an address (the wildcard ``*`` allowed) or ``systemd:NAME``."""
+    s = text.strip()
+    if not s.startswith(SYSTEMD_PREFIX):
+        return parse(text, wildcard=True)
+    name = s[len(SYSTEMD_PREFIX):]
+    if not name or len(name) > MAX_FDNAME or ":" in name or not (name.isascii()
+                                                                  and name.isprintable()):
+        raise AddrError(f"invalid frontend '{text[:60]}': systemd:NAME takes a socket's "
+                        f"FileDescriptorName= (1-{MAX_FDNAME} printable ASCII characters, "
+                        "no ':')")
+    return Named(name)
+
+
 def parse_backend(text: str) -> Addr | Unix:
     """A backend: an absolute path is a UNIX socket, anything else an address."""
     s = text.strip()

@@ -80,7 +80,7 @@ class Frontend:
     hitch's block ``frontend = { host = ... port = ... pem-file = ... }``. None: the global
     setting applies."""
 
-    addr: addr.Addr
+    addr: addr.Addr | addr.Named
     pems: tuple[Pem, ...] = ()            # its own certificates (the last is its default)
     match_global_certs: bool | None = None  # None: hitch's rule, on when it has none of its own
     sni_nomatch_abort: bool | None = None
@@ -344,7 +344,8 @@ OPTIONS: tuple[Option, ...] = (
       "Backend [connect]: an address, or the path of a UNIX socket", short="b",
       metavar="HOST,PORT", section=SOCK),
     Op("frontend", "frontend", (Frontend(addr.Addr(None, 8443)),),
-      "Frontend [bind], repeatable; +CERT serves that certificate there", short="f",
+      "Frontend [bind], repeatable; +CERT serves that certificate there; systemd:NAME is "
+      "the socket systemd passes under that name", short="f",
       metavar="[HOST]:PORT[+CERT]", section=SOCK, repeat=True, wildcard=True),
     Op("backend-refresh", "float", 0.0, "Resolve the backend's name again this often (0: once)",
       short="R", metavar="SECS", section=SOCK, check=_non_negative),
@@ -584,11 +585,11 @@ def parse_frontend(text: str, base: str) -> Frontend:
     close = text.find("]") if text.lstrip().startswith("[") else 0
     plus = text.find("+", max(close, 0))
     if plus < 0:
-        return Frontend(addr.parse(text, wildcard=True))
+        return Frontend(addr.parse_frontend(text))
     cert = convert(BY_NAME["pem-file"], text[plus + 1:], base)
     if cert is None:
         raise addr.AddrError(f"invalid frontend '{text}': no certificate after '+'")
-    return Frontend(addr.parse(text[:plus], wildcard=True), (cert,))
+    return Frontend(addr.parse_frontend(text[:plus]), (cert,))
 
 
 def file_stamp(path: str) -> tuple | None:
@@ -925,10 +926,13 @@ class FileSource:
                     raise ConfigError(f"{it.key}: not allowed in a frontend block")
             except ConfigError as e:
                 raise self.located(e, where) from None
-        if port is None:
-            raise ConfigError("frontend: a block needs a port")
+        named = host.startswith(addr.SYSTEMD_PREFIX)
+        if (port is None) != named:
+            raise ConfigError("frontend: a block needs a port" if port is None else
+                              f"frontend: host {host} is a socket systemd passes: no port")
         try:
-            where = addr.parse(f"[{host}]:{port}", wildcard=True)
+            where = (addr.parse_frontend(host) if named else
+                     addr.parse(f"[{host}]:{port}", wildcard=True))
         except addr.AddrError as e:
             raise ConfigError(f"frontend: {e}") from None
         return Frontend(where, tuple(pems), **fields)
@@ -1003,8 +1007,11 @@ def _show(opt: Option, value: Any) -> list[str]:
 def _show_one(name: str, v: Any) -> list[str]:
     """One value of a repeated option: hitch's block form where the one-line form says less."""
     if isinstance(v, Frontend) and not v.simple:
-        host = "*" if v.addr.host is None else v.addr.host
-        inner = [f'host = "{host}"', f'port = "{v.addr.port}"']
+        if isinstance(v.addr, addr.Named):
+            inner = [f'host = "{v.addr}"']
+        else:
+            host = "*" if v.addr.host is None else v.addr.host
+            inner = [f'host = "{host}"', f'port = "{v.addr.port}"']
         inner += [line for p in v.pems for line in _show_one("pem-file", p)]
         for key in sorted(FRONTEND_KEYS):
             field = getattr(v, key.replace("-", "_"))

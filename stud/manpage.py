@@ -99,9 +99,12 @@ def stud_8() -> str:
             "Started with NOTIFY_SOCKET set (Type=notify), stud sends READY=1 once every "
             "worker accepts, RELOADING=1 and READY=1 around a reload, STOPPING=1 when it "
             "drains, STATUS lines, and watchdog pings while its loop turns (WatchdogSec=). "
-            "Given sockets by systemd (LISTEN_FDS, a .socket unit), it serves those, matched "
-            "to its frontends by address, and binds nothing itself. Unit files are in "
-            "contrib/systemd/ of the source.")),
+            "Given sockets by systemd (LISTEN_FDS, a .socket unit), it serves those and binds "
+            "nothing itself, so it needs no privilege from the start. A frontend "
+            "systemd:NAME takes every socket named NAME (FileDescriptorName=, by default the "
+            "socket unit's name); a frontend given by address takes the socket on that "
+            "address. A socket no frontend takes, or a frontend without its socket, is an "
+            "error. Unit files are in contrib/systemd/ of the source.")),
         ("LOGGING AND METRICS", paragraphs(
             "Messages go to stdout and stderr (or --log-file, or syslog), one line each with "
             "UTC time and PID; --log-level=conn adds one key=value line per connection. "

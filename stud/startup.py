@@ -51,6 +51,9 @@ def prepare(cfg: Config, previous: Setup | None = None) -> Setup:
     backend = resolve_backend(cfg)
     frontends = []
     for f in cfg.frontend:
+        if isinstance(f.addr, addr.Named):  # (systemd's sockets, found when claimed)
+            frontends.append((f, socket.AF_UNSPEC, ()))
+            continue
         try:
             frontends.append((f, *addr.resolve(f.addr, passive=True)))
         except addr.AddrError as e:
@@ -138,27 +141,58 @@ class Listeners:
         self.passed = passed
         self.by_key: dict[Key, socket.socket] = {k: s for k, (_, s) in (passed or {}).items()}
 
-    def claim(self, cfg: Config, setup: Setup) -> tuple[list[socket.socket],
+    def claim(self, cfg: Config, setup: Setup) -> tuple[list[tuple[socket.socket, Frontend]],
                                                          dict[Key, socket.socket]]:
-        """The sockets for setup's frontends, in order, and those of them bound anew (not
-        yet ours: adopt() or release() them); raises ConfigError with nothing left bound."""
+        """The sockets for setup's frontends, in order, each with its frontend, and those of
+        them bound anew (not yet ours: adopt() or release() them); raises ConfigError with
+        nothing left bound."""
         fresh: dict[Key, socket.socket] = {}
-        out = []
+        out: list[tuple[socket.socket, Frontend]] = []
         try:
             for front, family, sockaddr in setup.frontends:
-                key = (family, sockaddr)
-                sock = self.by_key.get(key) or fresh.get(key)
-                if sock is None and self.passed is not None:
-                    sock = self._passed_for(front.addr, key)
-                    if not cfg.client:
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
-                elif sock is None:
-                    sock = fresh[key] = bind(front.addr, family, sockaddr, cfg)
-                out.append(sock)
+                for sock in self._sockets_for(front, (family, sockaddr), fresh, cfg):
+                    taken = [f for s, f in out if s is sock]
+                    if taken:
+                        raise ConfigError(f"frontend {front.addr}: the same socket as frontend "
+                                          f"{taken[0].addr}")
+                    out.append((sock, front))
         except ConfigError:
             release(fresh)
             raise
         return out, fresh
+
+    def _sockets_for(self, front: Frontend, key: Key, fresh: dict[Key, socket.socket],
+                     cfg: Config) -> list[socket.socket]:
+        """A frontend's sockets: systemd's of that name, the one already listening on its
+        address, systemd's on it, or a new one (added to fresh)."""
+        if isinstance(front.addr, addr.Named):
+            socks = self._named(front.addr)
+        elif (sock := self.by_key.get(key) or fresh.get(key)) is not None:
+            socks = [sock]
+        elif self.passed is not None:
+            socks = [self._passed_for(front.addr, key)]
+        else:
+            fresh[key] = bind(front.addr, key[0], key[1], cfg)
+            return [fresh[key]]
+        if self.passed is not None and not cfg.client:  # (bind() sets it on stud's own)
+            for sock in socks:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+        return socks
+
+    def _named(self, front: addr.Named) -> list[socket.socket]:
+        """Every socket systemd passed under the frontend's name."""
+        if self.passed is None:
+            raise ConfigError(f"frontend {front}: systemd passed no sockets (no LISTEN_FDS: "
+                              "start stud from a .socket unit)")
+        socks = [sock for name, sock in self.passed.values() if name == front.name]
+        if not socks:
+            raise ConfigError(f"frontend {front}: systemd passed no socket of that name "
+                              f"({self._given()})")
+        return socks
+
+    def _given(self) -> str:
+        return ", ".join(f"{name} {addr_text(k[1])}" for k, (name, _) in
+                         (self.passed or {}).items())
 
     def _passed_for(self, front: addr.Addr, key: Key) -> socket.socket:
         """systemd's socket for a frontend: the same address, or for ``*`` the IPv4
@@ -169,9 +203,8 @@ class Listeners:
         for k in alternatives:
             if k in self.passed:
                 return self.passed[k][1]
-        given = ", ".join(f"{name} {addr_text(k[1])}" for k, (name, _) in self.passed.items())
         raise ConfigError(f"frontend {front}: none of the sockets systemd passed is for it "
-                          f"({given}); socket-activated, stud binds nothing itself")
+                          f"({self._given()}); socket-activated, stud binds nothing itself")
 
     def check_passed(self, live: list[socket.socket], cfg: Config) -> None:
         """At start: every socket systemd passed serves a frontend (ConfigError if not)."""
@@ -217,14 +250,17 @@ class Generation:
 
     cfg: Config
     setup: Setup
-    listeners: list[socket.socket]
+    claimed: list[tuple[socket.socket, Frontend]]  # each listening socket, with its frontend
     fresh: dict[Key, socket.socket]  # bound for it and not yet adopted
     cache: sesscache.Plan
 
+    @property
+    def listeners(self) -> list[socket.socket]:
+        return [sock for sock, _ in self.claimed]
+
     def served(self) -> list[tuple[socket.socket, ssl.SSLContext | None]]:
         """Each listening socket with where its handshakes start (what workers serve)."""
-        return [(sock, self.setup.context_of(f))
-                for sock, (f, _, _) in zip(self.listeners, self.setup.frontends, strict=True)]
+        return [(sock, self.setup.context_of(f)) for sock, f in self.claimed]
 
 
 def prepare_generation(cfg: Config, previous: Setup | None, listeners: Listeners,
@@ -234,13 +270,13 @@ def prepare_generation(cfg: Config, previous: Setup | None, listeners: Listeners
     setup = prepare(cfg, previous)
     if cfg.session_store:
         sessionstore.preload()
-    socks, fresh = listeners.claim(cfg, setup)
+    claimed, fresh = listeners.claim(cfg, setup)
     try:
         cache = sesscache.plan(cfg, setup.contexts(), updates)
     except ConfigError:
         release(fresh)
         raise
-    return Generation(cfg, setup, socks, fresh, cache)
+    return Generation(cfg, setup, claimed, fresh, cache)
 
 
 def commit(gen: Generation, listeners: Listeners) -> None:

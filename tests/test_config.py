@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stud import __version__, addr, config
-from stud.addr import Addr, AddrError, Unix
+from stud.addr import Addr, AddrError, Named, Unix
 from stud.config import (
     BY_NAME,
     OPTIONS,
@@ -260,6 +260,12 @@ def test_client_mode_needs_no_pem():
     (["-f", "127.0.0.1,65536"], "frontend: invalid port '65536'"),
     (["--frontend="], "frontend"),
     (["-f", "127.0.0.1,1", "-f", "[127.0.0.1]:1"], "frontend: [127.0.0.1]:1 is listed twice"),
+    (["-f", "systemd:"], "frontend: invalid frontend 'systemd:': systemd:NAME takes a socket's "
+     "FileDescriptorName= (1-255 printable ASCII characters, no ':')"),
+    (["-f", "systemd:a:b"], "frontend: invalid frontend 'systemd:a:b'"),
+    (["-f", "systemd:h\u00e9"], "frontend: invalid frontend"),
+    (["-f", "systemd:" + "n" * 256], "frontend: invalid frontend"),
+    (["-f", "systemd:https", "-f", "systemd:https"], "frontend: systemd:https is listed twice"),
     (["-C", "0", "-U", "127.0.0.1,9000"], "shared cache is disabled"),
     (["-C", "1", "-P", "127.0.0.1,9000"], "shared-cache-peer needs shared-cache-listen"),
     (["-C", "1", "-U", "*,9000"] + [a for n in range(16) for a in ("-P", f"10.0.0.{n},9000")],
@@ -351,6 +357,9 @@ def test_default_config_and_help_show_values_parsed_so_far():
     ("backend = [::1]:443\n", {"backend": Addr("::1", 443)}),
     ("backend = ::1,443\n", {"backend": Addr("::1", 443)}),
     ("frontend = *,443\n", {"frontend": (Frontend(Addr(None, 443)),)}),
+    ("frontend = systemd:https\n", {"frontend": (Frontend(Named("https")),)}),
+    ('frontend = { host = "systemd:stud.socket" }\n',
+     {"frontend": (Frontend(Named("stud.socket")),)}),
     ("frontend = [::1]:1\nfrontend = 127.0.0.1,1\n",
      {"frontend": (Frontend(Addr("::1", 1)), Frontend(Addr("127.0.0.1", 1)))}),
     ("shared-cache-peer = 10.0.0.1,1\nshared-cache-peer = 10.0.0.2,1\n",
@@ -400,6 +409,9 @@ def test_booleans_in_every_spelling(word, value, write, pem):
     ('ciphers = "HIGH" LOW\n', 1, "ciphers: unbalanced quote"),
     ("frontend = {\n", 1, "a block is not closed with '}'"),  # (hitch's syntax)
     ("frontend = a{\n", 1, "frontend: invalid address 'a{'"),
+    ('frontend = { host = "systemd:https" port = "443" }\n', 1,
+     "frontend: host systemd:https is a socket systemd passes: no port"),
+    ('frontend = { host = "systemd:" }\n', 1, "frontend: invalid frontend 'systemd:'"),
     ("backlog = many\n", 1, "backlog: 'many' is not an integer"),
     ("keepalive = 1.5\n", 1, "keepalive: '1.5' is not an integer"),
     ("workers = 0\n", 1, "workers: '0'"),
@@ -547,6 +559,8 @@ def rt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 LINE_SAFE = st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"))  # no line breaks
 ADDRS = st.builds(Addr, HOSTS.filter(lambda h: h != "*"), st.integers(1, 65535))
 WILD_ADDRS = st.builds(Addr, HOSTS.map(lambda h: None if h == "*" else h), st.integers(1, 65535))
+FDNAMES = st.text(st.sampled_from("abcXYZ019._-@/"), min_size=1, max_size=20)
+LISTEN_ADDRS = WILD_ADDRS | st.builds(Named, FDNAMES)  # systemd:NAME
 
 
 def value_strategies(d: Path, blocks: bool = False) -> dict[str, st.SearchStrategy]:
@@ -561,10 +575,10 @@ def value_strategies(d: Path, blocks: bool = False) -> dict[str, st.SearchStrate
     if blocks:
         pem = st.builds(Pem, pems, st.none() | pems, st.none() | pems, st.none() | flag,
                         st.none() | modes, st.none() | pems)
-    frontend = st.builds(Frontend, WILD_ADDRS, st.lists(pem, max_size=1).map(tuple))
+    frontend = st.builds(Frontend, LISTEN_ADDRS, st.lists(pem, max_size=1).map(tuple))
     if blocks:
         frontend = st.builds(
-            Frontend, WILD_ADDRS, st.lists(pem, max_size=3).map(tuple), st.none() | flag,
+            Frontend, LISTEN_ADDRS, st.lists(pem, max_size=3).map(tuple), st.none() | flag,
             st.none() | flag, st.none() | st.sampled_from(["TLSv1.2", "TLSv1.2 TLSv1.3"]),
             st.none() | st.sampled_from(["HIGH", "ECDHE+AESGCM:!aNULL"]),
             st.none() | st.just("TLS_AES_128_GCM_SHA256"), st.none() | flag,

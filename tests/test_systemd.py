@@ -146,6 +146,22 @@ def activate_args(port: int, *more: str) -> list[str]:
     return [ACTIVATE, "-l", f"127.0.0.1:{port}", *more, *(a for kv in keep for a in ("-E", kv))]
 
 
+# setpriv(1): no capability left, none to regain (root's uid is then no privilege)
+UNPRIVILEGED = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"]
+
+
+def free_low_port() -> int:
+    """A port below 1024 free on 127.0.0.1 (binding one takes CAP_NET_BIND_SERVICE)."""
+    for port in range(1023, 600, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no port below 1024 free on 127.0.0.1")
+
+
 def listening_sockets(pids: list[int]) -> set[str]:
     """The socket inodes of the listening TCP sockets the processes hold."""
     inodes = set()
@@ -203,16 +219,76 @@ def test_socket_activation_serves_systemds_socket_and_binds_nothing(activate, pr
     assert s_client(port).returncode == 0
 
 
+def test_frontends_take_systemds_sockets_by_name(activate, procs, backend, pem, tmp_path):
+    """systemd:NAME takes every socket of that name (one .socket unit with two ListenStream=
+    gives both its name), an address takes the socket on it; a reload keeps them all."""
+    web, web2, alt = free_port(), free_port(), free_port()
+    p = Proc([*activate_args(web, "-l", f"127.0.0.1:{web2}", "-l", f"127.0.0.1:{alt}",
+                             "--fdname=web:web:alt"),
+              *STUD, "-f", "systemd:web", "-f", f"127.0.0.1,{alt}", "-b",
+              f"127.0.0.1,{backend('echo')}", pem], tmp_path / "activate.out")
+    procs.append(p)
+    wait_for(lambda: p.output().count("Listening on") == 3, T)
+    assert s_client(alt).returncode == 0  # (wakes it)
+    wait_for(lambda: "online" in p.output(), T)
+    lines = p.output().splitlines()
+    for port, name in ((web, "web"), (web2, "web"), (alt, "alt")):
+        assert any(f"Listening on [127.0.0.1]:{port} (systemd's {name})" in ln for ln in lines)
+        assert s_client(port).returncode == 0
+    held = listening_sockets([p.pid, *worker_pids(p.pid)])
+    assert len(held) == 3
+    os.kill(p.pid, signal.SIGHUP)
+    wait_for(lambda: "generation 2 serving" in p.output(), T)
+    assert listening_sockets([p.pid, *worker_pids(p.pid)]) == held
+    assert all(s_client(port).returncode == 0 for port in (web, web2, alt))
+
+
+def test_socket_activated_stud_needs_no_privilege(activate, procs, backend, pem, tmp_path):
+    """Handed a port below 1024, stud serves it with no capability at all; the same stud
+    binding that port itself is refused, which shows the privilege is really gone."""
+    port = free_low_port()
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is not installed")
+    front = ["-b", f"127.0.0.1,{backend('echo')}", pem]
+    alone = subprocess.run([*UNPRIVILEGED, *STUD, "-f", f"127.0.0.1,{port}", *front],
+                           capture_output=True, text=True, timeout=30)
+    assert alone.returncode == 1
+    assert f"frontend [127.0.0.1]:{port}: cannot bind: Permission denied" in alone.stderr
+    p = Proc([*activate_args(port, "--fdname=https"), *UNPRIVILEGED, *STUD, "-f",
+              "systemd:https", *front], tmp_path / "activate.out")
+    procs.append(p)
+    wait_for(lambda: "Listening on" in p.output(), T)
+    assert s_client(port).returncode == 0  # (wakes it)
+    wait_for(lambda: "online" in p.output(), T)
+    assert s_client(port).returncode == 0
+    for pid in (p.pid, *worker_pids(p.pid)):
+        caps = dict(line.split(":\t") for line in Path(f"/proc/{pid}/status").read_text()
+                    .splitlines() if line.startswith("Cap"))
+        assert int(caps["CapEff"], 16) == int(caps["CapBnd"], 16) == 0, (pid, caps)
+
+
+def test_a_named_frontend_without_socket_activation_is_one_line(pem):
+    r = subprocess.run([*STUD, "-f", "systemd:https", "-b", "127.0.0.1,1", pem],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert ("stud: frontend systemd:https: systemd passed no sockets (no LISTEN_FDS: start "
+            "stud from a .socket unit)") in r.stderr.splitlines()
+
+
 @pytest.mark.parametrize("frontend, error", [
     ("[127.0.0.1]:{other}", "frontend [127.0.0.1]:{other}: none of the sockets systemd passed "
                             "is for it (https [127.0.0.1]:{port}); socket-activated, stud "
                             "binds nothing itself"),
+    ("systemd:http", "frontend systemd:http: systemd passed no socket of that name "
+                     "(https [127.0.0.1]:{port})"),
+    ("systemd:https -f [127.0.0.1]:{port}", "frontend [127.0.0.1]:{port}: the same socket as "
+                                            "frontend systemd:https"),
 ])
 def test_socket_activation_mismatch_is_one_line(activate, procs, backend, pem, tmp_path,
                                                 frontend, error):
     port, other = free_port(), free_port()
     p = Proc([*activate_args(port, "--fdname=https"), *STUD, "-f",
-              frontend.format(other=other), "-b", "127.0.0.1,1", pem],
+              *frontend.format(other=other, port=port).split(), "-b", "127.0.0.1,1", pem],
              tmp_path / "activate.out")
     procs.append(p)
     wait_for(lambda: "Listening on" in p.output(), T)
