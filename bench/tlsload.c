@@ -10,6 +10,11 @@
  *            handshake and one keep-alive request/response, then stays idle.  Prints
  *            a "ready" JSON line, holds the connections until stdin is closed or a
  *            line arrives on it (or -w seconds pass), then prints a "done" line.
+ *            With -e, every connection still open then sends the request once more
+ *            and must get the whole response again ("answered" in the done line).
+ *
+ * -B ADDR binds each connection to that source address first (an IPv4 address on lo:
+ * each source address has its own ephemeral ports).
  *
  * -E FILE presents a client certificate (FILE: the certificate, then its chain; the key
  * too unless -K FILE names another file).  "cert_requested" counts the completed
@@ -54,17 +59,18 @@ struct conn {
 };
 
 static struct {
-    const char *mode, *addr, *path, *groups, *ciphers, *host, *cert, *key;
-    int port, conc, count, tls, resume;
+    const char *mode, *addr, *path, *groups, *ciphers, *host, *cert, *key, *source;
+    int port, conc, count, tls, resume, echo;
     double duration, hold, setup_timeout, conn_timeout;
-} opt = {"hs", "127.0.0.1", "/", "X25519", NULL, "localhost", NULL, NULL, 0, 32, 100, 13,
-         0, 5.0, 600.0, 300.0, 10.0};
+} opt = {"hs", "127.0.0.1", "/", "X25519", NULL, "localhost", NULL, NULL, NULL, 0, 32, 100, 13,
+         0, 0, 5.0, 600.0, 300.0, 10.0};
 
 static struct {
     long completed, resumed, cert_requested, err_connect, err_handshake, err_io, err_status, err_timeout;
-    long established, dropped;
+    long established, dropped, answered;
     double lat_sum;
 } st;
+static int checking; /* -e: the final round of requests on the held connections */
 
 static char proto_seen[32] = "", cipher_seen[64] = "", kex_seen[32] = "", cert_seen[32] = "";
 static SSL_CTX *ctx;
@@ -142,6 +148,17 @@ static int conn_start(struct conn *c) {
     }
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt.source) {
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        inet_pton(AF_INET, opt.source, &src.sin_addr);
+        /* the port is chosen at connect(), per destination: 64k conns per source address */
+        setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(c->fd, (struct sockaddr *)&src, sizeof src) < 0) {
+            st.err_connect++;
+            conn_close(c);
+            return -1;
+        }
+    }
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) {
         st.err_connect++;
         conn_close(c);
@@ -245,7 +262,8 @@ static int conn_step(struct conn *c, int is_hs) {
                             return 1;
                         }
                         c->st = ST_IDLE;
-                        st.established++;
+                        if (checking) st.answered++;
+                        else st.established++;
                         return 1;
                     }
                 }
@@ -290,6 +308,32 @@ static int conn_step(struct conn *c, int is_hs) {
     }
 }
 
+/* -e: every held connection asks again and must get the whole response; returns the time
+ * it took (at most opt.conn_timeout * 6). */
+static double final_check(int nslots) {
+    double t0 = now(), deadline = t0 + opt.conn_timeout * 6;
+    long pending = 0;
+    checking = 1;
+    for (int i = 0; i < nslots; i++) {
+        struct conn *c = &conns[i];
+        if (c->st != ST_IDLE) continue;
+        memset(&c->req_off, 0, offsetof(struct conn, cert_requested) - offsetof(struct conn, req_off));
+        c->st = ST_WRITE;
+        pending++;
+        if (conn_step(c, 0)) pending--;
+    }
+    struct epoll_event evs[512];
+    while (pending > 0 && now() < deadline) {
+        int n = epoll_wait(ep, evs, 512, 100);
+        for (int i = 0; i < n; i++) {
+            struct conn *c = evs[i].data.ptr;
+            if (!c || c->st == ST_FREE || c->st == ST_IDLE) continue;
+            if (conn_step(c, 0)) pending--;
+        }
+    }
+    return now() - t0;
+}
+
 static void print_params(void) {
     printf("\"proto\":\"%s\",\"cipher\":\"%s\",\"kex\":\"%s\",\"cert\":\"%s\"", proto_seen,
            cipher_seen, kex_seen, cert_seen);
@@ -299,13 +343,13 @@ static void usage(void) {
     fprintf(stderr,
             "usage: tlsload -p PORT [-m hs|idle] [-a ADDR] [-c CONC] [-d SECS] [-n COUNT]\n"
             "               [-t 12|13] [-g GROUPS] [-C CIPHERS] [-P PATH] [-w HOLD] [-r]\n"
-            "               [-E CERT_CHAIN_FILE [-K KEY_FILE]]\n");
+            "               [-E CERT_CHAIN_FILE [-K KEY_FILE]] [-B SOURCE_ADDR] [-e]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     int ch;
-    while ((ch = getopt(argc, argv, "m:a:p:c:d:n:t:g:C:P:w:S:rE:K:")) != -1) {
+    while ((ch = getopt(argc, argv, "m:a:p:c:d:n:t:g:C:P:w:S:rE:K:B:e")) != -1) {
         switch (ch) {
         case 'm': opt.mode = optarg; break;
         case 'a': opt.addr = optarg; break;
@@ -322,6 +366,8 @@ int main(int argc, char **argv) {
         case 'r': opt.resume = 1; break;
         case 'E': opt.cert = optarg; break;
         case 'K': opt.key = optarg; break;
+        case 'B': opt.source = optarg; break;
+        case 'e': opt.echo = 1; break;
         default: usage();
         }
     }
@@ -475,8 +521,13 @@ int main(int argc, char **argv) {
             if (c->st != ST_FREE) conn_step(c, 0);
         }
     }
-    printf("{\"event\":\"done\",\"established\":%ld,\"dropped\":%ld,\"held_s\":%.3f}\n",
-           st.established, st.dropped, now() - t0 - setup);
+    double held = now() - t0 - setup;
+    long open_at_check = st.established;
+    double check_s = opt.echo ? final_check(nslots) : 0.0;
+    printf("{\"event\":\"done\",\"established\":%ld,\"dropped\":%ld,\"held_s\":%.3f,"
+           "\"checked\":%ld,\"answered\":%ld,\"check_s\":%.3f}\n",
+           st.established, st.dropped, held, opt.echo ? open_at_check : 0L, st.answered,
+           check_s);
     fflush(stdout);
     return 0;
 }

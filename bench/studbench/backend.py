@@ -13,14 +13,17 @@ from .prepare import which
 from .proxies import free_port, tcp_ready
 
 
-def nginx_conf(work: Path, port: int, nofile: int) -> Path:
+def nginx_conf(work: Path, port: int, nofile: int, workers: int = 1) -> Path:
+    """One process, or a master and `workers` workers sharing the port (reuseport: each
+    its own accept queue, so that none holds most connections)."""
     www = work / "www"
     conf = work / "nginx.conf"
+    reuse = " reuseport" if workers > 1 else ""
     conf.write_text(
         f"""
 daemon off;
-master_process off;
-worker_processes 1;
+master_process {"on" if workers > 1 else "off"};
+worker_processes {workers};
 worker_rlimit_nofile {nofile};
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log warn;
@@ -37,7 +40,7 @@ http {{
     sendfile on;
     tcp_nopush on;
     server {{
-        listen {HOST}:{port} backlog=4096;
+        listen {HOST}:{port} backlog=4096{reuse};
         root {www};
         location = / {{ default_type text/plain; return 200 "hello world\\n"; }}
         location = /big {{ default_type application/octet-stream; }}

@@ -17,8 +17,10 @@ from .backend import start_backend
 from .clients import WRK_LUA
 from .common import ALL_SCENARIOS, KINDS, REPO, log
 from .context import Bench
+from .creep import creep_phase
 from .fleet import fleet_phase
 from .idle import idle_phase
+from .many import many_phase
 from .meta import run_meta
 from .mtls import mtls_phase
 from .paired import aa_phase, paired_phase
@@ -49,6 +51,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hs-conc", type=int, default=32, help="concurrent handshake slots")
     p.add_argument("--resume-reconnects", type=int, help="per resumption mode (default 20)")
     p.add_argument("--idle-setup-timeout", type=float, default=240.0)
+    p.add_argument("--many-conns", type=int,
+                   help="conns_many: concurrent connections (default 40000, smoke 2000)")
+    p.add_argument("--many-workers", type=int,
+                   help="conns_many: proxy workers (default: enough for the fd limit, >= 4)")
+    p.add_argument("--creep-conns", type=int,
+                   help="mem_creep: connections opened and closed (default 1000000, smoke 20000)")
+    p.add_argument("--creep-timeout", type=float, default=900.0,
+                   help="mem_creep: seconds per proxy at most")
     p.add_argument(
         "--budget",
         type=float,
@@ -98,6 +108,8 @@ def _apply_defaults(a: argparse.Namespace) -> None:
         int(x) for x in (a.idle_counts or ("200" if smoke else "2000,20000")).split(",")
     ]
     a.resume_reconnects = a.resume_reconnects or (5 if smoke else 20)
+    a.many_conns = a.many_conns or (2000 if smoke else 40_000)
+    a.creep_conns = a.creep_conns or (20_000 if smoke else 1_000_000)
     a.budget = a.budget or (2.0 if smoke else 28.0)
     a.install = (not smoke) if a.install is None else a.install
     a.out = a.out or (
@@ -144,7 +156,7 @@ def run_all(b: Bench) -> dict[str, Any]:
         meta = run_meta(b)
         # hs_mtls and fleet last: the phases before them run as they did before they existed.
         phases = (pinned_phase, paired_phase, aa_phase, idle_phase, unpinned_phase, mtls_phase,
-                  fleet_phase)
+                  fleet_phase, many_phase, creep_phase)
         for phase in phases:
             phase(b)
     except KeyboardInterrupt:

@@ -38,6 +38,8 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
         "aa": res.aa,
         "mtls": {"side_by_side": res.mtls, "not_measured": res.mtls_na},
         "fleet": {**res.fleet, "summary": fleet_summary(b)} if res.fleet else {},
+        "conns_many": res.many,
+        "mem_creep": res.creep,
         "idle_capped": res.idle_capped,
         "stud_close_reasons": res.close_reasons,
         "stud_warnings": res.notes,
