@@ -26,6 +26,7 @@ class Results:
     aa: dict[str, list[float]] = field(default_factory=dict)  # method -> hitch-A/hitch-B
     mtls: dict[str, list[float]] = field(default_factory=dict)  # pair -> side-by-side ratios
     fleet: dict[str, Any] = field(default_factory=dict)  # see fleet.py
+    cores: dict[str, Any] = field(default_factory=dict)  # see cores.py
     mtls_na: dict[str, str] = field(default_factory=dict)  # proxy -> why it has no hs_mtls
     idle_capped: dict[int, int] = field(default_factory=dict)  # wanted -> measured count
     close_reasons: dict[str, int] = field(default_factory=dict)  # from stud's connection log
