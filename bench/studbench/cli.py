@@ -17,6 +17,7 @@ from .backend import start_backend
 from .clients import WRK_LUA
 from .common import ALL_SCENARIOS, KINDS, REPO, log
 from .context import Bench
+from .cores import cores_phase
 from .creep import creep_phase
 from .fleet import fleet_phase
 from .idle import idle_phase
@@ -155,8 +156,8 @@ def run_all(b: Bench) -> dict[str, Any]:
             return {}
         meta = run_meta(b)
         # hs_mtls and fleet last: the phases before them run as they did before they existed.
-        phases = (pinned_phase, paired_phase, aa_phase, idle_phase, unpinned_phase, mtls_phase,
-                  fleet_phase, many_phase, creep_phase)
+        phases = (pinned_phase, paired_phase, aa_phase, idle_phase, unpinned_phase, cores_phase,
+                  mtls_phase, fleet_phase, many_phase, creep_phase)
         for phase in phases:
             phase(b)
     except KeyboardInterrupt:

@@ -33,18 +33,23 @@ def pyload_argv(mode: str, port: int, *extra: str) -> list[str]:
     return [sys.executable, str(BENCH / "pyload.py"), mode, "--port", str(port), *extra]
 
 
-def run_clients(b: Bench, argv: list[str], timeout: float, copies: int = 1) -> list[str]:
-    """Runs `copies` instances of a load generator at once; returns their stdouts."""
+def run_clients(b: Bench, argv: list[str], timeout: float, copies: int = 1,
+                pin_each: bool = False) -> list[str]:
+    """Runs `copies` instances of a load generator at once; returns their stdouts. pin_each:
+    each copy alone on one client CPU (the scheduler may stack copies that share CPUs)."""
     b.commands.setdefault(f"client, {b.current}", shlex.join(argv))
+    cpus = sorted(b.client_cpus)
+    sets = [{cpus[i % len(cpus)]} if pin_each and copies > 1 else b.client_cpus
+            for i in range(copies)]
     procs = [
         subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, b.client_cpus),
+            preexec_fn=lambda on=on: os.sched_setaffinity(0, on),
         )
-        for _ in range(copies)
+        for on in sets
     ]
     outs = []
     deadline = time.monotonic() + timeout
@@ -77,14 +82,16 @@ def hs_argv(b: Bench, port: int, tls: int, dur: float, conc: int, resume: bool,
     return argv + (["--resume"] if resume else [])
 
 
-def run_hs(b: Bench, inst: Instance, tls: int, resume: bool = False, dur: float = 0) -> dict:
+def run_hs(b: Bench, inst: Instance, tls: int, resume: bool = False, dur: float = 0,
+           conc: int = 0, pin_each: bool = False) -> dict:
     """New connections in a loop. tlsload is single-threaded: one copy per client CPU
-    (one pinned, two unpinned), the slots split between them."""
+    (one pinned, two unpinned), the conc slots (default --hs-conc) split between them."""
     dur = dur or b.args.duration
     copies = len(b.client_cpus) if b.tlsload else 1
-    argv = hs_argv(b, inst.port, tls, dur, max(1, b.args.hs_conc // copies), resume,
+    argv = hs_argv(b, inst.port, tls, dur, max(1, (conc or b.args.hs_conc) // copies), resume,
                    inst.mtls.client_pem if inst.mtls else None)
-    rs = [json.loads(o.strip().splitlines()[-1]) for o in run_clients(b, argv, dur + 60, copies)]
+    outs = run_clients(b, argv, dur + 60, copies, pin_each)
+    rs = [json.loads(o.strip().splitlines()[-1]) for o in outs]
     r = rs[0]
     total = {
         k: sum(x.get(k, 0) for x in rs)

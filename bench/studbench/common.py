@@ -31,7 +31,7 @@ UNITS: dict[str, tuple[str, bool]] = {
 NO_SHARED_CACHE = "stud -C 0"  # the resume test also runs stud without its shared session cache
 PINNED_SCENARIOS = ("hs_new", "hs_new_rsa", "conn_resumed", "rps_keepalive", "bulk")
 ALL_SCENARIOS = (*PINNED_SCENARIOS, "idle_mem", "scaling", "resume", "paired", "aa", "hs_mtls",
-                 "fleet", "conns_many", "mem_creep")
+                 "fleet", "cores", "conns_many", "mem_creep")
 PAIRED = ("hs_new", "hs_new_rsa", "conn_resumed")  # the close calls, measured side by side
 RESUME_MODES = ("tls13_ticket", "tls12_ticket", "tls12_session_id")
 # Targets on the stud/hitch ratio per proxy CPU-second.
@@ -47,6 +47,12 @@ RATIO_TARGETS = {
 MTLS_TARGET = 0.9
 IDLE_KIB_TARGET = 18.0
 SCALING_TARGET = 1.8
+# cores: N workers on N cores of a bigger host give >= this x N the handshakes of 1 (up to
+# CORES_TARGET_MAX workers), and stud/hitch per proxy CPU-second >= CORES_RATIO_TARGET at each N.
+CORES_SCALING_TARGET = 0.9
+CORES_TARGET_MAX = 8
+CORES_RATIO_TARGET = 1.0
+CORES_COMMAND = "bash bench/run.sh --scenarios cores --proxies stud,hitch"
 IDLE_BIG = 20_000
 
 # A failed load generator costs one figure, not the run.

@@ -9,6 +9,7 @@ from typing import Any
 from .chart import render_png
 from .common import log
 from .context import Bench
+from .cores_summary import cores_md, cores_summary, cores_table
 from .fleet_summary import fleet_notes, fleet_rows, fleet_summary
 from .meta import versions
 from .mtls_summary import mtls_table
@@ -25,7 +26,10 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
     summary = summarize(res)
     targets, rows = targets_and_table(b, summary)
     mtls_targets, mtls_rows = mtls_table(b, summary)
-    targets, rows = targets + mtls_targets, rows + mtls_rows + fleet_rows(b)
+    cores = cores_summary(b) if res.cores.get("measurable") else {}
+    cores_targets, cores_rows = cores_table(b, cores)
+    targets = targets + mtls_targets + cores_targets
+    rows = rows + mtls_rows + cores_rows + fleet_rows(b)
     print_results(b, rows, targets)
     out.mkdir(parents=True, exist_ok=True)
     result = {
@@ -40,6 +44,7 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
         "fleet": {**res.fleet, "summary": fleet_summary(b)} if res.fleet else {},
         "conns_many": res.many,
         "mem_creep": res.creep,
+        "cores": {**res.cores, "summary": cores} if cores else res.cores,
         "idle_capped": res.idle_capped,
         "stud_close_reasons": res.close_reasons,
         "stud_warnings": res.notes,
@@ -47,7 +52,7 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
         "problems": res.problems,
     }
     (out / "latest.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    (out / "latest.md").write_text(render_md(b, rows, targets, meta))
+    (out / "latest.md").write_text(render_md(b, rows, targets, meta, cores_md(b, cores)))
     png = render_png(out / "latest.png", b, summary)
     log(
         f"wrote {out}/latest.json, latest.md{', latest.png' if png else ''} "
@@ -55,7 +60,10 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
     )
     have_numbers = {k for per in res.runs.values() for k in per} | {
         k for per in res.idle.values() for k in per
-    } | {k for per in res.fleet.get("cpu", {}).values() for k in per}
+    } | {k for per in res.fleet.get("cpu", {}).values() for k in per} | set(
+        res.cores.get("runs", {}))
+    if not have_numbers and b.args.scenarios == {"cores"} and res.cores.get("measurable") is False:
+        return 0  # the one answer this host can give, and the report says so
     if "stud" in b.kinds:
         return 0 if "stud" in have_numbers else 1
     return 0 if have_numbers else 1
@@ -105,7 +113,8 @@ def target_lines(targets: list[dict]) -> list[str]:
     return out
 
 
-def render_md(b: Bench, rows: list[list[str]], targets: list[dict], meta: dict) -> str:
+def render_md(b: Bench, rows: list[list[str]], targets: list[dict], meta: dict,
+              cores: list[str]) -> str:
     head = table_head(b.kinds)
     out = [
         *_md_header(meta),
@@ -120,6 +129,7 @@ def render_md(b: Bench, rows: list[list[str]], targets: list[dict], meta: dict) 
         *target_lines(targets),
         "```",
         "",
+        *cores,
         "## Problems seen",
         "",
         *([f"- {p}".replace("\n", "\n  ") for p in b.results.problems] or ["- none"]),
@@ -156,7 +166,7 @@ def _md_header(meta: dict) -> list[str]:
         "CPU 1. `per CPU-s` = events (or MiB) per second of proxy CPU time (utime+stime of all "
         "its processes during the measured phase). Scaling and resumption rows (and fleet's "
         "across 3 instances): unpinned. "
-        "See bench/README.md.",
+        "`cores`: see its section. See bench/README.md.",
     ]
 
 
