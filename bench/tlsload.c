@@ -12,6 +12,11 @@
  *            line arrives on it (or -w seconds pass), then prints a "done" line.
  *            With -e, every connection still open then sends the request once more
  *            and must get the whole response again ("answered" in the done line).
+ *   -m hello   (a flood) for -d seconds, -c connections that each send a ClientHello and
+ *            then nothing; one the server closes is opened again.
+ *   -m partial (a flood) as hello, but only the first bytes of a ClientHello are sent.
+ *   -m garbage (a flood) for -d seconds over -c slots: connect, send bytes that are not
+ *            TLS, wait for the server to close, start over.
  *
  * -B ADDR binds each connection to that source address first (an IPv4 address on lo:
  * each source address has its own ephemeral ports).
@@ -42,7 +47,9 @@
 #include <time.h>
 #include <unistd.h>
 
-enum state { ST_FREE, ST_CONNECT, ST_HANDSHAKE, ST_WRITE, ST_READ, ST_IDLE };
+enum state { ST_FREE, ST_CONNECT, ST_HANDSHAKE, ST_WRITE, ST_READ, ST_IDLE, ST_HELD, ST_SHUT };
+enum mode { M_HS, M_IDLE, M_HELLO, M_GARBAGE, M_PARTIAL };
+static enum mode mode;
 
 struct conn {
     int fd;
@@ -67,7 +74,7 @@ static struct {
 
 static struct {
     long completed, resumed, cert_requested, err_connect, err_handshake, err_io, err_status, err_timeout;
-    long established, dropped, answered;
+    long established, dropped, answered, opened, held, closed;
     double lat_sum;
 } st;
 static int checking; /* -e: the final round of requests on the held connections */
@@ -201,6 +208,21 @@ static int conn_step(struct conn *c, int is_hs) {
                 conn_close(c);
                 return 1;
             }
+            st.opened++;
+            if (mode == M_GARBAGE) {
+                static const char junk[] = "\x16\x03\x01\xff\xffNOT TLS AT ALL\r\n\r\n";
+                if (send(c->fd, junk, sizeof junk - 1, MSG_NOSIGNAL) < 0) st.err_io++;
+                c->st = ST_SHUT;
+                break;
+            }
+            if (mode == M_PARTIAL) {
+                /* a handshake record of 512 bytes announced, a ClientHello begun, 11 sent */
+                static const char start[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+                if (send(c->fd, start, sizeof start - 1, MSG_NOSIGNAL) < 0) st.err_io++;
+                c->st = ST_HELD;
+                st.held++;
+                break;
+            }
             c->ssl = SSL_new(ctx);
             SSL_set_ex_data(c->ssl, sess_idx, c);
             SSL_set_fd(c->ssl, c->fd);
@@ -213,6 +235,11 @@ static int conn_step(struct conn *c, int is_hs) {
             int r = SSL_connect(c->ssl);
             if (r != 1) {
                 int e = SSL_get_error(c->ssl, r);
+                if (e == SSL_ERROR_WANT_READ && mode == M_HELLO) { /* the hello is out */
+                    c->st = ST_HELD;
+                    st.held++;
+                    return 0;
+                }
                 if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return 0;
                 if (e == SSL_ERROR_SYSCALL && errno == ECONNREFUSED) st.err_connect++;
                 else st.err_handshake++;
@@ -302,6 +329,18 @@ static int conn_step(struct conn *c, int is_hs) {
             conn_close(c);
             return 0;
         }
+        case ST_HELD:
+        case ST_SHUT: {
+            /* a flood's connection: whatever the server says, until it closes */
+            char buf[4096];
+            ssize_t r = recv(c->fd, buf, sizeof buf, 0);
+            if (r > 0) break;
+            if (r < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
+            st.held -= c->st == ST_HELD;
+            st.closed++;
+            conn_close(c);
+            return 1;
+        }
         case ST_FREE:
             return 0;
         }
@@ -341,7 +380,7 @@ static void print_params(void) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: tlsload -p PORT [-m hs|idle] [-a ADDR] [-c CONC] [-d SECS] [-n COUNT]\n"
+            "usage: tlsload -p PORT [-m hs|idle|hello|partial|garbage] [-a ADDR] [-c CONC] [-d SECS] [-n COUNT]\n"
             "               [-t 12|13] [-g GROUPS] [-C CIPHERS] [-P PATH] [-w HOLD] [-r]\n"
             "               [-E CERT_CHAIN_FILE [-K KEY_FILE]] [-B SOURCE_ADDR] [-e]\n");
     exit(2);
@@ -371,8 +410,13 @@ int main(int argc, char **argv) {
         default: usage();
         }
     }
-    int is_hs = strcmp(opt.mode, "hs") == 0;
-    if (!opt.port || opt.conc < 1 || (!is_hs && strcmp(opt.mode, "idle") != 0)) usage();
+    static const char *const modes[] = {"hs", "idle", "hello", "garbage", "partial"};
+    mode = (enum mode)-1;
+    for (int i = 0; i < 5; i++)
+        if (strcmp(opt.mode, modes[i]) == 0) mode = (enum mode)i;
+    /* the floods loop over their slots as hs does */
+    int is_hs = mode != M_IDLE;
+    if (!opt.port || opt.conc < 1 || mode == (enum mode)-1) usage();
     signal(SIGPIPE, SIG_IGN);
 
     struct rlimit rl;
@@ -445,7 +489,7 @@ int main(int argc, char **argv) {
                 last_sweep = t;
                 for (int i = 0; i < nslots; i++) {
                     struct conn *c = &conns[i];
-                    if (c->st != ST_FREE && t - c->t_start > opt.conn_timeout) {
+                    if (c->st != ST_FREE && c->st != ST_HELD && t - c->t_start > opt.conn_timeout) {
                         st.err_timeout++;
                         conn_close(c);
                     }
@@ -454,6 +498,13 @@ int main(int argc, char **argv) {
             }
         }
         double el = now() - t0;
+        if (mode != M_HS) {
+            printf("{\"mode\":\"%s\",\"opened\":%ld,\"held\":%ld,\"closed\":%ld,"
+                   "\"duration\":%.4f,\"err_connect\":%ld,\"err_io\":%ld,\"err_timeout\":%ld}\n",
+                   opt.mode, st.opened, st.held, st.closed, el, st.err_connect, st.err_io,
+                   st.err_timeout);
+            return 0;
+        }
         printf("{\"mode\":\"hs\",\"completed\":%ld,\"resumed\":%ld,\"cert_requested\":%ld,"
                "\"duration\":%.4f,\"rate\":%.2f,\"mean_ms\":%.3f,\"errors\":%ld,\"err_connect\":%ld,"
                "\"err_handshake\":%ld,\"err_io\":%ld,\"err_status\":%ld,\"err_timeout\":%ld,",

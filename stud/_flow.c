@@ -480,8 +480,9 @@ static SSL_CTX *ctx_of(PyObject *context) {
 
 enum { FRONT, BACK };
 /* ST_PROXY: reading the client's PROXY header (--proxy-proxy); ST_CONNECT: connecting before
-   the handshake towards the backend (--client). */
-enum { ST_HANDSHAKE, ST_PROXY, ST_CONNECT, ST_RELAY, ST_CLOSED }; /* (a new Conn: 0) */
+   the handshake towards the backend (--client); ST_HELLO: the client's first TLS record is
+   not all there yet (OpenSSL has not seen it). */
+enum { ST_HANDSHAKE, ST_PROXY, ST_CONNECT, ST_RELAY, ST_CLOSED, ST_HELLO }; /* (a new Conn: 0) */
 enum { L_ERROR, L_INFO, L_CONN, L_DEBUG }; /* stud.log's levels (a close is never L_INFO) */
 static const char *const kind_names[NKINDS] = {"handshake", "backend connect"};
 static const char *const side_names[2] = {"client", "backend"};
@@ -507,6 +508,7 @@ struct Conn {
     int fd[2];         /* FRONT: the client (TLS), BACK: the backend (TCP); -1: none */
     uint32_t mask[2];  /* epoll interest */
     char state, connecting, reread;
+    int lowat;         /* ST_HELLO: the receive low-water mark set (0: the default) */
     int kind;          /* armed deadline, or -1 */
     double started, active, connect_started, deadline;
     Conn *prev, *next; /* in poller->head[kind] */
@@ -975,6 +977,71 @@ static int conn_proxy(Conn *c) {
     return conn_handshake(c);
 }
 
+/* A client that sends part of its ClientHello and stops must cost its socket and its Conn, not
+   a handshake's buffers and state (tens of KiB in OpenSSL): the handshake starts once the
+   first record is all there. Until then the kernel wakes the Conn only when it is (the
+   socket's receive low-water mark), so a trickle costs no wake-ups; the handshake timeout
+   runs meanwhile. A first record that is not a TLS handshake goes to OpenSSL at once (which
+   refuses it as it always did), as does an end of stream or an error. */
+#define TLS_HEADER 5
+/* An SSL* straight from the context, as _ssl's _wrap_socket() would make it but without its
+   socket and _SSLSocket objects (side by side with hitch: 1.5% of a connection's CPU). 1: made,
+   0: the Conn is closed (no memory), -1: a Python error. */
+static int conn_own_ssl(Conn *c) {
+    SSL_CTX *ctx = ctx_of(c->context);
+    if (!ctx)
+        return -1;
+    SSL *ssl = SSL_new_(ctx);
+    if (!ssl || !SSL_set_fd_(ssl, c->fd[FRONT])) {
+        if (ssl)
+            SSL_free_(ssl);
+        ERR_clear_error_();
+        return conn_close(c, "client TLS setup failed", L_DEBUG);
+    }
+    SSL_set_ex_data_(ssl, SSL_APP_DATA_INDEX, c); /* (for servername_cb) */
+    SSL_ctrl_(ssl, SSL_CTRL_MODE, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY, NULL);
+    SSL_set_accept_state_(ssl);
+    conn_set_ssl(c, ssl, FRONT);
+    return 1;
+}
+
+#define TLS_HANDSHAKE_RECORD 0x16
+#define TLS_MAX_PLAINTEXT 16384 /* a ClientHello record is plaintext */
+
+static int conn_hello(Conn *c) {
+    int fd = c->fd[FRONT];
+    ssize_t n = recv(fd, buf, TLS_HEADER + TLS_MAX_PLAINTEXT, MSG_PEEK);
+    if (n < 0 && would_block(errno)) { /* (accepted before its first byte: a SYN flood's cookies) */
+        c->state = ST_HELLO;
+        return conn_want(c, FRONT, EPOLLIN, 1);
+    }
+    int need = 0;
+    if (n > 0 && (unsigned char)buf[0] == TLS_HANDSHAKE_RECORD)
+        need = n < TLS_HEADER ? TLS_HEADER
+                              : TLS_HEADER + ((unsigned char)buf[3] << 8 | (unsigned char)buf[4]);
+    /* Level-triggered: without the mark, the bytes already there would wake it again and
+       again; where it cannot be set, no wait, as before. Woken short of the mark, the client
+       closed (or failed): OpenSSL sees that at once too. */
+    if (need > n && need <= TLS_HEADER + TLS_MAX_PLAINTEXT && c->lowat != need &&
+        setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &need, sizeof need) == 0) {
+        c->lowat = need;
+        c->state = ST_HELLO;
+        return conn_want(c, FRONT, EPOLLIN, 1);
+    }
+    if (c->lowat) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
+        c->lowat = 0;
+    }
+    c->state = ST_HANDSHAKE;
+    if (!c->ssl) {
+        int made = conn_own_ssl(c);
+        if (made <= 0)
+            return made;
+    }
+    return conn_handshake(c);
+}
+
 /* The counter of name in table t (added, with its string, the first time). */
 static Named *named(Named *t, int *n, const char *name) {
     for (int i = 0; i < *n; i++)
@@ -1080,6 +1147,9 @@ static int conn_event(Conn *c, int fd, uint32_t ev) {
     if (c->state == ST_PROXY) {
         if (in)
             r = conn_proxy(c);
+    } else if (c->state == ST_HELLO) {
+        if (in)
+            r = conn_hello(c);
     } else if (c->state == ST_CONNECT) {
         if (in || out)
             r = conn_connected(c);
@@ -1302,8 +1372,10 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 static int conn_begin(Conn *c, PyObject *tls, SSL *ssl) {
     int r;
     arm(c, K_HANDSHAKE); /* (the PROXY header's time included) */
-    if (!ssl) /* --client: the backend first */
+    if (!ssl && !c->own_ssl) /* --client: the backend first */
         r = conn_connect(c);
+    else if (!ssl)
+        r = conn_hello(c);
     else {
         conn_set_ssl(c, ssl, FRONT);
         c->tls = Py_XNewRef(tls);
@@ -1311,7 +1383,7 @@ static int conn_begin(Conn *c, PyObject *tls, SSL *ssl) {
             c->state = ST_PROXY;
             r = conn_proxy(c);
         } else
-            r = conn_handshake(c);
+            r = conn_hello(c);
     }
     return r < 0 ? (conn_failed(c), report(c->poller)) : 0;
 }
@@ -1561,23 +1633,11 @@ static int serve_fd(Poller *p, int fd, Listener *l, const struct sockaddr_storag
         r = conn_begin(c, NULL, NULL);
         goto done;
     }
-    /* The SSL* straight from the context, as _ssl's _wrap_socket() would make it but without
-       its socket and _SSLSocket objects (side by side with hitch: 1.5% of a connection's CPU). */
-    SSL *ssl = SSL_new_(l->ctx);
-    if (!ssl || !SSL_set_fd_(ssl, fd)) {
-        if (ssl)
-            SSL_free_(ssl);
-        ERR_clear_error_();
-        r = conn_close(c, "client TLS setup failed", L_DEBUG);
-        goto done;
-    }
-    SSL_set_ex_data_(ssl, SSL_APP_DATA_INDEX, c); /* (for servername_cb) */
-    SSL_ctrl_(ssl, SSL_CTRL_MODE, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY, NULL);
-    SSL_set_accept_state_(ssl);
+    /* Its SSL* is made once its ClientHello is there (conn_own_ssl()). */
     c->own_ssl = 1;
     c->context = Py_NewRef(l->context);
     c->sni = Py_XNewRef(l->sni);
-    r = conn_begin(c, NULL, ssl);
+    r = conn_begin(c, NULL, NULL);
 done:
     if (r < 0 && c && c->state != ST_CLOSED)
         conn_failed(c);

@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 
 from stud import clienthello, proxyproto, stapling, trust
 from stud.certs import sni_hook
@@ -43,6 +43,10 @@ EMFILE_PAUSE = 0.5         # seconds without accepting when out of file descript
 FD_LOG_INTERVAL = 10.0     # log running out of file descriptors at most this often
 FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 MAX_PARKED = 8192          # delayed connections held at most (the oldest is closed)
+# A refused connection is held open, unread, before it is closed: a flooding client's
+# connection then stays busy instead of coming straight back through the accept queue.
+REFUSED_HOLD = 5.0         # seconds
+MAX_REFUSED_HELD = 4096    # refused connections held at once; more are closed at once
 SWEEP = 0.1                # seconds between deadline checks (per-connection timers cost more)
 LIMIT_LOG_EVERY = 10.0     # seconds between the handshake limiter's log lines
 
@@ -75,6 +79,7 @@ class Worker:
         self.max_conns = cfg.max_connections or None
         self.delay = cfg.empty_conn_delay
         self.parked: dict[Sock, asyncio.TimerHandle] = {}
+        self.refused: deque[tuple[float, Sock]] = deque()  # (when to close, refused socket)
         self.ctl = ctl  # to the master: b"R" when serving, stats; EOF when the master is gone
         ctl.setblocking(False)
         self.conns: set[Connection] = set()
@@ -200,6 +205,8 @@ class Worker:
                 self.policy.stats.timeouts["idle"] += 1
                 conn.close("idle timeout")
         self.policy.end_lingering(now)
+        while self.refused and (self.refused[0][0] <= now or self.draining):
+            self.refused.popleft()[1].close()
         if self.policy.limiter and int(now) % 60 == 0:
             self.policy.limiter.prune(now)
         if self.policy.hs_limiter and now >= self.hs_said_at + LIMIT_LOG_EVERY:
@@ -291,7 +298,10 @@ class Worker:
         self.policy.stats.handshakes_limited[action] += 1
         self.hs_limited[self.policy.hs_limiter.prefix(peer[0]), action] += 1
         if action == "refused":
-            sock.close()
+            if len(self.refused) < MAX_REFUSED_HELD:
+                self.refused.append((time.monotonic() + REFUSED_HOLD, sock))
+            else:
+                sock.close()
         else:
             self.parked[sock] = self.loop.call_later(wait, self._unpark, sock, peer, lsock)
 
@@ -394,6 +404,8 @@ class Worker:
             timer.cancel()
             sock.close()
         self.parked.clear()
+        while self.refused:
+            self.refused.popleft()[1].close()
         log.info(f"{{core}} Process {os.getpid()} draining ({why}): "
                  f"{len(self.conns)} connections open")
         if not self.conns:

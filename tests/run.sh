@@ -10,6 +10,7 @@ command -v ss >/dev/null || need+=(iproute2)
 [ -x /usr/sbin/hitch ] || need+=(hitch)  # the oracle of the hitch compatibility tests
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)  # PROXY v2 consumers, and the bench's peer
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)  # the bench smoke run's flood (legitimate clients)
 [ -x /usr/bin/redis-server ] || need+=(redis-server)  # the session store's (--session-store)
 [ -x /usr/sbin/varnishd ] || need+=(varnish)  # docs/deployment.md's recipes
 [ -x /usr/sbin/logrotate ] || need+=(logrotate)

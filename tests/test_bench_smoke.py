@@ -32,6 +32,21 @@ def test_bench_smoke_produces_numbers(tmp_path):
     idle = next(iter(results["idle_mem"].values()))["stud"]
     assert idle["established"] == idle["count"]
     assert 0 < idle["kib_per_conn"] < memory_bound(100)
+    # conns_many: every connection held and answering at the end (where a network namespace
+    # can be made: as root); mem_creep: the connections were made; flood: no legitimate
+    # request failed and the proxy survived each attack
+    many = results["conns_many"]
+    if "skipped" not in many:
+        for config, per_kind in many.items():
+            if isinstance(per_kind, dict):
+                assert all(r["clean"] for r in per_kind["stud"]), (config, per_kind["stud"])
+    creep = results["mem_creep"]["runs"]["stud"]
+    assert creep["complete"] and creep["errors"] == 0 and creep["rss_end_kib"] > 0, creep
+    for setup, per_attack in results["flood"].get("runs", {}).items():
+        for attack, runs in per_attack.items():
+            for r in runs:
+                assert r["proxy_alive"] and r["legit_failed"] == 0, (setup, attack, r)
+                assert r["legit"]["keepalive"]["value"] > 0, (setup, attack, r)
     # fleet: three studs sharing a key file and Redis resume every reconnect; a resumption
     # whose session comes from Redis costs B more CPU than one from its own cache
     if shutil.which("redis-server"):

@@ -8,6 +8,7 @@ stays bounded (the worker's VmRSS) and the daemon still serves afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -298,6 +299,41 @@ def test_truncated_client_hellos(multi, pem):
         assert peer_closes_within(c, max(0.1, t0 + 4 - time.monotonic())), cut
         c.close()
     wait_for(lambda: s.output().count('reason="handshake timeout"') == len(cuts), 3)
+    survived(s, workers)
+
+
+def test_a_client_hello_in_pieces_is_served(multi, pem):
+    """A ClientHello that arrives in pieces (part of the record header, then part of the
+    record, then the rest) is answered once it is all there, and the connection relays."""
+    s, workers = multi(pem)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_ctx().wrap_bio(inc, out, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = out.read()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+        for piece in (hello[:3], hello[3:40], hello[40:]):
+            c.sendall(piece)
+            time.sleep(0.2)
+        c.settimeout(5)
+        while True:  # the rest of the handshake, through the memory BIOs
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if data := out.read():
+                    c.sendall(data)
+                got = c.recv(65536)
+                assert got, "stud closed a ClientHello sent in pieces"
+                inc.write(got)
+        tls.write(b"ECHO\nin pieces")
+        c.sendall(out.read())
+        answer = b""
+        while b"in pieces" not in answer:
+            inc.write(c.recv(65536))
+            with contextlib.suppress(ssl.SSLWantReadError):
+                answer += tls.read(65536)
+    assert answer.endswith(b"in pieces")
     survived(s, workers)
 
 

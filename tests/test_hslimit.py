@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 from helpers import client_ctx, free_port, scrape, wait_for
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stud.hslimit import HandshakeLimiter
+from stud.worker import REFUSED_HOLD
 
 T = 10.0
 
@@ -96,13 +98,22 @@ def test_a_prefix_over_its_budget_is_delayed_then_refused(stud, backend, pem):
     first, session = handshake(s.port, "127.0.0.1", ctx=ctx)
     assert first == "ok"
     results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(handshake(s.port, "127.0.0.1")[0]))
-               for _ in range(8)]
+    refused_after: list[float] = []
+
+    def one() -> None:
+        t0 = time.monotonic()
+        results.append(handshake(s.port, "127.0.0.1")[0])
+        if results[-1] == "refused":
+            refused_after.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(T)
     assert results.count("refused") >= 4 and results.count("ok") >= 2, results
+    # a refused connection is held (unread) before it is closed, not bounced back at once
+    assert min(refused_after) > REFUSED_HOLD - 1.5, refused_after
     # meanwhile: another prefix, and a resumption from the limited one, go through at once
     assert handshake(s.port, "127.0.1.1")[0] == "ok"
     assert handshake(s.port, "127.0.0.1", session, ctx)[0] == "resumed"

@@ -14,7 +14,8 @@ from .summary import fmt, median, ratio
 COLORS = {"stud": "#d62728", "hitch": "#1f77b4", "haproxy": "#2ca02c"}
 
 
-def render_png(path: Path, b: Bench, summary: dict) -> bool:
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files, or None (logged) where matplotlib is missing."""
     try:
         import matplotlib
 
@@ -22,6 +23,13 @@ def render_png(path: Path, b: Bench, summary: dict) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         log("matplotlib not installed: no chart")
+        return None
+    return plt
+
+
+def render_png(path: Path, b: Bench, summary: dict) -> bool:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     _ratio_panels(axes[0][0], axes[0][1], b.kinds, summary)

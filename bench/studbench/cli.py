@@ -20,6 +20,7 @@ from .context import Bench
 from .cores import cores_phase
 from .creep import creep_phase
 from .fleet import fleet_phase
+from .flood import flood_phase
 from .idle import idle_phase
 from .many import many_phase
 from .meta import run_meta
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--many-workers", type=int,
                    help="conns_many: proxy workers (default: enough for the fd limit, >= 4)")
     p.add_argument("--creep-conns", type=int,
-                   help="mem_creep: connections opened and closed (default 1000000, smoke 20000)")
+                   help="mem_creep: connections opened and closed (default 1000000, smoke 5000)")
     p.add_argument("--creep-timeout", type=float, default=900.0,
                    help="mem_creep: seconds per proxy at most")
     p.add_argument(
@@ -110,7 +111,7 @@ def _apply_defaults(a: argparse.Namespace) -> None:
     ]
     a.resume_reconnects = a.resume_reconnects or (5 if smoke else 20)
     a.many_conns = a.many_conns or (2000 if smoke else 40_000)
-    a.creep_conns = a.creep_conns or (20_000 if smoke else 1_000_000)
+    a.creep_conns = a.creep_conns or (5_000 if smoke else 1_000_000)
     a.budget = a.budget or (2.0 if smoke else 28.0)
     a.install = (not smoke) if a.install is None else a.install
     a.out = a.out or (
@@ -157,7 +158,7 @@ def run_all(b: Bench) -> dict[str, Any]:
         meta = run_meta(b)
         # hs_mtls and fleet last: the phases before them run as they did before they existed.
         phases = (pinned_phase, paired_phase, aa_phase, idle_phase, unpinned_phase, cores_phase,
-                  mtls_phase, fleet_phase, many_phase, creep_phase)
+                  mtls_phase, fleet_phase, many_phase, creep_phase, flood_phase)
         for phase in phases:
             phase(b)
     except KeyboardInterrupt:

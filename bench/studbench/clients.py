@@ -140,10 +140,10 @@ def run_http(b: Bench, inst: Instance, path: str, conc: int, close: bool, latenc
         opts = f"--conc {min(conc, 16)} --duration {dur} --path {path}"
         out = run_clients(b, pyload_argv("rps", inst.port, *opts.split()), dur + 60)[0]
         tool = "pyload"
-    return _http_result(out, tool)
+    return http_result(out, tool)
 
 
-def _http_result(out: str, tool: str) -> dict:
+def http_result(out: str, tool: str) -> dict:
     """The WRKJSON line (wrk.lua's, or pyload's alike) as a result."""
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
     r = json.loads(line[len("WRKJSON ") :])

@@ -31,7 +31,7 @@ UNITS: dict[str, tuple[str, bool]] = {
 NO_SHARED_CACHE = "stud -C 0"  # the resume test also runs stud without its shared session cache
 PINNED_SCENARIOS = ("hs_new", "hs_new_rsa", "conn_resumed", "rps_keepalive", "bulk")
 ALL_SCENARIOS = (*PINNED_SCENARIOS, "idle_mem", "scaling", "resume", "paired", "aa", "hs_mtls",
-                 "fleet", "cores", "conns_many", "mem_creep")
+                 "fleet", "cores", "conns_many", "mem_creep", "flood")
 PAIRED = ("hs_new", "hs_new_rsa", "conn_resumed")  # the close calls, measured side by side
 RESUME_MODES = ("tls13_ticket", "tls12_ticket", "tls12_session_id")
 # Targets on the stud/hitch ratio per proxy CPU-second.

@@ -28,6 +28,7 @@ class Results:
     fleet: dict[str, Any] = field(default_factory=dict)  # see fleet.py
     many: dict[str, Any] = field(default_factory=dict)  # see many.py
     creep: dict[str, Any] = field(default_factory=dict)  # see creep.py
+    flood: dict[str, Any] = field(default_factory=dict)  # see flood.py
     cores: dict[str, Any] = field(default_factory=dict)  # see cores.py
     mtls_na: dict[str, str] = field(default_factory=dict)  # proxy -> why it has no hs_mtls
     idle_capped: dict[int, int] = field(default_factory=dict)  # wanted -> measured count

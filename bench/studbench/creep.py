@@ -44,7 +44,8 @@ def _churn(b: Bench, inst: Instance, total: int, first: int) -> dict:
     deadline = time.monotonic() + b.args.creep_timeout
     while done < total and time.monotonic() < deadline and inst.proc and inst.proc.alive():
         try:
-            r = run_hs(b, inst, 13, resume=rounds % 2 == 1, dur=ROUND_S)
+            r = run_hs(b, inst, 13, resume=rounds % 2 == 1,
+                       dur=b.args.duration if b.args.smoke else ROUND_S)
         except CLIENT_ERRORS as e:
             b.problem(inst.kind, f"mem_creep: a client failed: {e}")
             break

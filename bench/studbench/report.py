@@ -11,6 +11,8 @@ from .common import log
 from .context import Bench
 from .cores_summary import cores_md, cores_summary, cores_table
 from .fleet_summary import fleet_notes, fleet_rows, fleet_summary
+from .load_chart import render_load_png
+from .load_summary import load_table
 from .meta import versions
 from .mtls_summary import mtls_table
 from .summary import fmt, summarize, targets_and_table
@@ -28,8 +30,9 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
     mtls_targets, mtls_rows = mtls_table(b, summary)
     cores = cores_summary(b) if res.cores.get("measurable") else {}
     cores_targets, cores_rows = cores_table(b, cores)
-    targets = targets + mtls_targets + cores_targets
-    rows = rows + mtls_rows + cores_rows + fleet_rows(b)
+    load_targets, load_rows = load_table(b)
+    targets = targets + mtls_targets + cores_targets + load_targets
+    rows = rows + mtls_rows + cores_rows + fleet_rows(b) + load_rows
     print_results(b, rows, targets)
     out.mkdir(parents=True, exist_ok=True)
     result = {
@@ -44,6 +47,7 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
         "fleet": {**res.fleet, "summary": fleet_summary(b)} if res.fleet else {},
         "conns_many": res.many,
         "mem_creep": res.creep,
+        "flood": res.flood,
         "cores": {**res.cores, "summary": cores} if cores else res.cores,
         "idle_capped": res.idle_capped,
         "stud_close_reasons": res.close_reasons,
@@ -54,6 +58,7 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
     (out / "latest.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     (out / "latest.md").write_text(render_md(b, rows, targets, meta, cores_md(b, cores)))
     png = render_png(out / "latest.png", b, summary)
+    render_load_png(out / "load.png", b)
     log(
         f"wrote {out}/latest.json, latest.md{', latest.png' if png else ''} "
         f"in {meta['elapsed_s']:.0f}s"
