@@ -150,6 +150,7 @@ typedef struct Poller {
     /* serve(): accept Conns and account for their close in C. */
     PyObject *policy, *conns, *sock_type, *kwnames;
     PyObject *accept_stop; /* called with an errno (or 0: full) when accepting stops */
+    PyObject *ahead;       /* ahead(open connections): whether to leave new ones to the others */
     Listener listeners[MAX_LISTENERS];
     int nlisteners;
     Py_ssize_t max_conns;
@@ -306,6 +307,7 @@ static int Poller_clear(Poller *self) {
     Py_CLEAR(self->on_error);
     Py_CLEAR(self->policy);
     Py_CLEAR(self->accept_stop);
+    Py_CLEAR(self->ahead);
     Py_CLEAR(self->conns);
     Py_CLEAR(self->sock_type);
     for (int i = 0; i < self->nlisteners; i++) {
@@ -342,6 +344,7 @@ static int Poller_traverse(Poller *self, visitproc visit, void *arg) {
     Py_VISIT(self->on_error);
     Py_VISIT(self->policy);
     Py_VISIT(self->accept_stop);
+    Py_VISIT(self->ahead);
     Py_VISIT(self->conns);
     Py_VISIT(self->sock_type);
     for (int i = 0; i < self->nlisteners; i++) {
@@ -377,7 +380,7 @@ static PyMethodDef Poller_methods[] = {
     {"take_stats", (PyCFunction)Poller_take_stats, METH_NOARGS,
      "the Conns' counts since the last call"},
     {"serve", (PyCFunction)Poller_serve, METH_VARARGS,
-     "serve(policy, conns, max_conns, log_fd, log_level, accept_stop): accept in C"},
+     "serve(policy, conns, max_conns, log_fd, log_level, accept_stop, ahead=None): accept in C"},
     {"set_backend", (PyCFunction)Poller_set_backend, METH_VARARGS,
      "set_backend(family, sockaddr): where Conns connect from now on"},
     {"listen", (PyCFunction)Poller_listen, METH_VARARGS,
@@ -1583,6 +1586,7 @@ static PyTypeObject ConnType = {
 /* -- The default path's accept loop (Poller.serve(), listen()) ------------------------------ */
 
 #define ACCEPT_BATCH 64 /* as the worker's: enough to empty a burst, bounded for fairness */
+#define ACCEPT_AHEAD -1 /* accept_stop()'s argument for a worker over its share */
 
 /* A socket address as the socket module gives it: (host, port[, flowinfo, scope_id]). */
 static PyObject *sockaddr_tuple(const struct sockaddr_storage *ss) {
@@ -1678,15 +1682,30 @@ static int servername_cb(SSL *ssl, int *alert, void *unused) {
     return ret;
 }
 
-/* The worker stops accepting: out of file descriptors (err), or at max-connections (0). */
+/* The worker stops accepting: out of file descriptors (err), at max-connections (0), or over
+   its share (ACCEPT_AHEAD). */
 static int stop_accepting(Poller *p, int err) {
     PyObject *r = PyObject_CallFunction(p->accept_stop, "i", err);
     Py_XDECREF(r);
     return r ? 0 : report(p);
 }
 
+/* Whether this worker holds more than its share (stud.balance): then it leaves new
+   connections to the others for a moment (accept_stop(ACCEPT_AHEAD)). -1: a Python error. */
+static int poller_ahead(Poller *p) {
+    if (!p->ahead)
+        return 0;
+    PyObject *r = PyObject_CallFunction(p->ahead, "n", PySet_GET_SIZE(p->conns));
+    int ahead = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    return ahead;
+}
+
 /* Readable listening socket l: what Worker._accept() does, in C. -1 only if on_error raised. */
 static int poller_accept(Poller *p, Listener *l) {
+    int ahead = poller_ahead(p);
+    if (ahead)
+        return ahead < 0 ? report(p) : stop_accepting(p, ACCEPT_AHEAD);
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
@@ -1711,11 +1730,11 @@ static int poller_accept(Poller *p, Listener *l) {
    accounted here (closed_in_c()) unless notify is set; accept_stop(errno) when accepting stops
    (0: at max_conns). */
 static PyObject *Poller_serve(Poller *self, PyObject *args) {
-    PyObject *policy, *conns, *accept_stop;
+    PyObject *policy, *conns, *accept_stop, *ahead = Py_None;
     Py_ssize_t max_conns;
     int log_fd, log_level;
-    if (!PyArg_ParseTuple(args, "OO!niiO:serve", &policy, &PySet_Type, &conns, &max_conns,
-                          &log_fd, &log_level, &accept_stop))
+    if (!PyArg_ParseTuple(args, "OO!niiO|O:serve", &policy, &PySet_Type, &conns, &max_conns,
+                          &log_fd, &log_level, &accept_stop, &ahead))
         return NULL;
     if (!self->backend_len) {
         PyErr_SetString(PyExc_RuntimeError, "configure() comes first");
@@ -1728,6 +1747,7 @@ static PyObject *Poller_serve(Poller *self, PyObject *args) {
     Py_XSETREF(self->policy, Py_NewRef(policy));
     Py_XSETREF(self->conns, Py_NewRef(conns));
     Py_XSETREF(self->accept_stop, Py_NewRef(accept_stop));
+    Py_XSETREF(self->ahead, ahead == Py_None ? NULL : Py_NewRef(ahead));
     self->max_conns = max_conns;
     self->log_fd = log_fd;
     self->log_level = log_level;

@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from stud import certs, crlfetch, metrics, sesscache, stapling, startup, systemd, trust
+from stud import balance, certs, crlfetch, metrics, sesscache, stapling, startup, systemd, trust
 from stud.config import Config, ConfigError, Exit, file_stamp, parse_args
 from stud.daemon import configure_log, drop_privileges
 from stud.log import log
@@ -97,6 +97,7 @@ class Arbiter:
 
     def run(self) -> int:
         self._install_signals()
+        self.shares = balance.Shares(self.cfg.worker_count)
         for slot in range(self.cfg.worker_count):
             self.spawn(slot)
         while True:
@@ -359,6 +360,7 @@ class Arbiter:
         self.pem_stamps = pem_stamps(cfg)
         self.failures.clear()
         self.respawn_at.clear()
+        self.shares = balance.Shares(cfg.worker_count)  # (the old generation keeps its own)
         for slot in range(cfg.worker_count):
             self.spawn(slot)
         self.retire = (old, time.monotonic() + READY_WAIT)
@@ -433,6 +435,7 @@ class Arbiter:
     def spawn(self, slot: int) -> None:
         # SEQPACKET: each stats snapshot arrives as one message
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.shares.reset(slot)
         pid = os.fork()
         if pid:
             theirs.close()
@@ -462,7 +465,7 @@ class Arbiter:
             s = self.current.setup
             code = Worker(self.cfg, self.current.served(), s.client_context, s.backend,
                           theirs, stapling.by_file(s.certs()),
-                          s.served.trusts if s.served else None).run()
+                          s.served.trusts if s.served else None, self.shares, slot).run()
         except BaseException:
             log.error(f"{{core}} worker {os.getpid()} crashed: "
                       + traceback.format_exc().strip().replace("\n", " | "))

@@ -23,7 +23,8 @@ import time
 import traceback
 from collections import Counter, deque
 
-from stud import clienthello, proxyproto, stapling, trust
+from stud import balance, clienthello, proxyproto, stapling, trust
+from stud.balance import Shares
 from stud.certs import sni_hook
 from stud.config import Config
 from stud.log import DEBUG, log
@@ -42,6 +43,7 @@ ACCEPT_BATCH = 64          # accepts per wake-up: enough to empty a burst, bound
 EMFILE_PAUSE = 0.5         # seconds without accepting when out of file descriptors
 FD_LOG_INTERVAL = 10.0     # log running out of file descriptors at most this often
 FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ACCEPT_AHEAD = -1          # the C accept loop's accept_stop() argument: over its share
 MAX_PARKED = 8192          # delayed connections held at most (the oldest is closed)
 # A refused connection is held open, unread, before it is closed: a flooding client's
 # connection then stays busy instead of coming straight back through the accept queue.
@@ -60,11 +62,16 @@ class Worker:
     def __init__(self, cfg: Config, listeners: list[tuple[socket.socket, ssl.SSLContext | None]],
                  client_context: ssl.SSLContext | None, backend: tuple[int, tuple | str],
                  ctl: socket.socket, stapled: dict | None = None,
-                 trusts: Trusts | None = None) -> None:
+                 trusts: Trusts | None = None, shares: Shares | None = None,
+                 slot: int = 0) -> None:
         """listeners: each listening socket with where its handshakes start (its frontend's
         default context; None with --client); stapled: the contexts of each certificate file
         (Pem), for the OCSP staples the master sends; trusts: the client-verify stores, for
-        the CRLs it sends."""
+        the CRLs it sends; shares: the generation's connection counts, this worker's at
+        slot."""
+        self.share = (functools.partial(shares.ahead, slot)
+                      if shares is not None and shares.workers > 1 else None)
+        self.paused_ahead = False  # the last accept wake found it over its share
         self.stapled = {pem.cert: ctxs for pem, ctxs in (stapled or {}).items()}
         self.trusts = trusts
         self.listeners = [lsock for lsock, _ in listeners]
@@ -114,7 +121,7 @@ class Worker:
                             and not self.store)
         if self.accept_in_c:
             self.watch.serve(policy, self.conns, self.max_conns or 0, log.stdout, log.level,
-                             self._accept_stop)
+                             self._accept_stop, self.share and self._ahead)
 
     def run(self) -> int:
         # What the master built is never garbage: keep the cycle collector off it (shorter
@@ -198,6 +205,8 @@ class Worker:
     def _tick(self) -> None:
         """Once a second: stats to the master, idle connections out, old limiter entries gone."""
         self._to_master(self.stats_snapshot())
+        if self.share:  # (the count the others see, also while no connection comes)
+            self.share(len(self.conns))
         now = time.monotonic()
         if self.idle_timeout:
             limit = now - self.idle_timeout
@@ -242,13 +251,32 @@ class Worker:
 
     def _accept_stop(self, err: int) -> None:
         """The C accept loop stopped (Poller.serve()'s callback): out of file descriptors
-        (errno err), or full (0)."""
-        if err:
+        (errno err), full (0), or over its share (ACCEPT_AHEAD)."""
+        if err == ACCEPT_AHEAD:
+            self._leave_to_others()
+        elif err:
             self._out_of_fds(OSError(err, os.strerror(err)))
         else:
             self._accepting(False)
 
+    def _ahead(self, count: int) -> bool:
+        """Whether to leave new connections to the other workers (publishing count). Not
+        twice in a row: where the others cannot take them (busy, stopped), it still serves
+        them after the pause."""
+        assert self.share
+        ahead = self.share(count) and not self.paused_ahead
+        self.paused_ahead = ahead
+        return ahead
+
+    def _leave_to_others(self) -> None:
+        """Over its share of connections: no accepting for a moment (a close ends it too)."""
+        self._accepting(False)
+        self.loop.call_later(balance.PAUSE, self._accepting, True)
+
     def _accept(self, lsock: socket.socket) -> None:
+        if self.share and self._ahead(len(self.conns)):
+            self._leave_to_others()
+            return
         limiter = self.policy.limiter
         family = self.families[lsock]
         for _ in range(ACCEPT_BATCH):
