@@ -44,7 +44,7 @@ def _grouped(ax: Any, labels: list[str], series: dict[str, list[float | None]]) 
         ax.bar(xs, ys, width, label=name, color=SETUP_COLORS.get(name))
         for x, v in zip(xs, values, strict=True):
             if v:
-                ax.text(x, v, f"{v:.2g}", ha="center", va="bottom", fontsize=7)
+                ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))])
     ax.set_xticklabels(labels, fontsize=8)
     ax.legend(fontsize=8)

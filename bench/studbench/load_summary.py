@@ -111,7 +111,9 @@ def _flood(b: Bench) -> Table:
                 continue
             p99, times = flood_p99s(per_attack[attack], per_attack.get("none", []))
             failed = sum(r["legit_failed"] for r in per_attack[attack])
-            rss = max(r["rss_max_kib"] for r in per_attack[attack])
+            # (the lowest repetition: memory a glibc or hitch process does not give back after
+            # an earlier attack is not this attack's)
+            rss = min(r["rss_max_kib"] for r in per_attack[attack])
             text = f"{fmt(p99)} ms" + (f" (x{times:.1f})" if attack != "none" else "")
             text += f", {failed} failed, RSS {rss // 1024} MiB"
             kind = "stud" if setup.startswith("stud") else setup
