@@ -14,6 +14,8 @@ EXT_SUPPORTED_VERSIONS = 0x002B
 EXT_PRE_SHARED_KEY = 0x0029
 TLS13 = 0x0304
 MAX_SESSION_ID = 32
+RECORD_HEADER = 5
+MAX_PLAINTEXT = 16384  # a ClientHello's record is plaintext
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,18 @@ class _Reader:
 
     def vector(self, length_bytes: int) -> bytes:
         return self.take(self.num(length_bytes))
+
+
+def record_short(data: bytes) -> int:
+    """The bytes the first record needs in all when data begins a TLS handshake record that
+    is not all there yet; 0 when it is whole, or is not a handshake record (nothing to wait
+    for: OpenSSL refuses it at once)."""
+    if not data or data[0] != RECORD_HANDSHAKE:
+        return 0
+    if len(data) < RECORD_HEADER:
+        return RECORD_HEADER
+    need = RECORD_HEADER + int.from_bytes(data[3:5], "big")
+    return need if len(data) < need <= RECORD_HEADER + MAX_PLAINTEXT else 0
 
 
 def parse(data: bytes) -> Hello | None:

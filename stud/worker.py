@@ -45,6 +45,7 @@ FD_LOG_INTERVAL = 10.0     # log running out of file descriptors at most this of
 FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 ACCEPT_AHEAD = -1          # the C accept loop's accept_stop() argument: over its share
 MAX_PARKED = 8192          # delayed connections held at most (the oldest is closed)
+MAX_AWAITING = 8192        # connections whose ClientHello is not all there, held at most
 # A refused connection is held open, unread, before it is closed: a flooding client's
 # connection then stays busy instead of coming straight back through the accept queue.
 REFUSED_HOLD = 5.0         # seconds
@@ -87,6 +88,10 @@ class Worker:
         self.delay = cfg.empty_conn_delay
         self.parked: dict[Sock, asyncio.TimerHandle] = {}
         self.refused: deque[tuple[float, Sock]] = deque()  # (when to close, refused socket)
+        # With the handshake limiter: connections whose ClientHello is not all there yet
+        # (until their handshake deadline), judged once it is.
+        self.awaiting: dict[Sock, float] = {}
+        self.handshake_timeout = cfg.ssl_handshake_timeout
         self.ctl = ctl  # to the master: b"R" when serving, stats; EOF when the master is gone
         ctl.setblocking(False)
         self.conns: set[Connection] = set()
@@ -214,6 +219,7 @@ class Worker:
                 self.policy.stats.timeouts["idle"] += 1
                 conn.close("idle timeout")
         self.policy.end_lingering(now)
+        self._end_awaiting(now)
         while self.refused and (self.refused[0][0] <= now or self.draining):
             self.refused.popleft()[1].close()
         if self.policy.limiter and int(now) % 60 == 0:
@@ -301,14 +307,20 @@ class Worker:
                 self._accepting(False)  # never fail open: the kernel queues the rest
                 return
 
-    def _admit(self, sock: Sock, peer: tuple, lsock: socket.socket) -> None:
-        """Through the handshake limiter (now, later or never) and the session store."""
+    def _admit(self, sock: Sock, peer: tuple, lsock: socket.socket, waited: int = 0,
+               deadline: float = 0.0) -> None:
+        """Through the handshake limiter (now, later or never) and the session store.
+        waited: the bytes of the ClientHello's first record it last waited for, until
+        deadline (its handshake's)."""
         paid = True
         if self.policy.hs_limiter:
             try:
                 first = sock.recv(PEEK, socket.MSG_PEEK)
             except OSError:
                 first = b""  # (not there yet: counted as a full handshake)
+            need = clienthello.record_short(first)
+            if need > waited and self._await_hello(sock, peer, lsock, need, deadline):
+                return
             hello = clienthello.parse(first)
             paid = not clienthello.offers_resumption(hello, self.tls13[lsock])
             wait = self.policy.hs_limiter.admit(peer[0], time.monotonic(), paid)
@@ -318,6 +330,41 @@ class Worker:
         serve = functools.partial(self._serve, sock, peer, lsock, paid)
         if not (self.store and self.store.hold(sock, self.tls13[lsock], serve)):
             serve()
+
+    def _await_hello(self, sock: Sock, peer: tuple, lsock: socket.socket, need: int,
+                     deadline: float) -> bool:
+        """Judge the connection once `need` bytes are there: until then it costs its socket
+        alone, and a client that sends part of a ClientHello and stops is no work for the
+        limiter (woken short of the mark, the client closed: judged then). False when it
+        cannot wait (too many wait, or the mark cannot be set)."""
+        if len(self.awaiting) >= MAX_AWAITING:
+            return False
+        try:  # (level-triggered: without the mark, what is there would wake it again and again)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
+        except OSError:
+            return False
+        self.awaiting[sock] = deadline or time.monotonic() + self.handshake_timeout
+        self.loop.add_reader(sock.fileno(), self._hello_ready, sock, peer, lsock, need)
+        return True
+
+    def _hello_ready(self, sock: Sock, peer: tuple, lsock: socket.socket, need: int) -> None:
+        self.loop.remove_reader(sock.fileno())
+        deadline = self.awaiting.pop(sock)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        except OSError:
+            pass
+        self._admit(sock, peer, lsock, need, deadline)  # (a header, then the record: one deadline)
+
+    def _end_awaiting(self, now: float, everything: bool = False) -> None:
+        """Close the connections whose ClientHello did not come in time (or all of them)."""
+        for sock, deadline in list(self.awaiting.items()):
+            if everything or deadline <= now:
+                del self.awaiting[sock]
+                self.loop.remove_reader(sock.fileno())
+                sock.close()
+                if not everything:
+                    self.policy.stats.timeouts["handshake"] += 1
 
     def _limited(self, sock: Sock, peer: tuple, lsock: socket.socket, wait: float | None
                  ) -> None:
@@ -434,6 +481,7 @@ class Worker:
         self.parked.clear()
         while self.refused:
             self.refused.popleft()[1].close()
+        self._end_awaiting(time.monotonic(), everything=True)
         log.info(f"{{core}} Process {os.getpid()} draining ({why}): "
                  f"{len(self.conns)} connections open")
         if not self.conns:

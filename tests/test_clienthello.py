@@ -8,7 +8,7 @@ import ssl
 import struct
 
 import pytest
-from helpers import client_ctx, server_ctx, tls_pair
+from helpers import client_ctx, client_hello, server_ctx, tls_pair
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -51,6 +51,30 @@ def test_parse_vectors(record, expected):
 ])
 def test_not_a_whole_client_hello_is_none(record):
     assert clienthello.parse(record) is None
+
+
+@pytest.mark.parametrize("data, need", [
+    (b"", 0),                                   # nothing yet: no record to wait for
+    (b"\x16", 5),                               # a record header begun
+    (b"\x16\x03\x01\x02", 5),
+    (b"\x16\x03\x01\x02\x00", 517),             # a 512-byte record announced
+    (b"\x16\x03\x01\x02\x00" + b"x" * 511, 517),
+    (b"\x16\x03\x01\x02\x00" + b"x" * 512, 0),  # all there
+    (b"\x16\x03\x01\x40\x01", 0),               # over 16384: not a ClientHello, no wait
+    (b"\x17\x03\x03\x00\x10", 0),               # not a handshake record
+    (b"GET / HTTP/1.1\r\n", 0),
+])
+def test_record_short(data, need):
+    assert clienthello.record_short(data) == need
+
+
+@given(st.binary(max_size=300))
+def test_record_short_of_a_real_hello_only_before_its_end(data):
+    hello = client_hello()
+    for cut in (1, 4, 5, 40, len(hello) - 1):
+        assert clienthello.record_short(hello[:cut]) > cut
+    assert clienthello.record_short(hello) == 0
+    assert clienthello.record_short(data) == 0 or clienthello.record_short(data) > len(data)
 
 
 @given(st.binary(max_size=300))

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from helpers import client_ctx, free_port, scrape, wait_for
+from helpers import client_ctx, client_hello, free_port, peer_closes_within, scrape, wait_for
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -124,6 +124,49 @@ def test_a_prefix_over_its_budget_is_delayed_then_refused(stud, backend, pem):
     wait_for(lambda: "handshake limit:" in s.output(), 15.0)
     line = [ln for ln in s.output().splitlines() if "handshake limit:" in ln][0]
     assert "most from 127.0.0.0/24" in line
+
+
+def test_a_begun_client_hello_takes_no_token_and_times_out(stud, backend, pem):
+    """With the limiter on, connections that send the start of a ClientHello and stop cost
+    their prefix nothing (judged only once the record is there) and are closed at the
+    handshake timeout; a ClientHello sent in pieces is judged, and served, once whole."""
+    s = stud("--handshake-rate", "0.01", "--handshake-burst", "1", "--ssl-handshake-timeout",
+             "2", pem, backend_port=backend("echo"))
+    hello = client_hello()
+    begun = []
+    for _ in range(5):
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=T)
+        c.sendall(hello[:40])
+        begun.append(c)
+    t0 = time.monotonic()
+    # the prefix's one token is still there: the next full handshake goes through at once
+    assert handshake(s.port, "127.0.0.1")[0] == "ok"
+    assert time.monotonic() - t0 < 1.0
+    for c in begun:
+        assert peer_closes_within(c, T), "a begun ClientHello outlived the handshake timeout"
+        c.close()
+    assert time.monotonic() - t0 > 1.5
+    # in pieces, from another prefix (its own token): served once whole
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_ctx().wrap_bio(inc, out, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    whole = out.read()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=T,
+                                  source_address=("127.0.1.1", 0)) as c:
+        for piece in (whole[:3], whole[3:40], whole[40:]):
+            c.sendall(piece)
+            time.sleep(0.2)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if data := out.read():
+                    c.sendall(data)
+                got = c.recv(65536)
+                assert got, "closed a ClientHello sent in pieces"
+                inc.write(got)
 
 
 def test_off_by_default(stud, backend, pem):
