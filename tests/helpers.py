@@ -284,6 +284,31 @@ def client_hello(sni: str | None = "localhost", ctx: ssl.SSLContext | None = Non
     return out.read()
 
 
+def handshake_in_pieces(c: socket.socket, cuts: tuple[int, ...] = (3, 40)
+                        ) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A TLS handshake over c whose ClientHello goes out in pieces (cut at `cuts`, 0.2 s
+    apart); the TLS object and its incoming and outgoing BIOs, for what follows. Fails the
+    test if the peer closes before the handshake ends."""
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_ctx().wrap_bio(inc, out, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = out.read()
+    for start, end in zip((0, *cuts), (*cuts, len(hello)), strict=True):
+        c.sendall(hello[start:end])
+        time.sleep(0.2)
+    while True:  # the rest of the handshake, through the memory BIOs
+        try:
+            tls.do_handshake()
+            return tls, inc, out
+        except ssl.SSLWantReadError:
+            if data := out.read():
+                c.sendall(data)
+            got = c.recv(65536)
+            assert got, "the peer closed a ClientHello sent in pieces"
+            inc.write(got)
+
+
 # -- reading, echoing ----------------------------------------------------------------------
 def recv_exact(sock: socket.socket, n: int) -> bytes:
     chunks, got = [], 0

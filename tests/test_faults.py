@@ -29,6 +29,7 @@ from helpers import (
     command,
     echo,
     free_port,
+    handshake_in_pieces,
     memory_bound,
     peer_closes_within,
     proc_status,
@@ -306,26 +307,8 @@ def test_a_client_hello_in_pieces_is_served(multi, pem):
     """A ClientHello that arrives in pieces (part of the record header, then part of the
     record, then the rest) is answered once it is all there, and the connection relays."""
     s, workers = multi(pem)
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = client_ctx().wrap_bio(inc, out, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    hello = out.read()
     with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
-        for piece in (hello[:3], hello[3:40], hello[40:]):
-            c.sendall(piece)
-            time.sleep(0.2)
-        c.settimeout(5)
-        while True:  # the rest of the handshake, through the memory BIOs
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if data := out.read():
-                    c.sendall(data)
-                got = c.recv(65536)
-                assert got, "stud closed a ClientHello sent in pieces"
-                inc.write(got)
+        tls, inc, out = handshake_in_pieces(c)
         tls.write(b"ECHO\nin pieces")
         c.sendall(out.read())
         answer = b""

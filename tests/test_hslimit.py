@@ -10,7 +10,15 @@ import threading
 import time
 
 import pytest
-from helpers import client_ctx, client_hello, free_port, peer_closes_within, scrape, wait_for
+from helpers import (
+    client_ctx,
+    client_hello,
+    free_port,
+    handshake_in_pieces,
+    peer_closes_within,
+    scrape,
+    wait_for,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -147,26 +155,9 @@ def test_a_begun_client_hello_takes_no_token_and_times_out(stud, backend, pem):
         c.close()
     assert time.monotonic() - t0 > 1.5
     # in pieces, from another prefix (its own token): served once whole
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = client_ctx().wrap_bio(inc, out, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    whole = out.read()
     with socket.create_connection(("127.0.0.1", s.port), timeout=T,
                                   source_address=("127.0.1.1", 0)) as c:
-        for piece in (whole[:3], whole[3:40], whole[40:]):
-            c.sendall(piece)
-            time.sleep(0.2)
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if data := out.read():
-                    c.sendall(data)
-                got = c.recv(65536)
-                assert got, "closed a ClientHello sent in pieces"
-                inc.write(got)
+        handshake_in_pieces(c)
 
 
 def test_off_by_default(stud, backend, pem):
