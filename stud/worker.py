@@ -316,9 +316,12 @@ class Worker:
         if self.policy.hs_limiter:
             try:
                 first = sock.recv(PEEK, socket.MSG_PEEK)
+                need = clienthello.record_short(first)
+            except (BlockingIOError, InterruptedError):
+                # accepted before its first byte (past TCP_DEFER_ACCEPT, a SYN flood's cookies)
+                first, need = b"", 1
             except OSError:
-                first = b""  # (not there yet: counted as a full handshake)
-            need = clienthello.record_short(first)
+                first, need = b"", 0  # (reset: OpenSSL sees that at once too)
             if need > waited and self._await_hello(sock, peer, lsock, need, deadline):
                 return
             hello = clienthello.parse(first)
