@@ -26,24 +26,6 @@ class Hello:
     psk: bool = False          # a pre_shared_key extension: TLS 1.3 resumption
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ValueError("short")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def num(self, n: int) -> int:
-        return int.from_bytes(self.take(n), "big")
-
-    def vector(self, length_bytes: int) -> bytes:
-        return self.take(self.num(length_bytes))
-
-
 def record_short(data: bytes) -> int:
     """The bytes the first record needs in all when data begins a TLS handshake record that
     is not all there yet; 0 when it is whole, or is not a handshake record (nothing to wait
@@ -56,35 +38,55 @@ def record_short(data: bytes) -> int:
     return need if len(data) < need <= RECORD_HEADER + MAX_PLAINTEXT else 0
 
 
+def _vector(data: bytes, pos: int, length_bytes: int) -> tuple[int, int]:
+    """The (start, end) of the vector whose length prefix is at pos; ValueError past data."""
+    start = pos + length_bytes
+    end = start + int.from_bytes(data[pos:start], "big")
+    if start > len(data) or end > len(data):
+        raise ValueError("short")
+    return start, end
+
+
 def parse(data: bytes) -> Hello | None:
     """The ClientHello at the start of data, or None when data does not hold a whole one in
     its first record (not TLS, cut short, or spread over several records)."""
+    # (offsets, not a reader object: the handshake limiter parses every new connection's)
     try:
-        rec = _Reader(data)
-        if rec.num(1) != RECORD_HANDSHAKE:
+        if len(data) < RECORD_HEADER or data[0] != RECORD_HANDSHAKE:
             return None
-        rec.take(2)
-        body = _Reader(rec.vector(2))
-        if body.num(1) != CLIENT_HELLO:
+        _, rec_end = _vector(data, 3, 2)
+        if rec_end < RECORD_HEADER + 4 or data[RECORD_HEADER] != CLIENT_HELLO:
             return None
-        hello = _Reader(body.take(body.num(3)))
-        legacy = hello.num(2)
-        hello.take(32)
-        session_id = hello.vector(1)
-        hello.vector(2)
-        hello.vector(1)
-        exts = _Reader(hello.vector(2)) if hello.pos < len(hello.data) else _Reader(b"")
+        start, end = _vector(data, RECORD_HEADER + 1, 3)
+        if end > rec_end:
+            return None
+        data = data[start:end]
+        legacy = int.from_bytes(data[0:2], "big")
+        sid_start, pos = _vector(data, 2 + 32, 1)
+        session_id = data[sid_start:pos]
+        _, pos = _vector(data, pos, 2)  # cipher suites
+        _, pos = _vector(data, pos, 1)  # compression methods
         versions, ticket, psk = (legacy,), False, False
-        while exts.pos < len(exts.data):
-            kind, value = exts.num(2), exts.vector(2)
-            if kind == EXT_SUPPORTED_VERSIONS:
-                listed = _Reader(value).vector(1)
-                versions = tuple(int.from_bytes(listed[i:i + 2], "big")
-                                 for i in range(0, len(listed) - 1, 2))
-            elif kind == EXT_SESSION_TICKET:
-                ticket = bool(value)
-            elif kind == EXT_PRE_SHARED_KEY:
-                psk = True
+        if pos < len(data):
+            pos, exts_end = _vector(data, pos, 2)
+            while pos < exts_end:
+                if pos + 4 > exts_end:
+                    return None
+                kind = data[pos] << 8 | data[pos + 1]
+                value = pos + 4
+                pos = value + (data[pos + 2] << 8 | data[pos + 3])
+                if pos > exts_end:
+                    return None
+                if kind == EXT_SUPPORTED_VERSIONS:
+                    listed, listed_end = _vector(data, value, 1)
+                    if listed_end > pos:
+                        return None
+                    versions = tuple(int.from_bytes(data[i:i + 2], "big")
+                                     for i in range(listed, listed_end - 1, 2))
+                elif kind == EXT_SESSION_TICKET:
+                    ticket = pos > value
+                elif kind == EXT_PRE_SHARED_KEY:
+                    psk = True
     except ValueError:
         return None
     if len(session_id) > MAX_SESSION_ID:

@@ -23,14 +23,23 @@ class HandshakeLimiter:
         self.bits = {4: v4_bits, 6: v6_bits}
         self.max_delay = max_delay
         self.buckets: dict[str, list[float]] = {}  # prefix -> [tokens, when counted]
+        # (ipaddress takes longer than the rest of a connection's judgement; a flood comes
+        # from few addresses)
+        self.prefixes: dict[str, str] = {}
 
     def prefix(self, ip: str) -> str:
         """The client's prefix (an IPv4-mapped address counts as IPv4)."""
+        known = self.prefixes.get(ip)
+        if known is not None:
+            return known
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
             addr = addr.ipv4_mapped
-        net = ipaddress.ip_network(f"{addr}/{self.bits[addr.version]}", strict=False)
-        return str(net)
+        net = str(ipaddress.ip_network(f"{addr}/{self.bits[addr.version]}", strict=False))
+        if len(self.prefixes) >= MAX_TRACKED:
+            self.prefixes.clear()
+        self.prefixes[ip] = net
+        return net
 
     def _bucket(self, prefix: str, now: float) -> list[float]:
         b = self.buckets.get(prefix)

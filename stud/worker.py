@@ -52,6 +52,7 @@ REFUSED_HOLD = 5.0         # seconds
 MAX_REFUSED_HELD = 4096    # refused connections held at once; more are closed at once
 SWEEP = 0.1                # seconds between deadline checks (per-connection timers cost more)
 LIMIT_LOG_EVERY = 10.0     # seconds between the handshake limiter's log lines
+TCP_ESTABLISHED = 1        # tcp_info's state (linux/tcp_states.h); after a FIN or a reset: not
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -314,15 +315,8 @@ class Worker:
         deadline (its handshake's)."""
         paid = True
         if self.policy.hs_limiter:
-            try:
-                first = sock.recv(PEEK, socket.MSG_PEEK)
-                need = clienthello.record_short(first)
-            except (BlockingIOError, InterruptedError):
-                # accepted before its first byte (past TCP_DEFER_ACCEPT, a SYN flood's cookies)
-                first, need = b"", 1
-            except OSError:
-                first, need = b"", 0  # (reset: OpenSSL sees that at once too)
-            if need > waited and self._await_hello(sock, peer, lsock, need, deadline):
+            first = self._first_record(sock, peer, lsock, waited, deadline)
+            if first is None:
                 return
             hello = clienthello.parse(first)
             paid = not clienthello.offers_resumption(hello, self.tls13[lsock])
@@ -333,6 +327,27 @@ class Worker:
         serve = functools.partial(self._serve, sock, peer, lsock, paid)
         if not (self.store and self.store.hold(sock, self.tls13[lsock], serve)):
             serve()
+
+    def _first_record(self, sock: Sock, peer: tuple, lsock: socket.socket, waited: int,
+                      deadline: float) -> bytes | None:
+        """The client's first bytes for the limiter to judge: its first record once whole (or
+        what there is when it cannot wait). None: taken care of here, either waiting for
+        more, or gone (closed or reset before its ClientHello was whole: served at no token,
+        for OpenSSL to see that at once)."""
+        try:
+            first = sock.recv(PEEK, socket.MSG_PEEK)
+            need = clienthello.record_short(first) if first else -1
+        except (BlockingIOError, InterruptedError):
+            # accepted before its first byte (past TCP_DEFER_ACCEPT, a SYN flood's cookies)
+            first, need = b"", 1
+        except OSError:
+            first, need = b"", -1
+        if need > waited and self._await_hello(sock, peer, lsock, need, deadline):
+            return None
+        if need < 0 or (need and need <= waited and _peer_closed(sock)):
+            self._serve(sock, peer, lsock)
+            return None
+        return first
 
     def _await_hello(self, sock: Sock, peer: tuple, lsock: socket.socket, need: int,
                      deadline: float) -> bool:
@@ -499,3 +514,12 @@ class Worker:
             self.policy.stats.timeouts["drain"] += 1
             conn.close("drain timeout")
         self.loop.stop()
+
+
+def _peer_closed(sock: Sock) -> bool:
+    """Whether the client has closed its side or reset (woken short of the receive low-water
+    mark for that, not for memory pressure)."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != TCP_ESTABLISHED
+    except OSError:
+        return True

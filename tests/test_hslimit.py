@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import threading
 import time
 
@@ -158,6 +159,28 @@ def test_a_begun_client_hello_takes_no_token_and_times_out(stud, backend, pem):
     with socket.create_connection(("127.0.0.1", s.port), timeout=T,
                                   source_address=("127.0.1.1", 0)) as c:
         handshake_in_pieces(c)
+
+
+def test_a_client_gone_before_its_hello_is_whole_takes_no_token(stud, backend, pem):
+    """Clients that close (or reset) before their ClientHello is whole, having sent part of
+    it or nothing, cost their prefix nothing: the one token is still there afterwards."""
+    s = stud("--handshake-rate", "0.01", "--handshake-burst", "1", pem,
+             backend_port=backend("echo"))
+    hello = client_hello()
+    for sent in (hello[:40], hello[:3], b""):
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=T)
+        c.sendall(sent)
+        time.sleep(0.2)
+        c.shutdown(socket.SHUT_WR)
+        assert peer_closes_within(c, T)
+        c.close()
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=T)
+    c.sendall(hello[:40])
+    time.sleep(0.2)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()  # a reset
+    time.sleep(0.2)
+    assert handshake(s.port, "127.0.0.1")[0] == "ok"
 
 
 def test_off_by_default(stud, backend, pem):

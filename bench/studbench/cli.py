@@ -20,7 +20,7 @@ from .context import Bench
 from .cores import cores_phase
 from .creep import creep_phase
 from .fleet import fleet_phase
-from .flood import flood_phase
+from .flood import ATTACKS, flood_phase
 from .idle import idle_phase
 from .many import many_phase
 from .meta import run_meta
@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="mem_creep: connections opened and closed (default 1000000, smoke 5000)")
     p.add_argument("--creep-timeout", type=float, default=900.0,
                    help="mem_creep: seconds per proxy at most")
+    p.add_argument("--flood-attacks",
+                   help="flood: comma-separated subset of none,full,hello,partial,garbage "
+                        "(default all, smoke none,partial)")
     p.add_argument(
         "--budget",
         type=float,
@@ -95,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _apply_defaults(a)
     bad = [k for k in a.proxies if k not in KINDS] + [
         s for s in a.scenarios if s not in ALL_SCENARIOS
-    ]
+    ] + [x for x in a.flood_attacks if x not in ATTACKS]
     if bad:
         p.error(f"unknown: {bad}")
     return a
@@ -113,6 +116,7 @@ def _apply_defaults(a: argparse.Namespace) -> None:
     a.many_conns = a.many_conns or (2000 if smoke else 40_000)
     a.creep_conns = a.creep_conns or (5_000 if smoke else 1_000_000)
     a.budget = a.budget or (2.0 if smoke else 28.0)
+    a.flood_attacks = [x for x in (a.flood_attacks or "").split(",") if x]
     a.install = (not smoke) if a.install is None else a.install
     a.out = a.out or (
         Path(tempfile.gettempdir()) / "stud-bench-smoke" if smoke else REPO / "docs" / "benchmarks"

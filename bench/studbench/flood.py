@@ -59,7 +59,7 @@ def flood_phase(b: Bench) -> None:
 
 def _attacks(b: Bench, inst: Instance, name: str) -> dict:
     out = {}
-    attacks = SMOKE_ATTACKS if b.args.smoke else ATTACKS
+    attacks = b.args.flood_attacks or (SMOKE_ATTACKS if b.args.smoke else ATTACKS)
     for rep in range(b.args.reps):
         for attack in attacks if rep % 2 == 0 else attacks[::-1]:
             res = _under(b, inst, attack)
