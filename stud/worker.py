@@ -14,6 +14,7 @@ import encodings.idna  # noqa: F401 - SNI names may need it after chroot, where 
 import errno
 import functools
 import gc
+import itertools
 import json
 import os
 import signal
@@ -49,8 +50,9 @@ MAX_AWAITING = 8192        # connections whose ClientHello is not all there, hel
 # A refused connection is held open, unread, before it is closed: a flooding client's
 # connection then stays busy instead of coming straight back through the accept queue.
 REFUSED_HOLD = 5.0         # seconds
-MAX_REFUSED_HELD = 4096    # refused connections held at once; more are closed at once
+MAX_REFUSED_HELD = 4096    # refused connections held at once; then the oldest is closed
 SWEEP = 0.1                # seconds between deadline checks (per-connection timers cost more)
+CLOSES_PER_SWEEP = 256     # held (refused, awaiting) connections closed per sweep at most
 LIMIT_LOG_EVERY = 10.0     # seconds between the handshake limiter's log lines
 TCP_ESTABLISHED = 1        # tcp_info's state (linux/tcp_states.h); after a FIN or a reset: not
 
@@ -220,9 +222,6 @@ class Worker:
                 self.policy.stats.timeouts["idle"] += 1
                 conn.close("idle timeout")
         self.policy.end_lingering(now)
-        self._end_awaiting(now)
-        while self.refused and (self.refused[0][0] <= now or self.draining):
-            self.refused.popleft()[1].close()
         if self.policy.limiter and int(now) % 60 == 0:
             self.policy.limiter.prune(now)
         if self.policy.hs_limiter and now >= self.hs_said_at + LIMIT_LOG_EVERY:
@@ -233,8 +232,10 @@ class Worker:
 
     def _sweep(self) -> None:
         """Every SWEEP seconds: the connections whose handshake or connect deadline passed."""
-        for conn, kind in self.watch.expired(time.monotonic()):
+        now = time.monotonic()
+        for conn, kind in self.watch.expired(now):
             self.policy.timed_out(conn, kind)
+        self._end_held(now)
         self.loop.call_later(SWEEP, self._sweep)
 
     # -- accepting ---------------------------------------------------------------------------
@@ -355,7 +356,7 @@ class Worker:
         alone, and a client that sends part of a ClientHello and stops is no work for the
         limiter (woken short of the mark, the client closed: judged then). False when it
         cannot wait (too many wait, or the mark cannot be set)."""
-        if len(self.awaiting) >= MAX_AWAITING:
+        if len(self.awaiting) >= MAX_AWAITING and sock not in self.awaiting:
             return False
         try:  # (level-triggered: without the mark, what is there would wake it again and again)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
@@ -367,22 +368,32 @@ class Worker:
 
     def _hello_ready(self, sock: Sock, peer: tuple, lsock: socket.socket, need: int) -> None:
         self.loop.remove_reader(sock.fileno())
-        deadline = self.awaiting.pop(sock)
+        deadline = self.awaiting[sock]
+        self.awaiting[sock] = 0.0  # its place kept, should it wait again: deadline order
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         except OSError:
             pass
         self._admit(sock, peer, lsock, need, deadline)  # (a header, then the record: one deadline)
+        if self.awaiting.get(sock) == 0.0:
+            del self.awaiting[sock]
 
-    def _end_awaiting(self, now: float, everything: bool = False) -> None:
-        """Close the connections whose ClientHello did not come in time (or all of them)."""
-        for sock, deadline in list(self.awaiting.items()):
-            if everything or deadline <= now:
-                del self.awaiting[sock]
-                self.loop.remove_reader(sock.fileno())
-                sock.close()
-                if not everything:
-                    self.policy.stats.timeouts["handshake"] += 1
+    def _end_held(self, now: float, everything: bool = False) -> None:
+        """Close the refused connections held long enough, and those whose ClientHello did not
+        come in time (or all of them). At most CLOSES_PER_SWEEP a time: a flood's connections
+        come in bursts, and closing a burst at once would stall every other connection."""
+        budget = len(self.refused) + len(self.awaiting) if everything else CLOSES_PER_SWEEP
+        while self.refused and budget and (everything or self.refused[0][0] <= now):
+            self.refused.popleft()[1].close()
+            budget -= 1
+        for sock, deadline in list(itertools.islice(self.awaiting.items(), budget)):
+            if not everything and deadline > now:
+                break
+            del self.awaiting[sock]
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+            if not everything:
+                self.policy.stats.timeouts["handshake"] += 1
 
     def _limited(self, sock: Sock, peer: tuple, lsock: socket.socket, wait: float | None
                  ) -> None:
@@ -391,10 +402,9 @@ class Worker:
         self.policy.stats.handshakes_limited[action] += 1
         self.hs_limited[self.policy.hs_limiter.prefix(peer[0]), action] += 1
         if action == "refused":
-            if len(self.refused) < MAX_REFUSED_HELD:
-                self.refused.append((time.monotonic() + REFUSED_HOLD, sock))
-            else:
-                sock.close()
+            if len(self.refused) >= MAX_REFUSED_HELD:  # (the oldest: its client may be gone)
+                self.refused.popleft()[1].close()
+            self.refused.append((time.monotonic() + REFUSED_HOLD, sock))
         else:
             self.parked[sock] = self.loop.call_later(wait, self._unpark, sock, peer, lsock)
 
@@ -497,9 +507,7 @@ class Worker:
             timer.cancel()
             sock.close()
         self.parked.clear()
-        while self.refused:
-            self.refused.popleft()[1].close()
-        self._end_awaiting(time.monotonic(), everything=True)
+        self._end_held(time.monotonic(), everything=True)
         log.info(f"{{core}} Process {os.getpid()} draining ({why}): "
                  f"{len(self.conns)} connections open")
         if not self.conns:
