@@ -33,6 +33,7 @@
 
 #define BUFSIZE 65536
 #define RECORD 16384 /* the largest TLS record's plaintext */
+#define PLAIN_ROUNDS 4 /* reads of a full buffer from the plain side per event, at most */
 #define WHY 300
 
 /* One per process: data is forwarded before the next read reuses it. */
@@ -724,8 +725,9 @@ static int reread_on_out(Conn *c) {
     return conn_want(c, c->tls_side, EPOLLOUT, 1);
 }
 
-/* Side s is readable: move what is there to the other side. */
-static int dir_readable(Conn *c, int s) {
+/* Side s is readable: move what is there to the other side. corked: whether this pass corked
+   the TLS side (dir_readable() uncorks it). */
+static int dir_pass(Conn *c, int s, int *corked) {
     Dir *d = &c->dir[s];
     int rounds = 0;
 again:;
@@ -781,9 +783,16 @@ again:;
         established(c);
     if (n) {
         c->active = now();
+        /* Several records to write: one TLS write each, sent as few full segments (corked). */
+        if (s != c->tls_side && n > RECORD && !*corked)
+            *corked = setsockopt(c->fd[c->tls_side], IPPROTO_TCP, TCP_CORK, &(int){1},
+                                 sizeof(int)) == 0;
         int w = dir_write(c, s, buf, n);
         if (w <= 0)
             return w; /* the other side is full: reading resumes in dir_writable() */
+        /* A full buffer from the plain side: likely more behind it (bulk), read at once. */
+        if (s != c->tls_side && n == BUFSIZE && ++rounds < PLAIN_ROUNDS)
+            goto again;
     }
     /* At EOF: finish first, so that when that ends the Conn its fds simply close (closing
        takes them out of the epoll set: no system call). */
@@ -797,6 +806,14 @@ again:;
         return reread_on_out(c);
     }
     return 0;
+}
+
+static int dir_readable(Conn *c, int s) {
+    int corked = 0;
+    int r = dir_pass(c, s, &corked);
+    if (corked && c->fd[c->tls_side] >= 0)
+        setsockopt(c->fd[c->tls_side], IPPROTO_TCP, TCP_CORK, &(int){0}, sizeof(int));
+    return r;
 }
 
 /* The side that dir[s] writes to is writable: flush, then resume reading side s. */
