@@ -152,6 +152,7 @@ typedef struct Poller {
     PyObject *policy, *conns, *sock_type, *kwnames;
     PyObject *accept_stop; /* called with an errno (or 0: full) when accepting stops */
     PyObject *ahead;       /* ahead(open connections): whether to leave new ones to the others */
+    PyObject *gate;        /* gate(conn, first record): may its handshake start now (the limiter) */
     Listener listeners[MAX_LISTENERS];
     int nlisteners;
     Py_ssize_t max_conns;
@@ -309,6 +310,7 @@ static int Poller_clear(Poller *self) {
     Py_CLEAR(self->policy);
     Py_CLEAR(self->accept_stop);
     Py_CLEAR(self->ahead);
+    Py_CLEAR(self->gate);
     Py_CLEAR(self->conns);
     Py_CLEAR(self->sock_type);
     for (int i = 0; i < self->nlisteners; i++) {
@@ -346,6 +348,7 @@ static int Poller_traverse(Poller *self, visitproc visit, void *arg) {
     Py_VISIT(self->policy);
     Py_VISIT(self->accept_stop);
     Py_VISIT(self->ahead);
+    Py_VISIT(self->gate);
     Py_VISIT(self->conns);
     Py_VISIT(self->sock_type);
     for (int i = 0; i < self->nlisteners; i++) {
@@ -381,7 +384,8 @@ static PyMethodDef Poller_methods[] = {
     {"take_stats", (PyCFunction)Poller_take_stats, METH_NOARGS,
      "the Conns' counts since the last call"},
     {"serve", (PyCFunction)Poller_serve, METH_VARARGS,
-     "serve(policy, conns, max_conns, log_fd, log_level, accept_stop, ahead=None): accept in C"},
+     "serve(policy, conns, max_conns, log_fd, log_level, accept_stop, ahead=None, gate=None): "
+     "accept in C"},
     {"set_backend", (PyCFunction)Poller_set_backend, METH_VARARGS,
      "set_backend(family, sockaddr): where Conns connect from now on"},
     {"listen", (PyCFunction)Poller_listen, METH_VARARGS,
@@ -485,8 +489,9 @@ static SSL_CTX *ctx_of(PyObject *context) {
 enum { FRONT, BACK };
 /* ST_PROXY: reading the client's PROXY header (--proxy-proxy); ST_CONNECT: connecting before
    the handshake towards the backend (--client); ST_HELLO: the client's first TLS record is
-   not all there yet (OpenSSL has not seen it). */
-enum { ST_HANDSHAKE, ST_PROXY, ST_CONNECT, ST_RELAY, ST_CLOSED, ST_HELLO }; /* (a new Conn: 0) */
+   not all there yet (OpenSSL has not seen it); ST_HELD: the gate keeps it (delayed: resume(),
+   or refused: closed), unwatched. */
+enum { ST_HANDSHAKE, ST_PROXY, ST_CONNECT, ST_RELAY, ST_CLOSED, ST_HELLO, ST_HELD }; /* (new: 0) */
 enum { L_ERROR, L_INFO, L_CONN, L_DEBUG }; /* stud.log's levels (a close is never L_INFO) */
 static const char *const kind_names[NKINDS] = {"handshake", "backend connect"};
 static const char *const side_names[2] = {"client", "backend"};
@@ -512,6 +517,8 @@ struct Conn {
     int fd[2];         /* FRONT: the client (TLS), BACK: the backend (TCP); -1: none */
     uint32_t mask[2];  /* epoll interest */
     char state, connecting, reread;
+    char gated;        /* its ClientHello went through the Poller's gate */
+    char watched;      /* its close goes to the policy's closed() (see closed_in_c()) */
     int lowat;         /* ST_HELLO: the receive low-water mark set (0: the default) */
     int kind;          /* armed deadline, or -1 */
     double started, active, connect_started, deadline;
@@ -1028,6 +1035,22 @@ static int conn_own_ssl(Conn *c) {
 #define TLS_HANDSHAKE_RECORD 0x16
 #define TLS_MAX_PLAINTEXT 16384 /* a ClientHello record is plaintext */
 
+/* The Poller's gate, for the first n bytes in buf: 1: go on; 0: held (ST_HELD: the gate
+   resumes or closes it later), or closed; -1: a Python error. */
+static int conn_gate(Conn *c, Py_ssize_t n) {
+    c->gated = 1;
+    PyObject *first = PyBytes_FromStringAndSize(buf, n);
+    PyObject *r = first ? PyObject_CallFunctionObjArgs(c->poller->gate, (PyObject *)c, first, NULL)
+                        : NULL;
+    Py_XDECREF(first);
+    int go = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    if (go != 0 || c->state == ST_CLOSED)
+        return go;
+    c->state = ST_HELD;
+    return conn_want(c, FRONT, EPOLLIN, 0);
+}
+
 static int conn_hello(Conn *c) {
     int fd = c->fd[FRONT];
     ssize_t n = recv(fd, buf, TLS_HEADER + TLS_MAX_PLAINTEXT, MSG_PEEK);
@@ -1052,6 +1075,13 @@ static int conn_hello(Conn *c) {
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
         c->lowat = 0;
+    }
+    /* A whole first record goes to the gate, once (not TLS, or cut short: OpenSSL refuses it
+       at once, at no cost worth a judgement). */
+    if (c->poller->gate && !c->gated && need && need <= n) {
+        int go = conn_gate(c, n);
+        if (go <= 0)
+            return go;
     }
     c->state = ST_HANDSHAKE;
     if (!c->ssl) {
@@ -1202,7 +1232,7 @@ static int quote(char *out, size_t size, const char *s);
 
 static int closed_in_c(Conn *c, const char *why, int level, long long up, long long down) {
     Poller *p = c->poller;
-    if (!p->conns || p->notify)
+    if (!p->conns || p->notify || c->watched)
         return 0;
     char line[2048];
     int n = 0;
@@ -1424,6 +1454,16 @@ static PyObject *Conn_start(Conn *c, PyObject *tls) {
     return conn_begin(c, tls == Py_None ? NULL : tls, ssl) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
+/* resume(): a Conn its gate held goes on to its handshake (nothing once closed). */
+static PyObject *Conn_resume(Conn *c, PyObject *unused) {
+    if (c->state != ST_HELD)
+        Py_RETURN_NONE;
+    c->state = ST_HELLO;
+    if (conn_hello(c) < 0 && (conn_failed(c), report(c->poller)) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Conn_close(Conn *c, PyObject *args) {
     const char *why;
     int level = L_CONN;
@@ -1565,6 +1605,8 @@ static PyGetSetDef Conn_getset[] = {
 static PyMemberDef Conn_members[] = {
     {"peer", T_OBJECT, offsetof(Conn, peer), READONLY, NULL},
     {"local", T_OBJECT, offsetof(Conn, local), READONLY, NULL},
+    {"watched", T_BOOL, offsetof(Conn, watched), 0,
+     "its close goes to the policy's closed() even where the Poller accounts for closes"},
     {"tls", T_OBJECT, offsetof(Conn, tls), READONLY,
      "the _ssl._SSLSocket (None where the Conn made its SSL* itself)"},
     {"tls_info", T_OBJECT, offsetof(Conn, tls_info), READONLY,
@@ -1576,6 +1618,7 @@ static PyMethodDef Conn_methods[] = {
     {"start", (PyCFunction)Conn_start, METH_O,
      "start(tls): begin (the PROXY header, then) the handshake; start(None): --client"},
     {"close", (PyCFunction)Conn_close, METH_VARARGS, "close(why, level=CONN)"},
+    {"resume", (PyCFunction)Conn_resume, METH_NOARGS, "resume(): held by the gate, it goes on"},
     {"backend_ready", (PyCFunction)Conn_backend_ready, METH_NOARGS,
      "is the backend connected? (a failed connect closes the Conn)"},
     {NULL},
@@ -1747,11 +1790,11 @@ static int poller_accept(Poller *p, Listener *l) {
    accounted here (closed_in_c()) unless notify is set; accept_stop(errno) when accepting stops
    (0: at max_conns). */
 static PyObject *Poller_serve(Poller *self, PyObject *args) {
-    PyObject *policy, *conns, *accept_stop, *ahead = Py_None;
+    PyObject *policy, *conns, *accept_stop, *ahead = Py_None, *gate = Py_None;
     Py_ssize_t max_conns;
     int log_fd, log_level;
-    if (!PyArg_ParseTuple(args, "OO!niiO|O:serve", &policy, &PySet_Type, &conns, &max_conns,
-                          &log_fd, &log_level, &accept_stop, &ahead))
+    if (!PyArg_ParseTuple(args, "OO!niiO|OO:serve", &policy, &PySet_Type, &conns, &max_conns,
+                          &log_fd, &log_level, &accept_stop, &ahead, &gate))
         return NULL;
     if (!self->backend_len) {
         PyErr_SetString(PyExc_RuntimeError, "configure() comes first");
@@ -1765,6 +1808,7 @@ static PyObject *Poller_serve(Poller *self, PyObject *args) {
     Py_XSETREF(self->conns, Py_NewRef(conns));
     Py_XSETREF(self->accept_stop, Py_NewRef(accept_stop));
     Py_XSETREF(self->ahead, ahead == Py_None ? NULL : Py_NewRef(ahead));
+    Py_XSETREF(self->gate, gate == Py_None ? NULL : Py_NewRef(gate));
     self->max_conns = max_conns;
     self->log_fd = log_fd;
     self->log_level = log_level;

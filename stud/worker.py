@@ -23,6 +23,7 @@ import ssl
 import time
 import traceback
 from collections import Counter, deque
+from collections.abc import Callable
 
 from stud import balance, clienthello, proxyproto, stapling, trust
 from stud.balance import Shares
@@ -84,13 +85,15 @@ class Worker:
         self.tls13 = {lsock: ctx is not None and ctx.maximum_version in (
             ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.MAXIMUM_SUPPORTED)
             for lsock, ctx in listeners}
+        self.ctx_tls13 = {id(self.contexts[lsock]): tls13 for lsock, tls13 in self.tls13.items()}
         self.policy = policy = ConnPolicy(cfg, client_context, backend, self._gone)
         self.drain_timeout = cfg.drain_timeout
         self.idle_timeout = cfg.idle_timeout
         self.max_conns = cfg.max_connections or None
         self.delay = cfg.empty_conn_delay
-        self.parked: dict[Sock, asyncio.TimerHandle] = {}
-        self.refused: deque[tuple[float, Sock]] = deque()  # (when to close, refused socket)
+        # Connections held before their handshake: sockets (accepted in Python) or Conns (in C).
+        self.parked: dict[Sock | Connection, asyncio.TimerHandle] = {}
+        self.refused: deque[tuple[float, Sock | Connection]] = deque()  # (when to close, it)
         # With the handshake limiter: connections whose ClientHello is not all there yet
         # (until their handshake deadline), judged once it is.
         self.awaiting: dict[Sock, float] = {}
@@ -123,13 +126,13 @@ class Worker:
                       if cfg.session_store and not cfg.client else None)
         self.hs_limited: Counter = Counter()  # (prefix, action) since it was last said
         self.hs_said_at = 0.0
-        self.accept_in_c = (bool(Conn) and not policy.limiter and not policy.hs_limiter
-                            and not log.use_syslog
+        self.accept_in_c = (bool(Conn) and not policy.limiter and not log.use_syslog
                             and not policy.verifying and policy.mode != "proxy-proxy"
                             and not self.store)
         if self.accept_in_c:
             self.watch.serve(policy, self.conns, self.max_conns or 0, log.stdout, log.level,
-                             self._accept_stop, self.share and self._ahead)
+                             self._accept_stop, self.share and self._ahead,
+                             self._gate if policy.hs_limiter else None)
 
     def run(self) -> int:
         # What the master built is never garbage: keep the cycle collector off it (shorter
@@ -323,7 +326,8 @@ class Worker:
             paid = not clienthello.offers_resumption(hello, self.tls13[lsock])
             wait = self.policy.hs_limiter.admit(peer[0], time.monotonic(), paid)
             if wait is None or wait > 0:
-                self._limited(sock, peer, lsock, wait)
+                self._limited(sock, peer, wait,
+                              functools.partial(self._unpark, sock, peer, lsock))
                 return
         serve = functools.partial(self._serve, sock, peer, lsock, paid)
         if not (self.store and self.store.hold(sock, self.tls13[lsock], serve)):
@@ -384,7 +388,7 @@ class Worker:
         come in bursts, and closing a burst at once would stall every other connection."""
         budget = len(self.refused) + len(self.awaiting) if everything else CLOSES_PER_SWEEP
         while self.refused and budget and (everything or self.refused[0][0] <= now):
-            self.refused.popleft()[1].close()
+            _let_go(self.refused.popleft()[1])
             budget -= 1
         for sock, deadline in list(itertools.islice(self.awaiting.items(), budget)):
             if not everything and deadline > now:
@@ -395,18 +399,38 @@ class Worker:
             if not everything:
                 self.policy.stats.timeouts["handshake"] += 1
 
-    def _limited(self, sock: Sock, peer: tuple, lsock: socket.socket, wait: float | None
-                 ) -> None:
-        """A full handshake over its prefix's rate: delayed by wait seconds, or refused."""
+    def _gate(self, conn: Connection, first: bytes) -> bool:
+        """The handshake limiter, for a Conn accepted in C once its ClientHello's first record
+        is whole (as _admit()): True, its handshake starts now; False, it is held (delayed:
+        resumed later; refused: closed later)."""
+        hello = clienthello.parse(first)
+        paid = not clienthello.offers_resumption(hello, self.ctx_tls13.get(id(conn.context)))
+        wait = self.policy.hs_limiter.admit(conn.peer[0], time.monotonic(), paid)
+        if not paid:
+            self.policy.hs_owed.add(conn)
+            conn.watched = True  # (the policy's closed() charges it if it did not resume)
+        if wait is None or wait > 0:
+            self._limited(conn, conn.peer, wait, functools.partial(self._resume, conn))
+            return False
+        return True
+
+    def _limited(self, held: Sock | Connection, peer: tuple, wait: float | None,
+                 resume: Callable[[], None]) -> None:
+        """A full handshake over its prefix's rate: delayed by wait seconds (then resume()), or
+        refused."""
         action = "refused" if wait is None or len(self.parked) >= MAX_PARKED else "delayed"
         self.policy.stats.handshakes_limited[action] += 1
         self.hs_limited[self.policy.hs_limiter.prefix(peer[0]), action] += 1
         if action == "refused":
             if len(self.refused) >= MAX_REFUSED_HELD:  # (the oldest: its client may be gone)
-                self.refused.popleft()[1].close()
-            self.refused.append((time.monotonic() + REFUSED_HOLD, sock))
+                _let_go(self.refused.popleft()[1])
+            self.refused.append((time.monotonic() + REFUSED_HOLD, held))
         else:
-            self.parked[sock] = self.loop.call_later(wait, self._unpark, sock, peer, lsock)
+            self.parked[held] = self.loop.call_later(wait, resume)
+
+    def _resume(self, conn: Connection) -> None:
+        del self.parked[conn]
+        conn.resume()
 
     def _say_limited(self) -> None:
         """The handshake limiter's work, said at most once per LIMIT_LOG_EVERY seconds."""
@@ -458,7 +482,7 @@ class Worker:
         if len(self.parked) >= MAX_PARKED:
             oldest = next(iter(self.parked))
             self.parked.pop(oldest).cancel()
-            oldest.close()
+            _let_go(oldest)
         self.parked[sock] = self.loop.call_later(self.delay, self._unpark, sock, peer, lsock)
 
     def _unpark(self, sock: Sock, peer: tuple, lsock: socket.socket) -> None:
@@ -503,9 +527,9 @@ class Worker:
         self.draining = True
         for lsock in self.listeners:
             lsock.close()
-        for sock, timer in self.parked.items():
+        for held, timer in self.parked.items():
             timer.cancel()
-            sock.close()
+            _let_go(held)
         self.parked.clear()
         self._end_held(time.monotonic(), everything=True)
         log.info(f"{{core}} Process {os.getpid()} draining ({why}): "
@@ -522,6 +546,15 @@ class Worker:
             self.policy.stats.timeouts["drain"] += 1
             conn.close("drain timeout")
         self.loop.stop()
+
+
+def _let_go(held: Sock | Connection) -> None:
+    """Close a connection held before its handshake: a socket, or a Conn accepted in C (its
+    close is accounted for, as any Conn's)."""
+    if isinstance(held, Sock):
+        held.close()
+    else:
+        held.close("closed before its handshake (handshake limit, or draining)", DEBUG)
 
 
 def _peer_closed(sock: Sock) -> bool:

@@ -135,6 +135,19 @@ def test_a_prefix_over_its_budget_is_delayed_then_refused(stud, backend, pem):
     assert "most from 127.0.0.0/24" in line
 
 
+def test_a_resumption_that_fails_pays_at_its_close(stud, backend, pem):
+    """A ClientHello that offers a ticket goes through free; when the ticket opens nothing
+    (another server's), the full handshake it became is charged at its close."""
+    port = backend("echo")
+    other = stud(pem, backend_port=port)  # its own ticket keys
+    s = stud("--handshake-rate", "0.01", "--handshake-burst", "1", pem, backend_port=port)
+    ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
+    _, foreign = handshake(other.port, "127.0.0.1", ctx=ctx)
+    assert handshake(s.port, "127.0.0.1", foreign, ctx)[0] == "ok"  # free, and not resumed
+    time.sleep(0.3)  # (its close reaches the worker)
+    assert handshake(s.port, "127.0.0.1")[0] == "refused"  # its token was taken at the close
+
+
 def test_a_begun_client_hello_takes_no_token_and_times_out(stud, backend, pem):
     """With the limiter on, connections that send the start of a ClientHello and stop cost
     their prefix nothing (judged only once the record is there) and are closed at the

@@ -66,7 +66,9 @@ def report(b: Bench, meta: dict[str, Any]) -> int:
     have_numbers = {k for per in res.runs.values() for k in per} | {
         k for per in res.idle.values() for k in per
     } | {k for per in res.fleet.get("cpu", {}).values() for k in per} | set(
-        res.cores.get("runs", {}))
+        res.cores.get("runs", {})) | {
+        k for per in res.many.values() if isinstance(per, dict) for k in per
+    } | set(res.creep.get("runs", {})) | set(res.flood.get("runs", {}))
     if not have_numbers and b.args.scenarios == {"cores"} and res.cores.get("measurable") is False:
         return 0  # the one answer this host can give, and the report says so
     if "stud" in b.kinds:
