@@ -116,17 +116,20 @@ class Worker:
                 sock_type=Sock,
                 proxy=proxyproto.MAX_V2_LENGTH if policy.mode == "proxy-proxy" else 0,
                 client_wrap=client_context._wrap_socket if client_context else None)
-        # Accepted and closed in C too, unless a client may be delayed (the limiter), the
-        # connection log goes to syslog or names client certificates or a PROXY header's
-        # client, or connections may wait for a session store: then _accept() and the
-        # policy's closed() run for every one.
+        # Accepted and closed in C too, unless a client may be delayed (the empty-connection
+        # limiter; the handshake limiter with --client), the connection log goes to syslog
+        # or names client certificates or a PROXY header's client, or connections may wait
+        # for a session store: then _accept() and the policy's closed() run for every one.
         # --session-store: a connection may wait for the store before its handshake.
         self.store = (SessionStore(cfg.session_store, cfg.session_store_timeout, self.loop,
                                    policy.stats.session_store)
                       if cfg.session_store and not cfg.client else None)
         self.hs_limited: Counter = Counter()  # (prefix, action) since it was last said
         self.hs_said_at = 0.0
+        # (--client: the client's bytes are no ClientHello, so no gate; the handshake limiter
+        # counts connections there, each a full handshake towards the backend, in _admit())
         self.accept_in_c = (bool(Conn) and not policy.limiter and not log.use_syslog
+                            and not (policy.hs_limiter and policy.client_mode)
                             and not policy.verifying and policy.mode != "proxy-proxy"
                             and not self.store)
         if self.accept_in_c:
@@ -319,7 +322,9 @@ class Worker:
         deadline (its handshake's)."""
         paid = True
         if self.policy.hs_limiter:
-            first = self._first_record(sock, peer, lsock, waited, deadline)
+            # (--client: not a ClientHello, and the client may wait for the server to speak)
+            first = (b"" if self.policy.client_mode
+                     else self._first_record(sock, peer, lsock, waited, deadline))
             if first is None:
                 return
             hello = clienthello.parse(first)

@@ -196,6 +196,22 @@ def test_a_client_gone_before_its_hello_is_whole_takes_no_token(stud, backend, p
     assert handshake(s.port, "127.0.0.1")[0] == "ok"
 
 
+def test_client_mode_counts_connections_and_lets_the_server_speak_first(stud, backend, pem):
+    """With --client the client's bytes are no ClientHello: each connection is charged (it is
+    a full handshake towards the backend), and one that waits for the server to speak is
+    served without sending a byte."""
+    server = stud(pem, backend_port=backend("greet"))
+    client = stud("--client", "--handshake-rate", "0.01", "--handshake-burst", "1",
+                  backend_port=server.port)
+    with socket.create_connection(("127.0.0.1", client.port), timeout=T) as c:
+        assert c.recv(100) == b"220 hello\r\n"
+    with socket.create_connection(("127.0.0.1", client.port), timeout=T) as c:
+        c.settimeout(REFUSED_HOLD + 3)
+        t0 = time.monotonic()
+        assert c.recv(100) == b"", "a second connection over the budget was served"
+        assert time.monotonic() - t0 > REFUSED_HOLD - 1.5
+
+
 def test_off_by_default(stud, backend, pem):
     s = stud(pem, backend_port=backend("echo"))
     results = [handshake(s.port, "127.0.0.1")[0] for _ in range(12)]
