@@ -1035,6 +1035,14 @@ static int conn_own_ssl(Conn *c) {
 #define TLS_HANDSHAKE_RECORD 0x16
 #define TLS_MAX_PLAINTEXT 16384 /* a ClientHello record is plaintext */
 
+/* Whether the client closed or reset (woken short of the receive low-water mark for that, not
+   for memory pressure). */
+static int peer_gone(int fd) {
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 || ti.tcpi_state != TCP_ESTABLISHED;
+}
+
 /* The Poller's gate, for the first n bytes in buf: 1: go on; 0: held (ST_HELD: the gate
    resumes or closes it later), or closed; -1: a Python error. */
 static int conn_gate(Conn *c, Py_ssize_t n) {
@@ -1071,14 +1079,16 @@ static int conn_hello(Conn *c) {
         c->state = ST_HELLO;
         return conn_want(c, FRONT, EPOLLIN, 1);
     }
+    int gone = c->lowat && need > n && peer_gone(fd); /* (short of the mark: not pressure) */
     if (c->lowat) {
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
         c->lowat = 0;
     }
-    /* A whole first record goes to the gate, once (not TLS, or cut short: OpenSSL refuses it
-       at once, at no cost worth a judgement). */
-    if (c->poller->gate && !c->gated && need && need <= n) {
+    /* What the client sent goes to the gate, once: a whole first record, or bytes that are
+       no TLS record (garbage costs an accept and a failed handshake: it is judged too); not
+       a client gone before its record was whole (OpenSSL fails that at once). */
+    if (c->poller->gate && !c->gated && n > 0 && !gone) {
         int go = conn_gate(c, n);
         if (go <= 0)
             return go;

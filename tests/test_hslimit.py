@@ -148,6 +148,29 @@ def test_a_resumption_that_fails_pays_at_its_close(stud, backend, pem):
     assert handshake(s.port, "127.0.0.1")[0] == "refused"  # its token was taken at the close
 
 
+def test_garbage_pays_as_a_full_handshake(stud, backend, pem):
+    """Bytes that are no ClientHello cost an accept and a failed handshake: charged as a full
+    one (a garbage flood is held back like a handshake flood)."""
+    s = stud("--handshake-rate", "0.01", "--handshake-burst", "1", pem,
+             backend_port=backend("echo"))
+    junk = {"127.0.0.1": b"GET / HTTP/1.0\r\n\r\n",
+            "127.0.1.1": b"\x16\x03\x01\xff\xffNOT TLS AT ALL\r\n"}  # (a record too long)
+    for source, data in junk.items():
+        with socket.create_connection(("127.0.0.1", s.port), timeout=T,
+                                      source_address=(source, 0)) as c:
+            c.sendall(data)
+            assert peer_closes_within(c, T)
+    results: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda a=a: results.update({a: handshake(s.port, a)[0]}))
+               for a in junk]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(T)
+    # each prefix's one token went to its garbage: its next full handshake is refused
+    assert results == {a: "refused" for a in junk}
+
+
 def test_a_begun_client_hello_takes_no_token_and_times_out(stud, backend, pem):
     """With the limiter on, connections that send the start of a ClientHello and stop cost
     their prefix nothing (judged only once the record is there) and are closed at the
